@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.pg import pg_server_url, pg_store_url  # noqa: F401  (pytest fixtures)
+
 
 @pytest.fixture(scope="session")
 def torch_threads() -> None:

@@ -1,0 +1,128 @@
+"""Where the table lives (URL resolution) and how to talk to it (engine, SQLite pragmas, write transactions)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.pool import NullPool
+
+from lut_db.errors import StoreError
+
+ENV_URL = "LUT_DB_URL"
+# Execution option that marks a write transaction: on SQLite it begins with BEGIN IMMEDIATE.
+WRITE_OPTION = "lut_write"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def default_sqlite_path() -> Path:
+    """`$XDG_CACHE_HOME/lut/lut.sqlite`, `~/.cache/lut/lut.sqlite` without it (the XDG base directory spec)."""
+    cache = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(cache) if cache and os.path.isabs(cache) else Path.home() / ".cache"
+    return base / "lut" / "lut.sqlite"
+
+
+def resolve_url(url: str | os.PathLike[str] | None = None) -> URL:
+    """An explicit URL or path, else `$LUT_DB_URL`, else the SQLite file in the user's cache directory."""
+    raw: str | os.PathLike[str] | None = url if url is not None else os.environ.get(ENV_URL) or None
+    if raw is None:
+        return _sqlite_url(default_sqlite_path())
+    text = os.fspath(raw)
+    if "://" not in text:  # a plain filesystem path
+        return _sqlite_url(Path(text))
+    try:
+        parsed = make_url(text)
+    except ArgumentError as exc:
+        raise StoreError(
+            f"'{text}' is not a database URL (expected sqlite:///PATH or postgresql+psycopg://...)."
+        ) from exc
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3 is the driver this project installs
+    return parsed
+
+
+def _sqlite_url(path: Path) -> URL:
+    return URL.create("sqlite", database=str(path.expanduser().absolute()))
+
+
+def is_sqlite(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite"
+
+
+def sqlite_file(url: URL) -> Path | None:
+    """The database file of a SQLite URL; None for in-memory or URI-style databases."""
+    db = url.database
+    if not is_sqlite(url) or not db or db == ":memory:" or db.startswith("file:"):
+        return None
+    return Path(db)
+
+
+def ensure_parent(url: URL) -> None:
+    path = sqlite_file(url)
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise StoreError(
+            f"Cannot open the lut database {url}: cannot create directory {path.parent} ({reason})."
+        ) from exc
+
+
+def build_engine(url: URL, *, probe: bool = False) -> Engine:
+    """The engine for `url`; `probe=True` gives a bare one that changes nothing on connect (for checking a file)."""
+    kwargs: dict[str, Any] = {}
+    connect_args: dict[str, Any] = {}
+    if is_sqlite(url):
+        connect_args["timeout"] = SQLITE_BUSY_TIMEOUT_MS / 1000
+        if probe:
+            kwargs["poolclass"] = NullPool  # really close the file afterwards
+    else:
+        kwargs["pool_pre_ping"] = True
+        if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
+            connect_args["connect_timeout"] = 10
+    try:
+        engine = create_engine(url, connect_args=connect_args, **kwargs)
+    except NoSuchModuleError as exc:
+        raise StoreError(
+            f"Cannot open the lut database {url}: unknown database driver '{url.drivername}' "
+            "(use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB)."
+        ) from exc
+    except ImportError as exc:
+        raise StoreError(
+            f"Cannot open the lut database {url}: its driver is not installed ({exc}); "
+            "for PostgreSQL install psycopg (pip install 'psycopg[binary]')."
+        ) from exc
+    except ArgumentError as exc:
+        raise StoreError(f"Cannot open the lut database {url}: {exc}.") from exc
+    if is_sqlite(url) and not probe:
+        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
+    # SQLAlchemy's documented recipe: stop sqlite3 from emitting BEGIN itself, _sqlite_on_begin does it.
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    try:
+        # busy_timeout first: switching to WAL can itself have to wait for another connection's lock.
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA journal_mode=WAL")  # readers no longer block the writer
+        cur.execute("PRAGMA synchronous=NORMAL")  # durable against process crashes, fsyncs only at checkpoints
+        cur.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cur.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    # A deferred transaction that reads and then writes must upgrade its lock, and SQLite fails such an
+    # upgrade at once ("database is locked") instead of waiting; BEGIN IMMEDIATE takes the write lock up
+    # front, so concurrent writers queue on busy_timeout.
+    write = conn.get_execution_options().get(WRITE_OPTION, False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")

@@ -1,0 +1,572 @@
+"""lut_db.LutStore on SQLite and PostgreSQL (the same tests), plus the SQLite-only opening rules."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import itertools
+import json
+import sqlite3
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+
+from latency.blocks import BlockSpec
+from lut_db import (
+    SCHEMA_VERSION,
+    E2ERecord,
+    FitRecord,
+    LutStore,
+    MeasurementRecord,
+    StoreError,
+    default_sqlite_path,
+    resolve_url,
+)
+from lut_db.csvio import COLUMN_NAMES
+from tests.pg import fresh_schema_url, pg_server_url  # noqa: F401  (pg_server_url is a fixture)
+
+T0 = datetime(2025, 3, 4, 5, 6, 7, 891011, tzinfo=timezone.utc)
+SPECS = [
+    BlockSpec("ir", 8, 48, 24, 5, 2, 0, "relu", 64, 64),
+    BlockSpec("ir", 24, 72, 24, 3, 1, 16, "hswish", 32, 32),
+    BlockSpec("stem", 3, 16, 16, 3, 2, 0, "hswish", 224, 224),
+    BlockSpec("ir", 24, 72, 24, 3, 1, 16, "hswish", 32, 32, batch=8, dtype="fp16", bias=True),
+]
+KEYS = [s.key for s in SPECS]
+IDENTITY = {"cpu_model": "AMD EPYC 7B13", "machine": "x86_64"}
+
+
+def block_dict(spec: BlockSpec) -> dict:
+    return {**spec.to_dict(), "key": spec.key, "flops": spec.flops, "params": spec.params}
+
+
+def rec(key: str = KEYS[0], device: str = "pc", **changes) -> MeasurementRecord:
+    base = MeasurementRecord(
+        block_key=key,
+        device=device,
+        backend="torch_cpu",
+        backend_version="2.13.0",
+        threads=1,
+        dtype="fp32",
+        batch=1,
+        median_us=101.5,
+        p10_us=99.25,
+        p90_us=110.125,
+        iqr_us=3.5,
+        mean_us=102.0,
+        std_us=2.75,
+        min_us=98.0,
+        n=60,
+        trials=3,
+        canary_ratio=1.2345678901234567,
+        canary_us=82.25,
+        protocol={"warmup_runs": 10, "runs": 50, "cuda_graph": False},
+        environment={"governor": "performance", "temps_c": [41.5, 42.0]},
+        measured_at=T0,
+        stable=True,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def e2e(tag: str | None = "validation", arch_json: str = '{"name": "tiny", "resolution": 224}', **changes) -> E2ERecord:
+    return E2ERecord(
+        **{
+            "arch_name": "tiny",
+            "arch_json": arch_json,
+            "device": "pc",
+            "backend": "torch_cpu",
+            "backend_version": "2.13.0",
+            "threads": 1,
+            "dtype": "fp32",
+            "batch": 1,
+            "median_us": 5000.0,
+            "p10_us": 4900.0,
+            "p90_us": 5200.0,
+            "iqr_us": 80.0,
+            "mean_us": 5010.0,
+            "std_us": 60.0,
+            "min_us": 4850.0,
+            "n": 30,
+            "trials": 3,
+            "canary_ratio": 61.0,
+            "canary_us": 82.0,
+            "tag": tag,
+            "protocol": {"runs": 30},
+            "environment": {},
+            "measured_at": T0,
+            "stable": True,
+            **changes,
+        }
+    )
+
+
+# ---- fixtures: every store test runs on SQLite and on PostgreSQL ------------------------------
+@pytest.fixture(params=["sqlite", "postgresql"])
+def new_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], str]]:
+    """Makes URLs of new, empty databases of the parameter's kind."""
+    with contextlib.ExitStack() as stack:
+        if request.param == "postgresql":
+            server = request.getfixturevalue("pg_server_url")
+            yield lambda: stack.enter_context(fresh_schema_url(server))
+        else:
+            counter = itertools.count()
+            yield lambda: str(tmp_path / f"lut{next(counter)}.sqlite")
+
+
+@pytest.fixture
+def store_url(new_url: Callable[[], str]) -> str:
+    return new_url()
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[LutStore]:
+    with LutStore(store_url) as s:
+        yield s
+
+
+@pytest.fixture
+def filled(store: LutStore) -> LutStore:
+    """A device, the blocks and one measurement of each block."""
+    store.get_or_create_device("pc", "cpu", {"os": "Debian 12", **IDENTITY}, IDENTITY)
+    store.upsert_blocks(block_dict(s) for s in SPECS)
+    for spec in SPECS:
+        store.put_measurement(rec(spec.key, batch=spec.batch, dtype=spec.dtype))
+    return store
+
+
+def count(store: LutStore, table: str) -> int:
+    with store.engine.connect() as conn:
+        return conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
+
+
+# ---- schema, devices, blocks -------------------------------------------------------------------
+def test_schema_and_meta(store_url: str) -> None:
+    with LutStore(store_url) as store:
+        with store.engine.connect() as conn:
+            meta = dict(conn.execute(text("SELECT key, value FROM meta")).all())
+        assert meta == {"schema_version": str(SCHEMA_VERSION), "app": "lut"}
+        for table in ("devices", "blocks", "measurements", "e2e_runs", "fits"):
+            assert count(store, table) == 0
+        store.get_or_create_device("pc", "cpu", {}, IDENTITY)
+    with LutStore(store_url) as again:  # reopening keeps the rows and adds no meta rows
+        assert [d.name for d in again.devices()] == ["pc"]
+        assert count(again, "meta") == 2
+
+
+def test_device_created_refreshed_and_identity_checked(store: LutStore) -> None:
+    first = store.get_or_create_device("pc", "cpu", {"kernel": "6.1"}, IDENTITY)
+    assert (first.name, first.kind, first.identity, first.n_measurements) == ("pc", "cpu", IDENTITY, 0)
+    assert first.created_at.tzinfo is not None
+    again = store.get_or_create_device("pc", "cpu", {"kernel": "6.2"}, dict(reversed(IDENTITY.items())))
+    assert again.fingerprint == {"kernel": "6.2"}
+    assert again.created_at == first.created_at and again.last_seen_at >= first.last_seen_at
+    with pytest.raises(StoreError) as err:
+        store.get_or_create_device("pc", "cpu", {}, {**IDENTITY, "cpu_model": "Intel Xeon 8481C"})
+    message = str(err.value)
+    assert "'pc'" in message and "AMD EPYC 7B13" in message and "Intel Xeon 8481C" in message
+    assert "use another device name" in message
+    with pytest.raises(StoreError, match="another device name"):
+        store.get_or_create_device("pc", "cuda", {}, IDENTITY)
+    assert store.device("pc").fingerprint == {"kernel": "6.2"}  # the refused call changed nothing
+    assert store.device("phone") is None
+    store.get_or_create_device("phone", "android", {"build": "x"}, {"model": "Pixel 8"})
+    assert [d.name for d in store.devices()] == ["pc", "phone"]
+
+
+def test_upsert_blocks(store: LutStore) -> None:
+    store.upsert_blocks([block_dict(SPECS[0]), block_dict(SPECS[1])])
+    store.upsert_blocks([block_dict(s) for s in SPECS])  # existing keys are kept, new ones added
+    store.upsert_blocks([])
+    blocks = store.to_pandas("blocks").set_index("key")
+    assert list(blocks.index) == sorted(KEYS)
+    row = blocks.loc[SPECS[3].key]
+    assert (row["batch"], row["dtype"], bool(row["bias"]), row["flops"], row["params"]) == (
+        8,
+        "fp16",
+        True,
+        SPECS[3].flops,
+        SPECS[3].params,
+    )
+    with pytest.raises(StoreError, match="lacks the field 'flops'"):
+        store.upsert_blocks([{**SPECS[0].to_dict(), "key": SPECS[0].key}])
+
+
+# ---- measurements -------------------------------------------------------------------------------
+def test_measurement_upsert_replaces_stats(filled: LutStore) -> None:
+    assert count(filled, "measurements") == len(SPECS)
+    later = T0 + timedelta(hours=1)
+    filled.put_measurement(rec(median_us=120.0, canary_ratio=None, canary_us=None, stable=False, measured_at=later))
+    assert count(filled, "measurements") == len(SPECS)  # same unique key: replaced
+    [row] = filled.measurements(device="pc", keys=[KEYS[0]])
+    assert (row.median_us, row.canary_ratio, row.canary_us, row.stable, row.measured_at) == (
+        120.0,
+        None,
+        None,
+        False,
+        later,
+    )
+    filled.put_measurement(rec(threads=2))
+    filled.put_measurement(rec(backend_version="2.14.0", median_us=90.0, measured_at=later + timedelta(hours=1)))
+    assert count(filled, "measurements") == len(SPECS) + 2
+    assert len(filled.measurements(keys=[KEYS[0]])) == 3
+    assert [r.threads for r in filled.measurements(keys=[KEYS[0]], backend_version="2.13.0")] == [1, 2]
+    # several backend versions for one key: the map takes the newest
+    newest = filled.measurement_map(device="pc", backend="torch_cpu", threads=1)
+    assert newest[KEYS[0]].backend_version == "2.14.0" and newest[KEYS[0]].median_us == 90.0
+    assert set(newest) == set(KEYS)
+
+
+def test_measurement_round_trips_every_field(filled: LutStore) -> None:
+    paris = timezone(timedelta(hours=2))
+    original = rec(KEYS[1], measured_at=datetime(2025, 6, 1, 14, 0, 0, 123456, tzinfo=paris), threads=4)
+    filled.put_measurement(original)
+    [back] = filled.measurements(keys=[KEYS[1]], threads=4)
+    assert back == original
+    assert back.measured_at.utcoffset() == timedelta(0) and back.measured_at.hour == 12
+
+
+def test_put_measurement_needs_block_device_and_sane_values(filled: LutStore) -> None:
+    with pytest.raises(StoreError, match="pass it to upsert_blocks"):
+        filled.put_measurement(rec("ir_k3_s1_c1-1-1_se0_relu_1x1_b1_fp32"))
+    with pytest.raises(StoreError, match="no device 'nope'"):
+        filled.put_measurement(rec(device="nope"))
+    with pytest.raises(StoreError, match="timezone-aware"):
+        filled.put_measurement(rec(measured_at=datetime(2025, 1, 1)))
+    with pytest.raises(StoreError, match="median_us must be a finite number"):
+        filled.put_measurement(rec(median_us=float("nan")))
+    with pytest.raises(StoreError, match="source must be one of"):
+        filled.put_measurement(rec(source="guessed"))
+    assert count(filled, "measurements") == len(SPECS)
+
+
+def test_measured_keys_filters(filled: LutStore) -> None:
+    filled.put_measurement(rec(KEYS[1], source="predicted", expected_error=0.08, threads=1, backend_version="p"))
+    filled.put_measurement(rec(KEYS[2], threads=4))
+    assert filled.measured_keys("pc", "torch_cpu", 1) == set(KEYS)
+    assert filled.measured_keys("pc", "torch_cpu", 1, batch=1, dtype="fp32") == set(KEYS[:3])
+    assert filled.measured_keys("pc", "torch_cpu", 1, batch=8) == {KEYS[3]}
+    assert filled.measured_keys("pc", "torch_cpu", 4) == {KEYS[2]}
+    assert filled.measured_keys("pc", "torch_cpu", 1, backend_version="p") == set()  # predicted only
+    assert filled.measured_keys("pc", "torch_cpu", 1, backend_version="p", source="predicted") == {KEYS[1]}
+    assert filled.measured_keys("pc", "torch_cpu", 1, backend_version="p", source=None) == {KEYS[1]}
+    assert filled.measured_keys("pc", "onnxruntime", 1) == set()
+    assert filled.measured_keys("unknown", "torch_cpu", 1) == set()
+    [predicted] = filled.measurements(source="predicted")
+    assert predicted.expected_error == 0.08
+
+
+def test_predicted_row_never_replaces_a_measured_one(filled: LutStore) -> None:
+    filled.put_measurement(rec(source="predicted", median_us=1.0, expected_error=0.1))
+    [row] = filled.measurements(keys=[KEYS[0]])
+    assert (row.source, row.median_us) == ("measured", 101.5)
+    filled.put_measurement(rec(KEYS[0], threads=3, source="predicted", median_us=1.0))
+    filled.put_measurement(rec(KEYS[0], threads=3, median_us=2.0))  # a measurement does replace a prediction
+    [row] = filled.measurements(keys=[KEYS[0]], threads=3)
+    assert (row.source, row.median_us, row.expected_error) == ("measured", 2.0, None)
+
+
+def test_measurements_many_keys(filled: LutStore) -> None:
+    wanted = [f"absent_{i}" for i in range(1200)] + [KEYS[0], KEYS[2]]  # more keys than one IN (...) holds
+    assert [r.block_key for r in filled.measurements(keys=wanted)] == sorted([KEYS[0], KEYS[2]])
+
+
+# ---- end-to-end runs and fits -------------------------------------------------------------------
+def test_e2e_runs_upsert_and_filter(filled: LutStore) -> None:
+    filled.put_e2e_run(e2e())
+    filled.put_e2e_run(e2e(arch_json='{"resolution":224,"name":"tiny"}', median_us=5100.0))  # same arch, same tag
+    assert count(filled, "e2e_runs") == 1
+    filled.put_e2e_run(e2e(tag=None))
+    filled.put_e2e_run(e2e(tag=None, median_us=4999.0))  # no tag twice: still one row
+    filled.put_e2e_run(e2e(tag="calibration"))
+    filled.put_e2e_run(e2e(threads=2))
+    assert count(filled, "e2e_runs") == 4
+    runs = filled.e2e_runs("pc")
+    assert len(runs) == 4
+    [validation] = filled.e2e_runs("pc", tag="validation", threads=1)
+    assert validation.median_us == 5100.0 and validation.arch_hash == e2e().arch_hash
+    expected_hash = hashlib.sha256(b'{"name":"tiny","resolution":224}').hexdigest()
+    assert validation.arch_hash == expected_hash
+    untagged = [r for r in runs if r.tag is None]
+    assert [r.median_us for r in untagged] == [4999.0]
+    assert untagged[0] == e2e(tag=None, median_us=4999.0)
+    assert filled.e2e_runs("pc", backend="onnxruntime") == []
+    assert filled.device("pc").n_e2e_runs == 4
+    with pytest.raises(StoreError, match="no device"):
+        filled.put_e2e_run(e2e(device="ghost"))
+    with pytest.raises(StoreError, match="not valid JSON"):
+        e2e(arch_json="{nope")
+
+
+def test_fits_upsert_and_newest(filled: LutStore) -> None:
+    fit = FitRecord(
+        "pc", "torch_cpu", "2.13.0", 1, "fp32", 1, "calibration", {"a": 1.1, "b": 20.0}, {"mape": 0.05}, 12, T0
+    )
+    assert filled.get_fit("pc", "torch_cpu", 1, "fp32", 1, "calibration") is None
+    filled.put_fit(fit)
+    filled.put_fit(dataclasses.replace(fit, params={"a": 1.2, "b": 19.0}, n_samples=15))  # replaces
+    assert count(filled, "fits") == 1
+    got = filled.get_fit("pc", "torch_cpu", 1, "fp32", 1, "calibration")
+    assert got == dataclasses.replace(fit, params={"a": 1.2, "b": 19.0}, n_samples=15)
+    newer = dataclasses.replace(fit, backend_version="2.14.0", params={"a": 2.0}, fitted_at=T0 + timedelta(days=1))
+    filled.put_fit(newer)
+    assert filled.get_fit("pc", "torch_cpu", 1, "fp32", 1, "calibration") == newer
+    assert filled.get_fit("pc", "torch_cpu", 1, "fp32", 1, "calibration", backend_version="2.13.0").params["a"] == 1.2
+    assert filled.get_fit("pc", "torch_cpu", 1, "fp32", 1, "block_predictor") is None
+    with pytest.raises(StoreError, match="cannot be stored as JSON"):
+        filled.put_fit(dataclasses.replace(fit, params={"f": object()}))
+
+
+# ---- CSV and pandas -----------------------------------------------------------------------------
+def _varied(store: LutStore) -> None:
+    """Rows exercising every kind of value: None, predicted, non-UTC times, two devices, quotes."""
+    store.get_or_create_device("phone", "android", {"build": 'QP1A "quoted", comma'}, {"model": "Pixel 8"})
+    store.put_measurement(rec(KEYS[1], device="phone", backend="executorch", canary_ratio=None, canary_us=None))
+    paris = timezone(timedelta(hours=2))
+    store.put_measurement(rec(KEYS[2], threads=2, measured_at=datetime(2025, 1, 1, 0, 0, tzinfo=paris)))
+    store.put_measurement(rec(KEYS[0], threads=4, source="predicted", expected_error=0.125, median_us=0.1 + 0.2))
+
+
+def test_export_import_round_trip(filled: LutStore, new_url: Callable[[], str], tmp_path: Path) -> None:
+    _varied(filled)
+    first = tmp_path / "first.csv"
+    assert filled.export_csv(first) == len(SPECS) + 3
+    with LutStore(new_url()) as target:
+        assert target.import_csv(first) == len(SPECS) + 3
+        second = tmp_path / "second.csv"
+        target.export_csv(second)
+        assert first.read_bytes() == second.read_bytes()
+        pd.testing.assert_frame_equal(filled.to_pandas(), target.to_pandas())
+        assert target.measurements() == filled.measurements()
+        for a, b in zip(filled.devices(), target.devices(), strict=True):
+            assert (a.name, a.kind, a.fingerprint, a.identity, a.n_measurements) == (
+                b.name,
+                b.kind,
+                b.fingerprint,
+                b.identity,
+                b.n_measurements,
+            )
+        assert target.import_csv(first) == len(SPECS) + 3  # importing again upserts: no duplicates
+        assert count(target, "measurements") == len(SPECS) + 3
+    one = tmp_path / "phone.csv"
+    assert filled.export_csv(one, device="phone") == 1
+    with pytest.raises(StoreError, match="no device 'ghost'"):
+        filled.export_csv(tmp_path / "ghost.csv", device="ghost")
+
+
+def test_csv_between_sqlite_and_postgresql(pg_server_url: str, tmp_path: Path) -> None:  # noqa: F811
+    with LutStore(tmp_path / "a.sqlite") as lite, fresh_schema_url(pg_server_url) as url, LutStore(url) as pg:
+        lite.get_or_create_device("pc", "cpu", {}, IDENTITY)
+        lite.upsert_blocks(block_dict(s) for s in SPECS)
+        for spec in SPECS:
+            lite.put_measurement(rec(spec.key, batch=spec.batch, dtype=spec.dtype))
+        _varied(lite)
+        lite.export_csv(tmp_path / "a.csv")
+        pg.import_csv(tmp_path / "a.csv")
+        pg.export_csv(tmp_path / "b.csv")
+        assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+        pd.testing.assert_frame_equal(lite.to_pandas(), pg.to_pandas())
+
+
+def _csv_lines(store: LutStore, path: Path) -> list[str]:
+    store.export_csv(path)
+    return path.read_text().splitlines()
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "expected"),
+    [
+        ("median_us", "fast", "line 3, column 'median_us': 'fast' is not a number"),
+        ("threads", "1.5", "line 3, column 'threads': '1.5' is not an integer"),
+        ("stable", "maybe", "line 3, column 'stable': 'maybe' is not true or false"),
+        ("protocol", "[1]", "line 3, column 'protocol': '[1]' is not a JSON object"),
+        ("measured_at", "2025-01-01 00:00:00", "line 3, column 'measured_at': '2025-01-01 00:00:00' is not a time"),
+        ("measured_at", "yesterday", "line 3, column 'measured_at': 'yesterday' is not an ISO-8601 time"),
+        ("canary_us", "inf", "line 3, column 'canary_us': 'inf' is not a finite number"),
+        ("source", "guessed", "line 3, column 'source': 'guessed' is not one of measured, predicted"),
+    ],
+)
+def test_malformed_csv_names_file_line_and_column(
+    filled: LutStore, new_url: Callable[[], str], tmp_path: Path, column: str, value: str, expected: str
+) -> None:
+    import csv
+
+    lines = _csv_lines(filled, tmp_path / "good.csv")
+    rows = list(csv.reader(lines))
+    rows[2][rows[0].index(column)] = value
+    bad = tmp_path / "bad.csv"
+    with open(bad, "w", newline="") as fh:
+        csv.writer(fh, lineterminator="\n").writerows(rows)
+    with LutStore(new_url()) as target:
+        with pytest.raises(StoreError) as err:
+            target.import_csv(bad)
+        assert str(bad) in str(err.value) and expected in str(err.value)
+        assert count(target, "measurements") == 0 and target.devices() == []  # all or nothing
+
+
+def test_malformed_csv_files(filled: LutStore, tmp_path: Path) -> None:
+    lines = _csv_lines(filled, tmp_path / "good.csv")
+    header = lines[0].split(",")
+    cases = {
+        "missing.csv": (",".join(h for h in header if h != "p90_us"), "line 1: missing column 'p90_us'"),
+        "empty.csv": ("", "is empty"),
+        "short.csv": ("\n".join([lines[0], lines[1], "a,b,c"]), "line 3 has 3 cells where the header has"),
+        "binary.csv": (None, "is not a UTF-8 text file"),
+    }
+    for name, (content, expected) in cases.items():
+        path = tmp_path / name
+        if content is None:
+            path.write_bytes(b"\xff\xfe\x00garbage")
+        else:
+            path.write_text(content)
+        with pytest.raises(StoreError) as err:
+            filled.import_csv(path)
+        assert str(path) in str(err.value) and expected in str(err.value), name
+    with pytest.raises(StoreError, match=r"Cannot read .*nowhere\.csv"):
+        filled.import_csv(tmp_path / "nowhere.csv")
+
+
+def test_import_rolls_back_on_device_conflict(filled: LutStore, new_url: Callable[[], str], tmp_path: Path) -> None:
+    _varied(filled)
+    path = tmp_path / "all.csv"
+    filled.export_csv(path)  # rows of 'pc' then 'phone'
+    with LutStore(new_url()) as target:
+        target.get_or_create_device("phone", "android", {}, {"model": "Galaxy S24"})
+        with pytest.raises(StoreError, match=r"all.csv: line \d+: The table's device 'phone' is"):
+            target.import_csv(path)
+        assert [d.name for d in target.devices()] == ["phone"]  # 'pc', created first, was rolled back
+        assert count(target, "blocks") == 0 and count(target, "measurements") == 0
+
+
+def test_to_pandas_columns(filled: LutStore) -> None:
+    filled.put_e2e_run(e2e(tag=None))
+    measurements = filled.to_pandas()
+    assert tuple(measurements.columns) == COLUMN_NAMES
+    assert len(measurements) == len(SPECS)
+    assert str(measurements["measured_at"].dtype) == "datetime64[ns, UTC]" or "UTC" in str(
+        measurements["measured_at"].dtype
+    )
+    assert json.loads(measurements["protocol"][0]) == rec().protocol
+    runs = filled.to_pandas("e2e_runs", device="pc")
+    assert {"arch_hash", "arch_name", "device", "device_kind", "median_us", "canary_ratio", "tag"} <= set(runs.columns)
+    assert "device_id" not in runs.columns and runs["tag"].isna().all()
+    devices = filled.to_pandas("devices")
+    assert list(devices["name"]) == ["pc"] and list(devices["n_measurements"]) == [len(SPECS)]
+    assert set(filled.to_pandas("blocks")["key"]) == set(KEYS)
+    assert filled.to_pandas("blocks", device="nobody").empty
+    assert filled.to_pandas(device="nobody").empty
+    with pytest.raises(StoreError, match="Unknown table 'fits2'"):
+        filled.to_pandas("fits2")
+
+
+def test_foreign_keys_enforced(filled: LutStore) -> None:
+    with pytest.raises(IntegrityError), filled.engine.begin() as conn:
+        conn.execute(text("DELETE FROM blocks WHERE key = :k"), {"k": KEYS[0]})
+    with pytest.raises(IntegrityError), filled.engine.begin() as conn:
+        conn.execute(text("UPDATE measurements SET device_id = 999"))
+    assert count(filled, "blocks") == len(SPECS)
+
+
+# ---- opening: URLs and databases that are not ours (SQLite) --------------------------------------
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_not_a_lut_sqlite_database_is_refused_untouched(tmp_path: Path) -> None:
+    other = tmp_path / "other.db"
+    with contextlib.closing(sqlite3.connect(other)) as conn:
+        conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+        conn.execute("INSERT INTO notes (body) VALUES ('keep me')")
+        conn.commit()
+    before = _digest(other)
+    with pytest.raises(StoreError) as err:
+        LutStore(other)
+    assert str(err.value) == (
+        f"sqlite:///{other} is not a lut database (it has tables but no lut meta table); "
+        "point LUT_DB_URL at a lut database or at an empty one."
+    )
+    assert _digest(other) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]  # no -wal/-shm left either
+    with contextlib.closing(sqlite3.connect(other)) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+
+
+def test_a_foreign_meta_table_is_not_ours(tmp_path: Path) -> None:
+    other = tmp_path / "meta.db"
+    with contextlib.closing(sqlite3.connect(other)) as conn:
+        conn.execute("CREATE TABLE meta (name TEXT, data BLOB)")
+        conn.commit()
+    before = _digest(other)
+    with pytest.raises(StoreError, match="is not a lut database"):
+        LutStore(other)
+    assert _digest(other) == before
+
+
+def test_text_file_is_refused_untouched(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("These are my notes, not a database.\n" * 50)
+    before = _digest(notes)
+    with pytest.raises(StoreError, match=r"notes.txt is not a lut database \(the file is not an SQLite database\)"):
+        LutStore(f"sqlite:///{notes}")
+    assert _digest(notes) == before
+
+
+def test_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "future.sqlite"
+    with LutStore(path) as store:
+        store.get_or_create_device("pc", "cpu", {}, IDENTITY)
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
+        conn.commit()
+    before = _digest(path)
+    with pytest.raises(StoreError) as err:
+        LutStore(path)
+    assert str(err.value) == (
+        f"sqlite:///{path} was written by a newer lut (schema 7); this lut reads schema 1 — upgrade lut."
+    )
+    assert _digest(path) == before
+
+
+def test_default_url_is_in_the_cache_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LUT_DB_URL", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert default_sqlite_path() == tmp_path / "cache" / "lut" / "lut.sqlite"
+    with LutStore() as store:
+        assert str(store.url) == f"sqlite:///{tmp_path}/cache/lut/lut.sqlite"
+    assert (tmp_path / "cache" / "lut" / "lut.sqlite").is_file()
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_sqlite_path() == tmp_path / "home" / ".cache" / "lut" / "lut.sqlite"
+    monkeypatch.setenv("LUT_DB_URL", f"sqlite:///{tmp_path}/env.sqlite")
+    assert str(resolve_url()) == f"sqlite:///{tmp_path}/env.sqlite"
+    assert str(resolve_url(tmp_path / "explicit.sqlite")) == f"sqlite:///{tmp_path}/explicit.sqlite"
+
+
+def test_sqlite_pragmas(tmp_path: Path) -> None:
+    with LutStore(tmp_path / "p.sqlite") as store, store.engine.connect() as conn:
+        pragma = {p: conn.exec_driver_sql(f"PRAGMA {p}").scalar() for p in ("busy_timeout", "journal_mode")}
+        pragma |= {p: conn.exec_driver_sql(f"PRAGMA {p}").scalar() for p in ("synchronous", "foreign_keys")}
+    assert pragma == {"busy_timeout": 30000, "journal_mode": "wal", "synchronous": 1, "foreign_keys": 1}
+
+
+def test_unusable_urls_give_one_sentence(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    cases = {
+        "nosuchdb://host/db": "unknown database driver 'nosuchdb'",
+        "postgresql+psycopg://ann:s3cret@/lut?host=/nonexistent-socket-dir": "Cannot open the lut database",
+        str(blocker / "sub" / "lut.sqlite"): "cannot create directory",
+    }
+    for url, expected in cases.items():
+        with pytest.raises(StoreError) as err:
+            LutStore(url)
+        message = str(err.value)
+        assert expected in message, message
+        assert "\n" not in message and "s3cret" not in message
+    assert "***" in str(resolve_url("postgresql://ann:s3cret@db.example/lut"))
+    assert resolve_url("postgresql://ann@db.example/lut").drivername == "postgresql+psycopg"
