@@ -1,0 +1,66 @@
+"""PyTorch eager on the host CPU."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from profilers.backends.base import Backend, Runner
+from profilers.targets import ArchTarget, Target
+
+TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def input_shape(target: Target) -> tuple[int, ...]:
+    if isinstance(target, ArchTarget):
+        return (target.batch, target.arch.in_channels, target.arch.resolution, target.arch.resolution)
+    return target.input_shape
+
+
+def seeded_input(target: Target, device: str = "cpu") -> Any:
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(input_shape(target), generator=gen)
+    return x.to(device=device, dtype=getattr(torch, TORCH_DTYPES[target.dtype]))
+
+
+def built_module(target: Target, device: str = "cpu") -> Any:
+    """The block (or whole network) in eval mode with seeded weights, on `device`, in its dtype."""
+    import torch
+
+    torch.manual_seed(0)
+    if isinstance(target, ArchTarget):
+        from latency.models.fbnet import FBNetV2
+
+        module = FBNetV2(target.arch).eval()
+    else:
+        module = target.build().eval()
+    return module.to(device=device, dtype=getattr(torch, TORCH_DTYPES[target.dtype]))
+
+
+class TorchCPU(Backend):
+    name = "torch"
+    distribution = "torch"
+
+    def setup(self) -> None:
+        import torch
+
+        torch.set_num_threads(self.threads)
+        torch.set_num_interop_threads(1)
+        torch.set_grad_enabled(False)
+
+    def prepare(self, target: Target) -> Runner:
+        import torch
+
+        module, x = built_module(target), seeded_input(target)
+
+        def run() -> object:
+            with torch.inference_mode():
+                return module(x)
+
+        return run
+
+    def environment(self) -> dict[str, Any]:
+        import torch
+
+        return {"torch_threads": torch.get_num_threads(), "mkldnn": torch.backends.mkldnn.is_available()}

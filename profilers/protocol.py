@@ -1,0 +1,257 @@
+"""The measurement protocol (DESIGN.md): warm-up, adaptive run counts, interleaved trials in
+independent processes, a canary block timed in every trial, and re-measurement of unstable entries.
+
+Blocks are measured in groups: within a group every block is visited once per trial, round-robin,
+with the canary first, so drift during the group hits all its blocks alike. Trial t runs in worker
+process t mod `launches`: a block's time depends on where its buffers landed in memory, which
+differs from process to process (measured here: same block, four processes, medians 5% apart), so
+trials in separate processes and the median of their medians give a number the next run
+reproduces. A block's result is final when its group's last trial ends, and is handed to the caller
+at once (who stores it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from latency.blocks import BlockSpec
+from profilers.errors import BlockFailed
+from profilers.stats import Stats, relative_spread, summarize
+from profilers.targets import Target, label
+from profilers.worker import Timing, TimingPlan, Worker, WorkerCrashed
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Every knob of the protocol; recorded with each row."""
+
+    name: str = "standard"
+    warmup_runs: int = 10
+    warmup_s: float = 0.5
+    min_runs: int = 50  # over all trials
+    min_time_s: float = 1.0  # over all trials
+    max_time_s: float = 4.0  # over all trials, while the CI target is not met
+    ci_target: float = 0.02  # relative half-width of the median's 95% CI
+    trials: int = 3
+    launches: int = 3  # independent worker processes; trial t runs in process t mod launches
+    rewarm_runs: int = 3  # a block comes back cold after the rest of its group ran
+    rewarm_s: float = 0.05
+    canary_runs: int = 30
+    canary_s: float = 0.15
+    group_size: int = 12
+    unstable_iqr: float = 0.10  # IQR over the median, within a trial
+    unstable_spread: float = 0.05  # trials' medians apart, relative (raw or canary-corrected)
+    remeasure_rounds: int = 1
+
+    def __post_init__(self) -> None:
+        if self.trials < 3 and self.name == "standard":
+            raise ValueError("the standard protocol needs at least 3 trials")
+
+    def trial_plan(self, first_visit: bool) -> TimingPlan:
+        """One visit of a block: the first in a process warms up (the warm-up time is shared
+        between the processes the block runs in), later ones re-warm briefly."""
+        return TimingPlan(
+            warmup_runs=self.warmup_runs if first_visit else self.rewarm_runs,
+            warmup_s=self.warmup_s / min(self.launches, self.trials) if first_visit else self.rewarm_s,
+            min_runs=max(1, -(-self.min_runs // self.trials)),
+            min_time_s=self.min_time_s / self.trials,
+            max_time_s=self.max_time_s / self.trials,
+            ci_target=self.ci_target * self.trials**0.5,  # the trials together reach ci_target
+        )
+
+    def canary_plan(self, first_visit: bool) -> TimingPlan:
+        return TimingPlan(
+            warmup_runs=self.warmup_runs if first_visit else self.rewarm_runs,
+            warmup_s=self.warmup_s / 2 if first_visit else self.rewarm_s,
+            min_runs=self.canary_runs,
+            min_time_s=self.canary_s,
+            max_time_s=self.canary_s * 3,
+            ci_target=self.ci_target,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "standard": Protocol(),
+    # For smoke tests and CI: same structure, tiny budgets. Rows say so in their protocol.
+    "quick": Protocol(
+        name="quick",
+        warmup_runs=2,
+        warmup_s=0.0,
+        min_runs=9,
+        min_time_s=0.0,
+        max_time_s=0.05,
+        trials=3,
+        launches=1,
+        rewarm_runs=1,
+        rewarm_s=0.0,
+        canary_runs=5,
+        canary_s=0.0,
+        group_size=6,
+        remeasure_rounds=1,
+    ),
+}
+
+
+def canary_spec(batch: int = 1, dtype: str = "fp32") -> BlockSpec:
+    """A fixed mid-size block, timed in every trial to follow the machine's drift."""
+    return BlockSpec.from_key(f"ir_k3_s1_c32-96-32_se0_relu_28x28_b{batch}_{dtype}")
+
+
+@dataclass(frozen=True)
+class Result:
+    """One target's measurement (a block or a whole network), or why it failed (`error`)."""
+
+    target: Target
+    stats: Stats | None
+    trial_medians_us: tuple[float, ...] = ()
+    canary_medians_us: tuple[float, ...] = ()
+    canary_ratio: float | None = None
+    canary_us: float | None = None
+    stable: bool = False
+    remeasured: bool = False
+    warmup_runs: int = 0
+    error: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class ProgressSink:
+    """Receives progress (block visits); the CLI draws it as a bar."""
+
+    def advance(self, steps: int = 1, description: str | None = None) -> None: ...
+
+    def add_total(self, steps: int) -> None: ...
+
+
+def _combine(target: Target, timings: list[Timing], canary: list[float], protocol: Protocol) -> Result:
+    medians = tuple(float(np.median(t.samples_us)) for t in timings)
+    # The median of the trials' medians: one odd process does not move it.
+    stats = replace(summarize([s for t in timings for s in t.samples_us]), median_us=float(np.median(medians)))
+    ratios = [m / c for m, c in zip(medians, canary, strict=True) if c > 0]
+    raw_spread = relative_spread(medians)
+    # Drift moves the whole machine; the canary-relative spread is what the estimate sees.
+    canary_spread = relative_spread(ratios) if len(ratios) == len(medians) else raw_spread
+    spread = min(raw_spread, canary_spread)
+    # Noise within a trial; drift between trials is the spread's business, not the IQR's.
+    trial_iqr = float(np.median([summarize(t.samples_us).iqr_ratio for t in timings]))
+    stable = trial_iqr <= protocol.unstable_iqr and spread <= protocol.unstable_spread
+    return Result(
+        target=target,
+        stats=stats,
+        trial_medians_us=medians,
+        canary_medians_us=tuple(canary),
+        canary_ratio=float(np.median(ratios)) if ratios else None,
+        canary_us=float(np.median(canary)) if canary else None,
+        stable=stable,
+        warmup_runs=sum(t.warmup_runs for t in timings),
+        details={"trial_spread": raw_spread, "canary_trial_spread": canary_spread, "trial_iqr_ratio": trial_iqr},
+    )
+
+
+class Scheduler:
+    """Runs the protocol over targets with a pool of workers (one per launch, trial t in worker
+    t mod len(workers)); yields each target's result as soon as it is final."""
+
+    def __init__(
+        self, workers: Worker | Sequence[Worker], protocol: Protocol, progress: ProgressSink | None = None
+    ) -> None:
+        self.workers = list(workers) if isinstance(workers, Sequence) else [workers]
+        self.protocol = protocol
+        self.progress = progress or ProgressSink()
+        self._visited: set[tuple[int, str]] = set()  # (worker, key) already warmed up there
+
+    def run(self, targets: Sequence[Target]) -> Iterator[Result]:
+        size = self.protocol.group_size
+        for start in range(0, len(targets), size):
+            group = list(targets[start : start + size])
+            results = {r.target.key: r for r in self._measure_group(group)}
+            for _ in range(self.protocol.remeasure_rounds):
+                unstable = [r.target for r in results.values() if r.ok and not r.stable]
+                if not unstable:
+                    break
+                self.progress.add_total(len(unstable) * self.protocol.trials)
+                for again in self._measure_group(unstable):
+                    previous = results[again.target.key]
+                    # Keep the steadier of the two; flag it unstable if neither is.
+                    if again.ok and (not previous.ok or _noise(again) <= _noise(previous)):
+                        results[again.target.key] = replace(again, remeasured=True)
+                    else:
+                        results[again.target.key] = replace(previous, remeasured=True)
+            yield from (results[s.key] for s in group)
+            self._forget(group)
+
+    def _forget(self, group: list[Target]) -> None:
+        keys = [t.key for t in group]
+        for index, worker in enumerate(self.workers):
+            try:
+                worker.forget(keys)
+            except WorkerCrashed:
+                self._restart(index)
+        self._visited -= {(i, k) for i in range(len(self.workers)) for k in keys}
+
+    def _visit(self, index: int, key: str) -> bool:
+        """Whether this is the first visit of `key` in worker `index` (and remember it)."""
+        first = (index, key) not in self._visited
+        self._visited.add((index, key))
+        return first
+
+    def _measure_group(self, group: list[Target]) -> list[Result]:
+        protocol = self.protocol
+        canary = canary_spec(group[0].batch, group[0].dtype)
+        timings: dict[str, list[Timing]] = {t.key: [] for t in group}
+        canary_medians: list[float] = []
+        errors: dict[str, str] = {}
+        for trial in range(protocol.trials):
+            index = trial % len(self.workers)
+            worker = self.workers[index]
+            try:
+                timing = worker.measure(canary.key, protocol.canary_plan(self._visit(index, canary.key)))
+                canary_medians.append(float(np.median(timing.samples_us)))
+            except (BlockFailed, WorkerCrashed) as exc:
+                self._recover(index, exc)
+            # Rotate the order each trial so no block always follows the same neighbour.
+            shift = trial * len(group) // protocol.trials
+            for target in group[shift:] + group[:shift]:
+                if target.key in errors:
+                    self.progress.advance(1)
+                    continue
+                try:
+                    plan = protocol.trial_plan(self._visit(index, target.key))
+                    timings[target.key].append(worker.measure(target.key, plan))
+                except (BlockFailed, WorkerCrashed) as exc:
+                    errors[target.key] = str(exc)
+                    self._recover(index, exc)
+                self.progress.advance(1, description=label(target))
+        results = []
+        for target in group:
+            if target.key in errors:
+                results.append(Result(target=target, stats=None, error=errors[target.key]))
+            else:
+                canary_for_block = canary_medians if len(canary_medians) == protocol.trials else []
+                results.append(_combine(target, timings[target.key], canary_for_block, protocol))
+        return results
+
+    def _recover(self, index: int, exc: Exception) -> None:
+        if isinstance(exc, WorkerCrashed):
+            self._restart(index)
+
+    def _restart(self, index: int) -> None:
+        self.workers[index].restart()
+        self._visited = {(i, k) for i, k in self._visited if i != index}
+
+
+def _noise(result: Result) -> float:
+    assert result.stats is not None
+    return max(
+        result.details["trial_iqr_ratio"], min(result.details["trial_spread"], result.details["canary_trial_spread"])
+    )
