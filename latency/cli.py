@@ -6,13 +6,17 @@ import functools
 import json
 import sys
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from latency.errors import LutError
+
+if TYPE_CHECKING:
+    from lut_db import LutStore
 
 app = typer.Typer(
     name="lut",
@@ -28,6 +32,26 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON to stdout instead of a table.")]
+DbOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        envvar="LUT_DB_URL",
+        help="SQLAlchemy URL or SQLite file of the table [default: a SQLite file in the user cache directory].",
+    ),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", envvar="LUT_DEVICE", help="Device: cpu (this host).")]
+BackendOpt = Annotated[
+    str | None, typer.Option(envvar="LUT_BACKEND", help="Backend [default: the one with most entries in the table].")
+]
+ThreadsOpt = Annotated[int, typer.Option(min=1, envvar="LUT_THREADS", help="Threads of the runtime.")]
+BatchOpt = Annotated[int, typer.Option(min=1, help="Batch size.")]
+DtypeOpt = Annotated[str, typer.Option(help="fp32, fp16 or bf16.")]
+ProtocolOpt = Annotated[
+    str,
+    typer.Option(envvar="LUT_PROTOCOL", help="Measurement protocol: standard, or quick (a smoke test: tiny budgets)."),
+]
+SpaceOpt = Annotated[str, typer.Option(help="The search space to sample from (see `lut space show`).")]
 
 
 def user_errors(func: F) -> F:
@@ -40,6 +64,9 @@ def user_errors(func: F) -> F:
         except LutError as exc:
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted: what was measured is stored; run the same command again to finish.")
+            raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -153,6 +180,497 @@ def blocks(
         "", "total", "", "", "", f"{sum(r['flops_m'] for r in rows):.3f}", f"{sum(r['params_m'] for r in rows):.4f}"
     )
     console.print(table)
+
+
+class RichProgress:
+    """A rich progress bar (on stderr, so --json output stays clean) fed by the profilers."""
+
+    def __init__(self, description: str) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[item]}", style="dim"),
+            console=err_console,
+            transient=True,
+            disable=not err_console.is_terminal,  # no bar in logs and pipes
+        )
+        self._task = self._progress.add_task(description, total=0, item="")
+        self._started = False
+
+    def __enter__(self) -> RichProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._started:
+            self._progress.stop()
+
+    def advance(self, steps: int = 1, description: str | None = None) -> None:
+        self._progress.update(self._task, advance=steps, item=(description or "")[:48])
+
+    def add_total(self, steps: int) -> None:
+        if not self._started:  # the bar appears once there is work, not before validation
+            self._progress.start()
+            self._started = True
+        total = self._progress.tasks[0].total or 0
+        self._progress.update(self._task, total=total + steps)
+
+
+def _open_store(db: str | None) -> LutStore:
+    from lut_db import LutStore
+
+    return LutStore(db)
+
+
+def _split(values: str | None) -> list[str]:
+    return [v.strip() for v in (values or "").split(",") if v.strip()]
+
+
+@app.command()
+@user_errors
+def profile(
+    device: DeviceOpt = "cpu",
+    backend: Annotated[str | None, typer.Option(help="torch or onnxruntime [default: the device's first].")] = None,
+    models: Annotated[
+        str | None, typer.Option(help="Comma-separated model names, or 'all' [default: all, unless --arch is given].")
+    ] = None,
+    arch: Annotated[list[str] | None, typer.Option("--arch", help="An ARCH.json file (repeatable).")] = None,
+    threads: ThreadsOpt = 1,
+    batch: BatchOpt = 1,
+    dtype: DtypeOpt = "fp32",
+    force: Annotated[bool, typer.Option(help="Measure again blocks the table already has.")] = False,
+    protocol: ProtocolOpt = "standard",
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure every block of the models asked for that the table lacks, and store each at once."""
+    from latency.profile import collect_specs, profile_blocks
+
+    _protocol(protocol)
+    model_names = _split(models) or ([] if arch else ["all"])
+    specs = collect_specs(model_names, arch or [], batch=batch, dtype=dtype)
+    store = _open_store(db)
+    with RichProgress(f"profiling on {device}") as bar:
+        summary = profile_blocks(specs, store, device, backend, threads, protocol, force, progress=bar)
+    if as_json:
+        print_json({**summary.to_dict(), "db": str(store.url)})
+    else:
+        console.print(
+            f"{summary.requested} blocks asked for on {summary.device} ({summary.backend} "
+            f"{summary.backend_version}, {summary.threads} thread(s)): {summary.measured} measured, "
+            f"{summary.already_present} already in the table, {len(summary.unstable)} unstable after "
+            f"re-measurement, {len(summary.failed)} failed; {summary.seconds:.1f} s."
+        )
+        console.print(f"table: {store.url}", highlight=False)
+        for key, error in summary.failed.items():
+            err_console.print(f"failed: {key}: {error}", highlight=False, soft_wrap=True)
+    if summary.interrupted:
+        err_console.print("interrupted: what was measured is stored; run the same command again to finish.")
+        raise typer.Exit(130)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def devices(db: DbOpt = None, as_json: JsonOpt = False) -> None:
+    """The devices in the table with their fingerprints and entry counts."""
+    store = _open_store(db)
+    rows = store.devices()
+    if as_json:
+        print_json(
+            [
+                {
+                    "name": d.name,
+                    "kind": d.kind,
+                    "fingerprint": d.fingerprint,
+                    "measurements": d.n_measurements,
+                    "e2e_runs": d.n_e2e_runs,
+                    "created_at": d.created_at.isoformat(),
+                    "last_seen_at": d.last_seen_at.isoformat(),
+                }
+                for d in rows
+            ]
+        )
+        return
+    table = Table(title=f"devices in {store.url}")
+    for column in ("device", "kind", "blocks measured", "end-to-end runs", "last seen (UTC)", "fingerprint"):
+        table.add_column(column)
+    for d in rows:
+        fingerprint = ", ".join(f"{k}={v}" for k, v in d.fingerprint.items() if v is not None)
+        table.add_row(
+            d.name,
+            d.kind,
+            str(d.n_measurements),
+            str(d.n_e2e_runs),
+            d.last_seen_at.strftime("%Y-%m-%d %H:%M"),
+            fingerprint,
+        )
+    console.print(table)
+
+
+@app.command("export")
+@user_errors
+def export_table(
+    out: Annotated[Path, typer.Option("--out", help="The CSV file to write.")],
+    device: Annotated[str | None, typer.Option(help="Only this device's rows [default: all].")] = None,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write the table's measurements (with block fields and device) to a CSV file."""
+    store = _open_store(db)
+    if device is not None and store.device(device) is None:
+        raise LutError(f"Device '{device}' is not in {store.url}; see `lut devices`.")
+    rows = store.export_csv(out, device=device)
+    if as_json:
+        print_json({"rows": rows, "out": str(out)})
+    else:
+        console.print(f"wrote {rows} measurements to {out}")
+
+
+@app.command("import")
+@user_errors
+def import_table(
+    csv_file: Annotated[Path, typer.Argument(help="A CSV file written by `lut export`.")],
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Merge a CSV file written by `lut export` into the table (all or nothing)."""
+    store = _open_store(db)
+    rows = store.import_csv(csv_file)
+    if as_json:
+        print_json({"rows": rows, "db": str(store.url)})
+    else:
+        console.print(f"imported {rows} measurements into {store.url}")
+
+
+def _protocol(name: str) -> str:
+    from profilers.protocol import PROTOCOLS
+
+    if name not in PROTOCOLS:
+        raise LutError(f"Unknown protocol '{name}'; known: {', '.join(PROTOCOLS)}.", exit_code=2)
+    return name
+
+
+def _ready_estimator(
+    archs: list[Any],
+    device: str,
+    backend: str | None,
+    threads: int,
+    batch: int,
+    dtype: str,
+    db: str | None,
+    measure_missing: bool,
+    strict: bool,
+    protocol: str = "standard",
+) -> Any:
+    """An Estimator whose table covers `archs`: missing blocks are measured on a local device
+    (unless told not to), or predicted elsewhere; `strict` makes any missing block an error."""
+    from latency.estimate import Estimator
+    from latency.profile import fill_missing
+
+    estimator = Estimator(device, backend=backend, threads=threads, batch=batch, dtype=dtype, store=_open_store(db))
+    if not strict:
+        with RichProgress(f"measuring missing blocks on {device}") as bar:
+            fill_missing(estimator, archs, measure=measure_missing, protocol=_protocol(protocol), progress=bar)
+    return estimator
+
+
+@app.command()
+@user_errors
+def estimate(
+    model: Annotated[str, typer.Argument(help="A model name or an ARCH.json file.")],
+    device: DeviceOpt = "cpu",
+    backend: BackendOpt = None,
+    threads: ThreadsOpt = 1,
+    batch: BatchOpt = 1,
+    dtype: DtypeOpt = "fp32",
+    breakdown: Annotated[bool, typer.Option(help="Show every block's latency and source.")] = False,
+    no_profile: Annotated[bool, typer.Option("--no-profile", help="Never measure missing blocks.")] = False,
+    strict: Annotated[bool, typer.Option(help="Any block missing from the table is an error.")] = False,
+    protocol: ProtocolOpt = "standard",
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Estimate a model's end-to-end latency on a device from the lookup table."""
+    from latency.models import resolve_arch
+
+    arch = resolve_arch(model)
+    estimator = _ready_estimator([arch], device, backend, threads, batch, dtype, db, not no_profile, strict, protocol)
+    result = estimator.estimate(arch)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    low, high = result.interval_ms
+    console.print(
+        f"[bold]{result.model}[/] on {result.device} ({result.backend}, {result.threads} thread(s), batch "
+        f"{result.batch}, {result.dtype}): [bold]{result.latency_ms:.3f} ms[/] (interval {low:.3f}-{high:.3f} ms)"
+    )
+    predicted = sum(b.source == "predicted" for b in result.blocks)
+    console.print(
+        f"sum of {len(result.blocks)} block medians: {result.sum_ms:.3f} ms"
+        + (f"; {predicted} blocks predicted, not measured" if predicted else "")
+    )
+    if result.calibrated:
+        cal = result.calibration
+        console.print(
+            f"calibrated: {cal['model']} correction, cross-validated RMSPE {cal.get('cv_rmspe', float('nan')):.1%}"
+            f" over {cal.get('cv_n', 0)} runs"
+        )
+    else:
+        console.print(f"uncalibrated: the plain sum of blocks; run `lut calibrate --device {result.device}`")
+    if breakdown:
+        table = Table()
+        for column in ("#", "block", "source", "latency (ms)", "share"):
+            table.add_column(column, justify="right" if column in ("#", "latency (ms)", "share") else "left")
+        for i, block in enumerate(result.blocks):
+            table.add_row(
+                str(i), block.key, block.source, f"{block.latency_ms:.4f}", f"{block.latency_ms / result.sum_ms:.1%}"
+            )
+        console.print(table)
+
+
+@app.command()
+@user_errors
+def calibrate(
+    device: DeviceOpt = "cpu",
+    backend: Annotated[str | None, typer.Option(help="Backend [default: the device's first].")] = None,
+    random: Annotated[int, typer.Option("--random", min=0, help="Sampled architectures to add.")] = 30,
+    seed: Annotated[int, typer.Option(help="Seed of the sample.")] = 0,
+    models: Annotated[str, typer.Option(help="Family members to include: 'all', 'none' or names.")] = "all",
+    space: SpaceOpt = "fbnetv2_f4",
+    threads: ThreadsOpt = 1,
+    batch: BatchOpt = 1,
+    dtype: DtypeOpt = "fp32",
+    protocol: ProtocolOpt = "standard",
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure end-to-end runs, fit the sum-to-end-to-end correction, store it with its CV error."""
+    from latency.calibrate import calibrate as run_calibration
+    from latency.calibrate import family_archs, sampled_archs
+    from profilers.devices import resolve_device
+
+    backend = backend or resolve_device(device).default_backend
+    archs = (family_archs(_split(models)) if models != "none" else []) + sampled_archs(random, seed, space)
+    store = _open_store(db)
+    with RichProgress(f"calibrating {device}") as bar:
+        report = run_calibration(store, archs, device, backend, threads, batch, dtype, _protocol(protocol), bar)
+    if as_json:
+        print_json(report.to_dict())
+        return
+    metrics = report.correction.metrics
+    console.print(
+        f"calibrated {device}/{backend} on {report.runs} end-to-end runs: {report.correction.model} correction; "
+        f"cross-validated RMSPE {metrics['cv_rmspe']:.1%}, MAPE {metrics['cv_mape']:.1%}, within 10% "
+        f"{metrics['cv_within_10pct']:.0%}"
+    )
+
+
+@app.command()
+@user_errors
+def validate(
+    device: DeviceOpt = "cpu",
+    backend: Annotated[str | None, typer.Option(help="Backend [default: the device's first].")] = None,
+    models: Annotated[str, typer.Option(help="Family members to validate on: 'all', 'none' or names.")] = "all",
+    random: Annotated[int, typer.Option("--random", min=0, help="Sampled architectures to add.")] = 30,
+    seed: Annotated[int, typer.Option(help="Seed of the sample (keep it apart from calibration's).")] = 1,
+    space: SpaceOpt = "fbnetv2_f4",
+    threads: ThreadsOpt = 1,
+    batch: BatchOpt = 1,
+    dtype: DtypeOpt = "fp32",
+    protocol: ProtocolOpt = "standard",
+    plot: Annotated[Path | None, typer.Option(help="Draw estimated vs measured latency to this PNG.")] = None,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure end-to-end runs calibration did not use and report the estimate's accuracy."""
+    from latency.calibrate import family_archs, sampled_archs
+    from latency.validate import validate as run_validation
+    from profilers.devices import resolve_device
+
+    backend = backend or resolve_device(device).default_backend
+    archs = (family_archs(_split(models)) if models != "none" else []) + sampled_archs(random, seed, space)
+    if not archs:
+        raise LutError("Nothing to validate: give --models or --random.", exit_code=2)
+    store = _open_store(db)
+    with RichProgress(f"validating on {device}") as bar:
+        report = run_validation(store, archs, device, backend, threads, batch, dtype, _protocol(protocol), bar)
+    if plot is not None:
+        from latency.report import plot_validation
+
+        title = f"{device} / {backend}: " + ("calibrated" if report.calibrated else "uncalibrated") + " estimate"
+        plot_validation(report.rows, report.metrics, title, plot)
+    if as_json:
+        print_json(report.to_dict())
+        return
+    table = Table(title=f"estimate vs end-to-end runs on {device} ({backend})")
+    for column in ("architecture", "estimated (ms)", "measured (ms)", "error", "calibration saw it"):
+        table.add_column(column, justify="left" if column == "architecture" else "right")
+    for row in report.rows:
+        table.add_row(
+            row["name"],
+            f"{row['estimated_ms']:.3f}",
+            f"{row['measured_ms']:.3f}",
+            f"{row['error']:+.1%}",
+            "yes" if row["in_calibration"] else "no",
+        )
+    console.print(table)
+    m = report.metrics
+    console.print(
+        f"n={m['n']}  within 10%: {m['within_10pct']:.0%}  RMSPE {m['rmspe']:.1%}  MAPE {m['mape']:.1%}  "
+        f"Kendall tau {m.get('kendall_tau', float('nan')):.3f}  Spearman rho {m.get('spearman_rho', float('nan')):.3f}"
+        "  (errors against each run's own canary; plain ms: within 10% "
+        f"{report.absolute_metrics['within_10pct']:.0%}, RMSPE {report.absolute_metrics['rmspe']:.1%})"
+    )
+    if not report.calibrated:
+        console.print(f"uncalibrated estimate: run `lut calibrate --device {device}` first")
+    if plot is not None:
+        console.print(f"plot: {plot}")
+
+
+@app.command()
+@user_errors
+def rank(
+    device: DeviceOpt = "cpu",
+    devices: Annotated[str | None, typer.Option(help="Several devices, comma-separated (overrides --device).")] = None,
+    budget_ms: Annotated[float | None, typer.Option(help="A latency budget: the best model under it.")] = None,
+    backend: BackendOpt = None,
+    threads: ThreadsOpt = 1,
+    batch: BatchOpt = 1,
+    dtype: DtypeOpt = "fp32",
+    no_profile: Annotated[bool, typer.Option("--no-profile", help="Never measure missing blocks.")] = False,
+    plot: Annotated[Path | None, typer.Option(help="Draw accuracy vs latency per device to this PNG.")] = None,
+    protocol: ProtocolOpt = "standard",
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The family ordered by estimated latency, with accuracy, Pareto front and the best under a budget."""
+    from latency.calibrate import family_archs
+    from latency.rank import rank_family
+
+    names = _split(devices) or [device]
+    if budget_ms is not None and budget_ms <= 0:
+        raise LutError(f"--budget-ms must be positive, got {budget_ms:g}.", exit_code=2)
+    archs = family_archs(["all"])
+    estimators = {
+        d: _ready_estimator(archs, d, backend, threads, batch, dtype, db, not no_profile, False, protocol)
+        for d in names
+    }
+    ranking = rank_family(names, lambda d, n: estimators[d].estimate(n), budget_ms)
+    if plot is not None:
+        from latency.report import plot_ranking
+
+        plot_ranking(ranking, plot)
+    if as_json:
+        print_json(ranking.to_dict())
+        return
+    table = Table(title="FBNetV2 family by estimated latency" + (f" (budget {budget_ms:g} ms)" if budget_ms else ""))
+    for column in (
+        "model",
+        *(f"{d} (ms)" for d in names),
+        *(f"rank {d}" for d in names if len(names) > 1),
+        "FLOPs (M)",
+        "params (M)",
+        "top-1",
+        "Pareto",
+    ):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for row in ranking.rows:
+        table.add_row(
+            row.name,
+            *(f"{row.latency_ms[d]:.3f}" for d in names),
+            *(str(row.rank[d]) for d in names if len(names) > 1),
+            f"{row.flops_m:.1f}",
+            f"{row.params_m:.3f}",
+            f"{row.top1:.1f}",
+            ", ".join(d for d in names if row.pareto[d]) or "-",
+        )
+    console.print(table)
+    for d in names:
+        if not all(row.calibrated[d] for row in ranking.rows):
+            console.print(f"{d}: uncalibrated estimates (run `lut calibrate --device {d}`)")
+        if budget_ms is not None:
+            best = ranking.best_under_budget(d)
+            console.print(
+                f"best under {budget_ms:g} ms on {d}: "
+                + (f"{best.name} ({best.latency_ms[d]:.3f} ms, top-1 {best.top1:.1f})" if best else "none fits")
+            )
+    for change in ranking.rank_changes():
+        console.print(f"rank change: {change['name']} " + ", ".join(f"{d} #{r}" for d, r in change["rank"].items()))
+    if plot is not None:
+        console.print(f"plot: {plot}")
+
+
+@app.command()
+@user_errors
+def sample(
+    n: Annotated[int, typer.Option("--n", min=1, help="How many architectures.")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed of the sample.")] = 0,
+    out: Annotated[Path, typer.Option(help="Directory for the ARCH.json files.")] = Path("samples"),
+    space: SpaceOpt = "fbnetv2_f4",
+    as_json: JsonOpt = False,
+) -> None:
+    """Write architectures sampled uniformly from a search space as ARCH.json files."""
+    from latency.space import get_space
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for arch in get_space(space).sampled_archs(n, seed):
+        path = out / f"{arch.name}.json"
+        path.write_text(arch.to_json())
+        paths.append(str(path))
+    if as_json:
+        print_json({"space": space, "seed": seed, "files": paths})
+    else:
+        console.print(f"wrote {len(paths)} architectures of {space} to {out}/")
+
+
+space_app = typer.Typer(help="Search spaces: options, size.", no_args_is_help=True)
+app.add_typer(space_app, name="space")
+
+
+@space_app.command("show")
+@user_errors
+def space_show(
+    name: Annotated[str, typer.Argument(help="The space's name.")] = "fbnetv2_f4",
+    as_json: JsonOpt = False,
+) -> None:
+    """Print a search space's blocks, width and resolution options, and its size."""
+    from latency.models import get_arch
+    from latency.space import get_space
+
+    space = get_space(name)
+    if as_json:
+        print_json({**space.to_dict(), "grid_blocks": len(space.all_specs())})
+        return
+    console.print(f"[bold]{space.name}[/]: {space.about}", highlight=False)
+    console.print(f"resolutions: {', '.join(map(str, space.resolutions))}")
+    table = Table(title="blocks")
+    for column in ("#", "op", "stride", "output width", "mid options"):
+        table.add_column(column)
+    for i, block in enumerate(space.blocks):
+        out = f"{block.group}: {', '.join(map(str, space.widths(block.group)))}" if block.group else str(block.c_out)
+        table.add_row(str(i), block.op, str(block.stride), out, ", ".join(map(str, block.mids or ())) or "-")
+    console.print(table)
+    f4 = space.point_of(get_arch("dmasking_f4"))
+    console.print(
+        f"{len(space.dimensions)} searched dimensions, {space.size:.3e} architectures, "
+        f"{len(space.all_specs())} distinct block shapes; dmasking_f4 is "
+        + (f"the point {space.point_name(f4)}" if f4 else "not a point of it")
+    )
 
 
 def main() -> None:

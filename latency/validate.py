@@ -1,0 +1,133 @@
+"""Prove the estimate: measure end-to-end runs that calibration did not use, compare, report.
+
+Accuracy is computed in canary units (each run against the canary of its own trial, each block
+likewise), so it measures the estimator and not the machine's drift between the day the table was
+filled and today; the same metrics on plain milliseconds are reported beside them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from latency.arch import Arch
+from latency.calibrate import ensure_blocks, error_metrics, run_units
+from latency.estimate import Estimator
+from latency.models import list_models
+from latency.profile import ProfileSummary, profile_archs
+from lut_db import LutStore, arch_hash
+from profilers.protocol import ProgressSink, Protocol
+
+
+@dataclass
+class ValidationReport:
+    device: str
+    backend: str
+    calibrated: bool
+    metrics: dict[str, Any]
+    absolute_metrics: dict[str, Any]
+    rows: list[dict[str, Any]]
+    blocks: ProfileSummary | None = None
+    e2e: ProfileSummary | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.metrics,
+            "device": self.device,
+            "backend": self.backend,
+            "calibrated": self.calibrated,
+            "absolute": self.absolute_metrics,
+            "rows": self.rows,
+        }
+
+
+def compare(archs: Sequence[Arch], estimator: Estimator, store: LutStore, tag: str = "validation") -> ValidationReport:
+    """Estimates of `archs` against their stored runs with `tag`."""
+    runs = {
+        r.arch_hash: r
+        for r in store.e2e_runs(
+            estimator.device,
+            estimator.backend,
+            tag=tag,
+            threads=estimator.threads,
+            batch=estimator.batch,
+            dtype=estimator.dtype,
+        )
+    }
+    calibration = {
+        r.arch_hash
+        for r in store.e2e_runs(
+            estimator.device,
+            estimator.backend,
+            tag="calibration",
+            threads=estimator.threads,
+            batch=estimator.batch,
+            dtype=estimator.dtype,
+        )
+    }
+    family = set(list_models())
+    rows = []
+    for arch in archs:
+        digest = arch_hash(json.dumps(arch.to_dict()))
+        run = runs.get(digest)
+        if run is None:
+            continue
+        estimate = estimator.estimate(arch)
+        rows.append(
+            {
+                "name": arch.name,
+                "family": arch.name in family,
+                "in_calibration": digest in calibration,
+                "estimated_ms": estimate.latency_ms,
+                "measured_ms": run.median_us / 1e3,
+                "estimated_units": estimate.units,
+                "measured_units": run_units(run, estimator.canary_ref_us),
+                "sum_ms": estimate.sum_ms,
+            }
+        )
+    if not rows:
+        raise ValueError("no architecture has a validation run")
+    for row in rows:
+        row["error"] = row["estimated_units"] / row["measured_units"] - 1
+    metrics = _metrics(rows, "units")
+    held_out = [r for r in rows if not r["in_calibration"]]
+    if len(held_out) < len(rows) and held_out:
+        metrics["held_out"] = _metrics(held_out, "units")  # architectures calibration never saw
+    return ValidationReport(
+        estimator.device, estimator.backend, estimator.calibrated, metrics, _metrics(rows, "ms"), rows
+    )
+
+
+def _metrics(rows: list[dict[str, Any]], unit: str) -> dict[str, Any]:
+    return error_metrics(
+        np.array([r[f"estimated_{unit}"] for r in rows]), np.array([r[f"measured_{unit}"] for r in rows])
+    )
+
+
+def validate(
+    store: LutStore,
+    archs: Sequence[Arch],
+    device: str = "cpu",
+    backend: str = "torch",
+    threads: int = 1,
+    batch: int = 1,
+    dtype: str = "fp32",
+    protocol: Protocol | str = "standard",
+    progress: ProgressSink | None = None,
+    tag: str = "validation",
+) -> ValidationReport:
+    """Measure what is missing (blocks, then end-to-end runs under `tag`) and compare."""
+    blocks = ensure_blocks(archs, store, device, backend, threads, batch, dtype, protocol, progress)
+    if blocks.interrupted:
+        raise KeyboardInterrupt
+    e2e = profile_archs(archs, store, device, backend, threads, batch, dtype, tag, protocol, progress=progress)
+    if e2e.interrupted:
+        raise KeyboardInterrupt
+    estimator = Estimator(device, backend=backend, threads=threads, batch=batch, dtype=dtype, store=store)
+    report = compare(archs, estimator, store, tag)
+    report.blocks, report.e2e = blocks, e2e
+    return report

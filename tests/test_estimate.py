@@ -1,0 +1,191 @@
+"""Estimator and calibration arithmetic on tables with known entries (no measuring here).
+
+The entries are written through the real store; what is checked is that the estimate, the
+vectorised paths and the calibration do exactly what they claim with those numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from latency.calibrate import Sample, error_metrics, fit_correction
+from latency.correction import FEATURES, block_features
+from latency.estimate import Estimator, MissingBlocksError
+from latency.models import blocks_of, get_arch
+from latency.profile import block_row
+from latency.rank import pareto_front, rank_family
+from latency.space import get_space
+from lut_db import FitRecord, LutStore, MeasurementRecord
+
+CANARY_US = 200.0
+
+
+def fake_latency_us(spec) -> float:
+    """A deterministic stand-in for a device: FLOPs-proportional plus a fixed cost."""
+    return 5.0 + spec.flops / 2e3
+
+
+def fill(store: LutStore, specs, device: str = "cpu", scale: float = 1.0, canary_us: float = CANARY_US) -> None:
+    store.get_or_create_device(device, "cpu", {"what": device}, {"what": device})
+    store.upsert_blocks(block_row(s) for s in specs)
+    for spec in {s.key: s for s in specs}.values():
+        median = fake_latency_us(spec) * scale
+        store.put_measurement(
+            MeasurementRecord(
+                block_key=spec.key,
+                device=device,
+                backend="torch",
+                backend_version="2.13.0",
+                threads=1,
+                dtype=spec.dtype,
+                batch=spec.batch,
+                median_us=median,
+                p10_us=median * 0.95,
+                p90_us=median * 1.1,
+                iqr_us=median * 0.05,
+                mean_us=median,
+                std_us=median * 0.03,
+                min_us=median * 0.9,
+                n=100,
+                trials=3,
+                canary_ratio=median / canary_us,
+                canary_us=canary_us,
+                protocol={},
+                environment={},
+                measured_at=datetime.now(UTC),
+                stable=True,
+            )
+        )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LutStore:
+    with LutStore(str(tmp_path / "lut.sqlite")) as s:
+        yield s
+
+
+def test_uncalibrated_estimate_is_the_sum_of_block_medians(store: LutStore) -> None:
+    specs = blocks_of("dmasking_f1")
+    fill(store, specs)
+    est = Estimator("cpu", store=store).estimate("dmasking_f1")
+    expected = sum(fake_latency_us(s) for s in specs) / 1e3
+    assert not est.calibrated and est.backend == "torch"
+    assert est.latency_ms == pytest.approx(expected) and est.sum_ms == pytest.approx(expected)
+    assert est.interval_ms == pytest.approx((expected * 0.95, expected * 1.1))
+    assert [b.key for b in est.blocks] == [s.key for s in specs]
+    assert {b.source for b in est.blocks} == {"measured"}
+    data = est.to_dict()
+    assert {"model", "device", "backend", "latency_ms", "sum_ms", "interval_ms", "calibrated", "blocks"} <= set(data)
+    assert set(data["blocks"][0]) == {"key", "latency_ms", "source", "kind"}
+
+
+def test_missing_blocks_are_listed_with_the_command_to_measure_them(store: LutStore) -> None:
+    fill(store, blocks_of("dmasking_f1")[:-2])
+    estimator = Estimator("cpu", store=store)
+    assert [s.kind for s in estimator.missing("dmasking_f1")] == ["head", "classifier"]
+    with pytest.raises(
+        MissingBlocksError,
+        match=r"2 blocks of dmasking_f1 are not in the table .*"
+        r"`lut profile --device cpu --backend torch .* --models dmasking_f1`",
+    ) as info:
+        estimator.estimate("dmasking_f1")
+    assert len(info.value.keys) == 2
+
+
+def synthetic_samples(archs, estimator: Estimator, overhead_units: float, scale: float) -> list[Sample]:
+    samples = []
+    for arch in archs:
+        specs = arch.specs()
+        feats = np.sum([block_features(s, estimator.entry(s).units) for s in specs], axis=0)
+        measured = scale * feats[0] + overhead_units * feats[FEATURES.index("blocks")]
+        samples.append(Sample(arch.name, feats, measured, measured * CANARY_US / 1e3))
+    return samples
+
+
+def test_calibration_recovers_a_known_correction_and_the_estimator_applies_it(store: LutStore) -> None:
+    space = get_space()
+    archs = [get_arch("dmasking_f4"), *space.sampled_archs(12, seed=5)]
+    fill(store, space.all_specs())  # the whole grid, for the vectorised path
+    raw = Estimator("cpu", store=store, use_calibration=False)
+    samples = synthetic_samples(archs, raw, overhead_units=0.05, scale=1.2)
+    correction = fit_correction(samples, raw.canary_ref_us)
+    assert correction.model in ("per_block", "traffic")
+    assert correction.metrics["cv_rmspe"] < 1e-6 and correction.metrics["cv_within_10pct"] == 1.0
+    weights = correction.weights
+    assert weights[0] == pytest.approx(1.2) and weights[FEATURES.index("blocks")] + correction.intercept / 22 == (
+        pytest.approx(0.05, abs=1e-6)
+    )
+    store.put_fit(
+        FitRecord(
+            device="cpu",
+            backend="torch",
+            backend_version="2.13.0",
+            threads=1,
+            dtype="fp32",
+            batch=1,
+            purpose="calibration",
+            params=correction.to_params(),
+            metrics=correction.metrics,
+            n_samples=len(samples),
+            fitted_at=datetime.now(UTC),
+        )
+    )
+    calibrated = Estimator("cpu", store=store)
+    for arch, sample in zip(archs, samples, strict=True):
+        est = calibrated.estimate(arch)
+        assert est.calibrated and est.latency_ms == pytest.approx(sample.measured_ms, rel=1e-9)
+        assert est.interval_ms[0] <= est.latency_ms <= est.interval_ms[1]
+    # Many at once: the same numbers, by the list path and by the space's index path.
+    many = calibrated.estimate_many(archs)
+    assert many == pytest.approx([s.measured_ms for s in samples], rel=1e-9)
+    indices = np.array([[p.resolution, *p.widths, *p.mids] for p in map(space.point_of, archs)])
+    assert calibrated.estimate_space(space, indices) == pytest.approx(many, rel=1e-9)
+
+
+def test_estimate_space_covers_only_filled_grids(store: LutStore) -> None:
+    fill(store, blocks_of("dmasking_f4"))
+    with pytest.raises(MissingBlocksError, match="block shapes of space 'fbnetv2_f4' are not in the table"):
+        Estimator("cpu", store=store).space_tables(get_space())
+
+
+def test_error_metrics_match_their_definitions() -> None:
+    measured = np.array([10.0, 20.0, 30.0, 40.0])
+    estimated = np.array([11.0, 19.0, 36.0, 40.0])
+    m = error_metrics(estimated, measured)
+    assert m["n"] == 4 and m["within_10pct"] == 0.75
+    assert m["mape"] == pytest.approx((0.1 + 0.05 + 0.2 + 0) / 4)
+    assert m["rmspe"] == pytest.approx(math.sqrt((0.01 + 0.0025 + 0.04) / 4))
+    assert m["kendall_tau"] == 1.0 and m["spearman_rho"] == 1.0
+
+
+def test_pareto_front_and_budget() -> None:
+    points = [("a", 1.0, 70.0), ("b", 2.0, 75.0), ("c", 3.0, 74.0), ("d", 3.0, 78.0), ("e", 2.0, 75.0)]
+    assert pareto_front(points) == {"a", "b", "d", "e"}
+
+
+def test_ranking_over_two_devices_reports_rank_changes(store: LutStore) -> None:
+    names = ["dmasking_f1", "dmasking_f2", "dmasking_f3", "dmasking_f4", "dmasking_l1", "dmasking_l2", "dmasking_l3"]
+    specs = [s for n in names for s in blocks_of(n)]
+    fill(store, specs, device="cpu")
+    fill(store, specs, device="phone")
+    estimators = {d: Estimator(d, store=store) for d in ("cpu", "phone")}
+    # The phone is the same but 3x slower on f4's large-resolution blocks only: its order changes.
+    phone = estimators["phone"]
+
+    def estimate(device: str, name: str):
+        est = estimators[device].estimate(name)
+        if device == "phone" and name == "dmasking_f4":
+            return type(est)(**{**est.__dict__, "latency_ms": est.latency_ms * 10})
+        return est
+
+    ranking = rank_family(["cpu", "phone"], estimate, budget_ms=1e9)
+    assert [r.name for r in ranking.rows] == sorted(names, key=lambda n: estimators["cpu"].estimate(n).latency_ms)
+    changes = {c["name"] for c in ranking.rank_changes()}
+    assert "dmasking_f4" in changes
+    assert ranking.best_under_budget("cpu").name == "dmasking_l3"  # every model fits: the most accurate
+    assert phone.calibrated is False
