@@ -4,7 +4,6 @@ cross-validated error, and turn stored runs into training data."""
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,17 +32,11 @@ class CalibrationError(LutError):
 
 @dataclass(frozen=True)
 class Sample:
-    """One architecture: its summed block features and its measured time, in canary units."""
+    """One architecture: its summed block features and its measured end-to-end time."""
 
     name: str
     features: np.ndarray  # summed over blocks, ordered as FEATURES
-    measured_units: float
     measured_ms: float
-
-
-def run_units(run: E2ERecord, canary_ref_us: float) -> float:
-    """A run's time in canary units (its own trial's canary when it has one)."""
-    return run.canary_ratio if run.canary_ratio else run.median_us / canary_ref_us
 
 
 def samples_from_runs(runs: list[E2ERecord], estimator: Estimator) -> list[Sample]:
@@ -55,8 +48,8 @@ def samples_from_runs(runs: list[E2ERecord], estimator: Estimator) -> list[Sampl
         entries = [estimator.entry(s) for s in specs]
         if any(e is None for e in entries):
             continue
-        features = np.sum([block_features(s, e.units) for s, e in zip(specs, entries, strict=True)], axis=0)
-        samples.append(Sample(run.arch_name, features, run_units(run, estimator.canary_ref_us), run.median_us / 1e3))
+        features = np.sum([block_features(s, e.median_us / 1e3) for s, e in zip(specs, entries, strict=True)], axis=0)
+        samples.append(Sample(run.arch_name, features, run.median_us / 1e3))
     return samples
 
 
@@ -76,7 +69,7 @@ def _fit(x: np.ndarray, y: np.ndarray, model: str) -> tuple[np.ndarray, float]:
 
 def _cross_validated(samples: list[Sample], model: str) -> np.ndarray:
     """Leave-one-out predictions: each architecture predicted by a fit that never saw it."""
-    x, y = _design(samples, model), np.array([s.measured_units for s in samples])
+    x, y = _design(samples, model), np.array([s.measured_ms for s in samples])
     predictions = np.empty(len(samples))
     for i in range(len(samples)):
         keep = np.arange(len(samples)) != i
@@ -102,14 +95,14 @@ def error_metrics(estimated: np.ndarray, measured: np.ndarray) -> dict[str, floa
     return metrics
 
 
-def fit_correction(samples: list[Sample], canary_ref_us: float) -> Correction:
+def fit_correction(samples: list[Sample], table_canary_us: float | None = None) -> Correction:
     """Choose the model with the lowest leave-one-out RMSPE, refit it on all runs."""
     if len(samples) < MIN_RUNS:
         raise CalibrationError(
             f"Calibration needs at least {MIN_RUNS} end-to-end runs whose blocks are all in the table; "
             f"found {len(samples)}."
         )
-    measured = np.array([s.measured_units for s in samples])
+    measured = np.array([s.measured_ms for s in samples])
     best: tuple[float, str, np.ndarray] | None = None
     candidates = {}
     for model in MODELS:
@@ -135,7 +128,7 @@ def fit_correction(samples: list[Sample], canary_ref_us: float) -> Correction:
         model=model,
         coef=tuple(float(c) for c in coef),
         intercept=intercept,
-        canary_ref_us=canary_ref_us,
+        table_canary_us=table_canary_us,
         metrics=metrics,
     )
 
@@ -167,7 +160,7 @@ class CalibrationReport:
             "coef": list(self.correction.coef),
             "features": list(MODELS[self.correction.model]),
             "intercept": self.correction.intercept,
-            "canary_ref_us": self.correction.canary_ref_us,
+            "table_canary_us": self.correction.table_canary_us,
             "runs": self.runs,
             "metrics": self.correction.metrics,
             "blocks_profiled": self.blocks.to_dict() if self.blocks else None,
@@ -213,11 +206,9 @@ def calibrate(
     estimator = Estimator(
         device, backend=backend, threads=threads, batch=batch, dtype=dtype, store=store, use_calibration=False
     )
-    if math.isnan(estimator.canary_ref_us):
-        raise CalibrationError(f"No block of {device}/{backend} in the table has a canary time; profile first.")
     runs = store.e2e_runs(device, backend, tag=tag, threads=threads, batch=batch, dtype=dtype)
     samples = samples_from_runs(runs, estimator)
-    correction = fit_correction(samples, estimator.canary_ref_us)
+    correction = fit_correction(samples, estimator.table_canary_us)
     store.put_fit(
         FitRecord(
             device=device,

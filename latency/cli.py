@@ -251,6 +251,14 @@ def profile(
     batch: BatchOpt = 1,
     dtype: DtypeOpt = "fp32",
     force: Annotated[bool, typer.Option(help="Measure again blocks the table already has.")] = False,
+    space: Annotated[
+        str | None,
+        typer.Option(
+            help="Fill the table for a search space instead: corners, then adaptive samples "
+            "within --budget-min, the rest predicted."
+        ),
+    ] = None,
+    budget_min: Annotated[float, typer.Option(min=0.0, help="Minutes of measuring for --space.")] = 20.0,
     protocol: ProtocolOpt = "standard",
     db: DbOpt = None,
     as_json: JsonOpt = False,
@@ -259,6 +267,9 @@ def profile(
     from latency.profile import collect_specs, profile_blocks
 
     _protocol(protocol)
+    if space is not None:
+        _profile_space(space, device, backend, threads, batch, dtype, budget_min, protocol, db, as_json)
+        return
     model_names = _split(models) or ([] if arch else ["all"])
     specs = collect_specs(model_names, arch or [], batch=batch, dtype=dtype)
     store = _open_store(db)
@@ -281,6 +292,43 @@ def profile(
         raise typer.Exit(130)
     if summary.failed:
         raise typer.Exit(1)
+
+
+def _profile_space(
+    name: str,
+    device: str,
+    backend: str | None,
+    threads: int,
+    batch: int,
+    dtype: str,
+    budget_min: float,
+    protocol: str,
+    db: str | None,
+    as_json: bool,
+) -> None:
+    from latency.space import get_space
+    from latency.space_profile import profile_space
+
+    search_space = get_space(name)
+    store = _open_store(db)
+    with RichProgress(f"profiling {name} on {device}") as bar:
+        summary = profile_space(search_space, store, device, backend, threads, batch, dtype, budget_min, protocol, bar)
+    if as_json:
+        print_json({**summary.to_dict(), "db": str(store.url)})
+    else:
+        p = summary.predictor
+        console.print(
+            f"{name} on {device} ({summary.backend}): {summary.grid} block shapes; {summary.measured_before} measured "
+            f"before, {summary.measured_now} measured now ({summary.rounds} adaptive rounds), {summary.predicted} "
+            f"predicted; {summary.seconds / 60:.1f} min."
+        )
+        if p:
+            console.print(
+                f"predictor, 5-fold CV on {p['cv_blocks']} measured blocks: median error {p['cv_median_error']:.1%}, "
+                f"p90 {p['cv_p90_error']:.1%}, within 10%: {p['cv_within_10pct']:.0%}"
+            )
+    if summary.interrupted:
+        raise KeyboardInterrupt
 
 
 @app.command()
@@ -532,9 +580,13 @@ def validate(
     console.print(
         f"n={m['n']}  within 10%: {m['within_10pct']:.0%}  RMSPE {m['rmspe']:.1%}  MAPE {m['mape']:.1%}  "
         f"Kendall tau {m.get('kendall_tau', float('nan')):.3f}  Spearman rho {m.get('spearman_rho', float('nan')):.3f}"
-        "  (errors against each run's own canary; plain ms: within 10% "
-        f"{report.absolute_metrics['within_10pct']:.0%}, RMSPE {report.absolute_metrics['rmspe']:.1%})"
     )
+    scaled = report.canary_scaled_metrics
+    if scaled:
+        console.print(
+            f"with each estimate scaled to its run's canary (the machine's speed then): within 10% "
+            f"{scaled['within_10pct']:.0%}, RMSPE {scaled['rmspe']:.1%}, Kendall tau {scaled.get('kendall_tau', 0):.3f}"
+        )
     if not report.calibrated:
         console.print(f"uncalibrated estimate: run `lut calibrate --device {device}` first")
     if plot is not None:
@@ -670,6 +722,155 @@ def space_show(
         f"{len(space.dimensions)} searched dimensions, {space.size:.3e} architectures, "
         f"{len(space.all_specs())} distinct block shapes; dmasking_f4 is "
         + (f"the point {space.point_name(f4)}" if f4 else "not a point of it")
+    )
+
+
+@app.command()
+@user_errors
+def search(
+    target_ms: Annotated[float, typer.Option(help="The latency budget on the device (ms).")],
+    device: DeviceOpt = "cpu",
+    space: SpaceOpt = "fbnetv2_f4",
+    epochs: Annotated[int, typer.Option(min=1, help="Search epochs on the proxy task.")] = 16,
+    seed: Annotated[int, typer.Option(help="Seed of weights, data split and Gumbel noise.")] = 0,
+    loss: Annotated[
+        str, typer.Option(help="target: CE + w (log E[lat] - log T)^2; fbnet: CE * a * log(E[lat])^b.")
+    ] = "target",
+    out: Annotated[
+        Path | None, typer.Option(help="Where to write the found ARCH.json [default: search-<T>ms.json].")
+    ] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint to resume from [default: <out>.ckpt].")] = None,
+    profile_budget_min: Annotated[
+        float, typer.Option(min=0.0, help="Minutes to fill the space's table first, if it is not filled yet.")
+    ] = 10.0,
+    measure: Annotated[bool, typer.Option(help="Measure the found architecture end to end.")] = True,
+    proxy_resolutions: Annotated[
+        str, typer.Option(help="Proxy-task image sizes, one per resolution option of the space (comma-separated).")
+    ] = "16,20,24,28",
+    images: Annotated[int | None, typer.Option(min=50, help="Use only the first N digits (a smoke test).")] = None,
+    backend: BackendOpt = None,
+    threads: ThreadsOpt = 1,
+    protocol: ProtocolOpt = "standard",
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run FBNetV2's channel/resolution search against the table's latency cost; write the result."""
+    from latency.estimate import Estimator, MissingBlocksError
+    from latency.space import get_space
+
+    if not target_ms > 0:
+        raise LutError(f"--target-ms must be a positive number of milliseconds, got {target_ms:g}.", exit_code=2)
+    search_space = get_space(space)
+    store = _open_store(db)
+    estimator = Estimator(device, backend=backend, threads=threads, store=store)
+    try:
+        estimator.space_tables(search_space)
+    except MissingBlocksError:
+        from profilers.devices import is_local
+
+        if not is_local(device):
+            raise
+        from latency.space_profile import profile_space
+
+        err_console.print(f"the table does not cover {space} on {device} yet: filling it ({profile_budget_min:g} min)")
+        with RichProgress(f"profiling {space}") as bar:
+            filled = profile_space(
+                search_space,
+                store,
+                device,
+                estimator.backend,
+                threads,
+                1,
+                "fp32",
+                profile_budget_min,
+                _protocol(protocol),
+                bar,
+            )
+        if filled.interrupted:
+            raise KeyboardInterrupt from None
+        estimator.reload()
+    from search_cost.cost import LatencyCost
+    from search_cost.search import Search, SearchConfig
+
+    cost = LatencyCost(search_space, estimator=estimator)
+    smallest = search_space.arch(search_space.point_from_row([0] * len(search_space.dimensions)))
+    fastest = estimator.estimate(smallest).latency_ms
+    if target_ms < fastest:
+        raise LutError(
+            f"--target-ms {target_ms:g} is below the fastest architecture of {space} on {device} "
+            f"({fastest:.3f} ms, every option at its smallest); no architecture can meet it.",
+            exit_code=2,
+        )
+    out = out or Path(f"search-{target_ms:g}ms.json")
+    checkpoint = checkpoint or out.with_suffix(out.suffix + ".ckpt")
+    sizes = tuple(int(v) for v in _split(proxy_resolutions))
+    if len(sizes) != len(search_space.resolutions) or min(sizes) < 1:
+        raise LutError(
+            f"--proxy-resolutions needs {len(search_space.resolutions)} positive sizes, one per resolution "
+            f"option of {space}; got '{proxy_resolutions}'.",
+            exit_code=2,
+        )
+    if loss not in ("target", "fbnet"):
+        raise LutError(f"--loss must be target or fbnet, got '{loss}'.", exit_code=2)
+    config = SearchConfig(
+        target_ms=target_ms, epochs=epochs, seed=seed, loss=loss, proxy_resolutions=sizes, images=images
+    )
+    runner = Search(search_space, cost, config, checkpoint)
+    if runner.resumed_at:
+        err_console.print(f"resuming from {checkpoint} at epoch {runner.resumed_at}")
+
+    def report(log: Any) -> None:
+        err_console.print(
+            f"epoch {log.epoch + 1:3d}/{epochs}  temperature {log.temperature:.3f}  proxy accuracy "
+            f"{log.proxy_accuracy:6.1%}  expected latency {log.expected_latency_ms:8.3f} ms  ({log.seconds:.0f} s)",
+            highlight=False,
+        )
+
+    result = runner.run(on_epoch=report)
+    out.write_text(result.arch.to_json())
+    estimated = estimator.estimate(result.arch).latency_ms
+    measured = None
+    if measure:
+        from latency.profile import profile_archs
+
+        with RichProgress(f"measuring {result.arch.name}") as bar:
+            profile_archs(
+                [result.arch],
+                store,
+                device,
+                estimator.backend,
+                threads,
+                tag="search",
+                protocol=_protocol(protocol),
+                force=True,
+                progress=bar,
+            )
+        runs = [
+            r
+            for r in store.e2e_runs(device, estimator.backend, tag="search", threads=threads)
+            if r.arch_name == result.arch.name
+        ]
+        measured = runs[-1].median_us / 1e3 if runs else None
+    payload = {
+        "target_ms": target_ms,
+        "estimated_ms": estimated,
+        "measured_ms": measured,
+        "expected_latency_ms": result.expected_latency_ms,
+        "proxy_accuracy": result.proxy_accuracy,
+        "projected": result.point != result.argmax,
+        "arch": str(out),
+        "calibrated": estimator.calibrated,
+    }
+    if as_json:
+        print_json(payload)
+        return
+    console.print(
+        f"wrote {out}: {sum(s.flops_m for s in result.arch.specs()):.1f} M FLOPs, proxy accuracy "
+        f"{result.proxy_accuracy:.1%}" + (" (argmax projected onto the budget)" if payload["projected"] else "")
+    )
+    console.print(
+        f"target {target_ms:.3f} ms | estimated {estimated:.3f} ms ({estimated / target_ms - 1:+.1%})"
+        + (f" | measured {measured:.3f} ms ({measured / estimated - 1:+.1%} from the estimate)" if measured else "")
     )
 
 

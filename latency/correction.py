@@ -4,10 +4,7 @@ Isolated blocks do not add up to the whole network (warm caches per block, per-c
 fused boundaries). The correction is linear in features that are sums over blocks, so it can be
 applied block by block: each block contributes `w . features(block)` and the network is the sum
 plus an intercept. That keeps the estimate, the vectorised `estimate_many` and the search's
-differentiable `LatencyCost` the very same function.
-
-Everything is in canary units: a block's time divided by the canary block's time measured in the
-same trial. Machine drift cancels; `canary_ref_us` turns units back into microseconds.
+differentiable `LatencyCost` the very same function. Times are in milliseconds.
 """
 
 from __future__ import annotations
@@ -20,30 +17,34 @@ import numpy as np
 from latency.blocks import BlockSpec
 
 # Per-block features, all additive over blocks.
-FEATURES = ("units", "activations_m", "params_m", "blocks")
+FEATURES = ("latency_ms", "activations_m", "params_m", "blocks")
 # Candidate models (feature subsets); calibration keeps the one with the lowest cross-validated error.
 MODELS: dict[str, tuple[str, ...]] = {
-    "scale": ("units",),
-    "per_block": ("units", "blocks"),
-    "traffic": ("units", "activations_m", "params_m", "blocks"),
+    "scale": ("latency_ms",),
+    "per_block": ("latency_ms", "blocks"),
+    "traffic": ("latency_ms", "activations_m", "params_m", "blocks"),
 }
 
 
-def block_features(spec: BlockSpec, units: float) -> np.ndarray:
-    """[latency in canary units, activations in and out (M elements), weights (M), 1]."""
+def block_features(spec: BlockSpec, latency_ms: float) -> np.ndarray:
+    """[the block's table latency (ms), activations in and out (M elements), weights (M), 1]."""
     activations = (np.prod(spec.input_shape) + np.prod(spec.output_shape)) / 1e6
-    return np.array([units, activations, spec.params_m, 1.0])
+    return np.array([latency_ms, activations, spec.params_m, 1.0])
 
 
 @dataclass(frozen=True)
 class Correction:
-    """`network_units = intercept + sum over blocks of coef . features[model]`."""
+    """`network_ms = intercept + sum over blocks of coef . features[model]`.
+
+    `table_canary_us` records the canary's median in the table the fit was made on: comparing it
+    with the canary now tells how far the machine has drifted since.
+    """
 
     model: str
     coef: tuple[float, ...]
     intercept: float
-    canary_ref_us: float
     metrics: dict[str, float]
+    table_canary_us: float | None = None
 
     @property
     def weights(self) -> np.ndarray:
@@ -53,7 +54,7 @@ class Correction:
             full[FEATURES.index(name)] = value
         return full
 
-    def block_units(self, features: np.ndarray) -> np.ndarray:
+    def block_ms(self, features: np.ndarray) -> np.ndarray:
         """Each block's corrected contribution (features: [..., len(FEATURES)])."""
         return features @ self.weights
 
@@ -63,7 +64,7 @@ class Correction:
             "features": list(MODELS[self.model]),
             "coef": list(self.coef),
             "intercept": self.intercept,
-            "canary_ref_us": self.canary_ref_us,
+            "table_canary_us": self.table_canary_us,
         }
 
     @classmethod
@@ -72,9 +73,10 @@ class Correction:
             model=params["model"],
             coef=tuple(params["coef"]),
             intercept=float(params["intercept"]),
-            canary_ref_us=float(params["canary_ref_us"]),
             metrics=dict(metrics),
+            table_canary_us=params.get("table_canary_us"),
         )
 
 
-IDENTITY = Correction(model="scale", coef=(1.0,), intercept=0.0, canary_ref_us=float("nan"), metrics={})
+# The uncalibrated estimate: the plain sum of the blocks' table latencies.
+IDENTITY = Correction(model="scale", coef=(1.0,), intercept=0.0, metrics={})

@@ -5,7 +5,6 @@ No torch import on this path: `lut estimate` answers from the table in well unde
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,11 +14,11 @@ import numpy as np
 
 from latency.arch import Arch
 from latency.blocks import BlockSpec
-from latency.correction import FEATURES, Correction, block_features
+from latency.correction import FEATURES, IDENTITY, Correction, block_features
 from latency.errors import LutError
 from latency.models import resolve_arch
 from latency.space import Space
-from lut_db import LutStore, MeasurementRecord
+from lut_db import LutStore
 
 
 class MissingBlocksError(LutError):
@@ -36,7 +35,6 @@ class BlockEstimate:
     kind: str
     latency_ms: float  # the block's own median (measured) or predicted time
     source: str  # "measured" or "predicted"
-    units: float  # in canary units
     expected_error: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -59,8 +57,7 @@ class Estimate:
     interval_ms: tuple[float, float]
     calibrated: bool
     blocks: tuple[BlockEstimate, ...]
-    canary_ref_us: float
-    units: float  # the corrected estimate in canary units
+    table_canary_us: float | None = None  # the canary's median in the table (to compare with today's)
     calibration: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -75,7 +72,7 @@ class Estimate:
             "sum_ms": self.sum_ms,
             "interval_ms": list(self.interval_ms),
             "calibrated": self.calibrated,
-            "canary_ref_us": self.canary_ref_us,
+            "table_canary_us": self.table_canary_us,
             "calibration": self.calibration,
             "blocks": [b.to_dict() for b in self.blocks],
         }
@@ -83,10 +80,9 @@ class Estimate:
 
 @dataclass(frozen=True)
 class Entry:
-    """What the table says about one block, in the units the estimate needs."""
+    """What the table says about one block."""
 
     median_us: float
-    units: float
     source: str
     p10_us: float
     p90_us: float
@@ -133,20 +129,11 @@ class Estimator:
         use = fit is not None and self.use_calibration
         self.correction = Correction.from_params(fit.params, fit.metrics) if use else None
         canaries = [r.canary_us for r in rows.values() if r.canary_us and r.source == "measured"]
-        if self.correction is not None:
-            self.canary_ref_us = self.correction.canary_ref_us
-        else:
-            self.canary_ref_us = float(np.median(canaries)) if canaries else math.nan
-        self._entries = {key: self._entry(rec) for key, rec in rows.items()}
-
-    def _entry(self, rec: MeasurementRecord) -> Entry:
-        if rec.canary_ratio is not None and rec.canary_ratio > 0:
-            units = rec.canary_ratio
-        elif self.canary_ref_us and not math.isnan(self.canary_ref_us):
-            units = rec.median_us / self.canary_ref_us
-        else:
-            units = math.nan
-        return Entry(rec.median_us, units, rec.source, rec.p10_us, rec.p90_us, rec.expected_error)
+        self.table_canary_us = float(np.median(canaries)) if canaries else None
+        self._entries = {
+            key: Entry(rec.median_us, rec.source, rec.p10_us, rec.p90_us, rec.expected_error)
+            for key, rec in rows.items()
+        }
 
     @property
     def calibrated(self) -> bool:
@@ -181,36 +168,23 @@ class Estimator:
         arch = resolve_arch(model)
         specs = arch.specs(batch=self.batch, dtype=self.dtype)
         entries = self._require(arch, specs)
-        sum_us = sum(e.median_us for e in entries)
+        correction = self.correction or IDENTITY
+        features = np.stack([block_features(s, e.median_us / 1e3) for s, e in zip(specs, entries, strict=True)])
+        latency_ms = float(correction.block_ms(features).sum() + correction.intercept)
+        sum_ms = sum(e.median_us for e in entries) / 1e3
         blocks = tuple(
-            BlockEstimate(s.key, s.kind, e.median_us / 1e3, e.source, e.units, e.expected_error)
+            BlockEstimate(s.key, s.kind, e.median_us / 1e3, e.source, e.expected_error)
             for s, e in zip(specs, entries, strict=True)
         )
-        if self.correction is None:
-            low = sum(e.p10_us for e in entries) / 1e3
-            high = sum(e.p90_us for e in entries) / 1e3
-            return Estimate(
-                arch.name,
-                self.device,
-                self.backend,
-                self.threads,
-                self.batch,
-                self.dtype,
-                sum_us / 1e3,
-                sum_us / 1e3,
-                (low, high),
-                False,
-                blocks,
-                self.canary_ref_us,
-                sum(e.units for e in entries),
-            )
-        features = np.stack([block_features(s, e.units) for s, e in zip(specs, entries, strict=True)])
-        units = float(self.correction.block_units(features).sum() + self.correction.intercept)
-        latency_ms = units * self.canary_ref_us / 1e3
-        q_low = self.correction.metrics.get("residual_q05", 0.0)
-        q_high = self.correction.metrics.get("residual_q95", 0.0)
-        predicted_error = max((e.expected_error or 0.0) for e in entries)
-        interval = (latency_ms * (1 + q_low - predicted_error), latency_ms * (1 + q_high + predicted_error))
+        if self.correction is None:  # the spread of the blocks' own times
+            interval = (sum(e.p10_us for e in entries) / 1e3, sum(e.p90_us for e in entries) / 1e3)
+            calibration: dict[str, Any] = {}
+        else:  # where held-out runs fell around their estimates, widened for predicted blocks
+            predicted = max((e.expected_error or 0.0) for e in entries)
+            low = correction.metrics.get("residual_q05", 0.0) - predicted
+            high = correction.metrics.get("residual_q95", 0.0) + predicted
+            interval = (latency_ms * (1 + low), latency_ms * (1 + high))
+            calibration = {"model": correction.model, **correction.metrics}
         return Estimate(
             arch.name,
             self.device,
@@ -219,20 +193,19 @@ class Estimator:
             self.batch,
             self.dtype,
             latency_ms,
-            sum_us / 1e3,
+            sum_ms,
             interval,
-            True,
+            self.correction is not None,
             blocks,
-            self.canary_ref_us,
-            units,
-            calibration={"model": self.correction.model, **self.correction.metrics},
+            self.table_canary_us,
+            calibration,
         )
 
     # ---- many at once -------------------------------------------------------------------------
     def estimate_many(self, archs: Sequence[str | Path | Arch | dict[str, Any]]) -> np.ndarray:
         """Estimated latency (ms) of each architecture; blocks shared between them are looked up once."""
-        weights = self._weights()
-        block_units: dict[str, float] = {}
+        correction = self.correction or IDENTITY
+        block_ms: dict[str, float] = {}
         out = np.empty(len(archs))
         for i, model in enumerate(archs):
             arch = resolve_arch(model)
@@ -240,27 +213,24 @@ class Estimator:
             self._require(arch, specs)
             total = 0.0
             for spec in specs:
-                value = block_units.get(spec.key)
+                value = block_ms.get(spec.key)
                 if value is None:
-                    value = block_units[spec.key] = float(block_features(spec, self._entries[spec.key].units) @ weights)
+                    value = block_ms[spec.key] = self._block_ms(spec, correction)
                 total += value
             out[i] = total
-        return self._to_ms(out)
+        return out + correction.intercept
 
-    def _weights(self) -> np.ndarray:
-        if self.correction is not None:
-            return self.correction.weights
-        # Uncalibrated: the plain sum of medians (units * canary = median by construction).
-        return np.array([1.0, 0.0, 0.0, 0.0])
+    def _block_ms(self, spec: BlockSpec, correction: Correction) -> float:
+        return float(correction.block_ms(block_features(spec, self._entries[spec.key].median_us / 1e3)))
 
-    def _to_ms(self, units: np.ndarray) -> np.ndarray:
-        intercept = self.correction.intercept if self.correction is not None else 0.0
-        return (units + intercept) * self.canary_ref_us / 1e3
+    @property
+    def intercept_ms(self) -> float:
+        return (self.correction or IDENTITY).intercept
 
     def space_tables(self, space: Space) -> list[np.ndarray]:
-        """Per block position of the space, each shape's corrected contribution in canary units,
-        indexed [input width, mid, output width, resolution]. Raises if a shape has no entry."""
-        weights = self._weights()
+        """Per block position of the space, each shape's corrected contribution (ms), indexed
+        [input width, mid, output width, resolution]. Raises if a shape has no entry."""
+        correction = self.correction or IDENTITY
         tables = []
         for position in space.positions:
             specs = space.position_specs(position, self.batch, self.dtype)
@@ -274,7 +244,7 @@ class Estimator:
                 )
             table = np.empty(specs.shape)
             for index, spec in np.ndenumerate(specs):
-                table[index] = block_features(spec, self._entries[spec.key].units) @ weights
+                table[index] = self._block_ms(spec, correction)
             tables.append(table)
         return tables
 
@@ -290,7 +260,7 @@ class Estimator:
             b = indices[:, 1 + space.groups.index(position.out_group)] if position.out_group else 0
             r = indices[:, 0] if table.shape[3] > 1 else 0
             total += table[a, m, b, r]
-        return self._to_ms(total)
+        return total + self.intercept_ms
 
 
 def _target_option(arch: Arch) -> str:

@@ -142,6 +142,7 @@ def _measure(
     summary: ProfileSummary,
     progress: ProgressSink | None,
     store_result: Callable[[Result, dict[str, Any]], None],
+    deadline: float | None = None,
 ) -> None:
     """Run the protocol over `targets`, handing each final result to `store_result` at once."""
     sink = progress or ProgressSink()
@@ -150,7 +151,7 @@ def _measure(
         with WorkerPool(session.backend, session.threads, session.protocol.launches, session.device.options) as pool:
             worker = pool.workers[0]
             extra = {**worker.info.get("protocol", {}), "threads": session.threads}
-            for result in Scheduler(pool.workers, session.protocol, sink).run(targets):
+            for result in Scheduler(pool.workers, session.protocol, sink).run(targets, deadline):
                 if not result.ok:
                     summary.failed[label(result.target)] = result.error or "unknown error"
                     continue
@@ -172,8 +173,10 @@ def profile_blocks(
     protocol: Protocol | str = "standard",
     force: bool = False,
     progress: ProgressSink | None = None,
+    deadline: float | None = None,
 ) -> ProfileSummary:
-    """Measure the blocks the table lacks on a device and store each as soon as it is final."""
+    """Measure the blocks the table lacks on a device and store each as soon as it is final
+    (no group of blocks starts after `deadline`, a time.monotonic() value)."""
     started = time.monotonic()
     session = _open_session(store, device_name, backend, threads, protocol)
     summary = ProfileSummary(session.device.name, session.backend, session.version, threads, requested=len(specs))
@@ -204,7 +207,7 @@ def profile_blocks(
                 )
             )
 
-        _measure(session, todo, summary, progress, store_result)
+        _measure(session, todo, summary, progress, store_result, deadline)
     summary.seconds = time.monotonic() - started
     return summary
 

@@ -12,6 +12,7 @@ at once (who stores it).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -170,9 +171,12 @@ class Scheduler:
         self.progress = progress or ProgressSink()
         self._visited: set[tuple[int, str]] = set()  # (worker, key) already warmed up there
 
-    def run(self, targets: Sequence[Target]) -> Iterator[Result]:
+    def run(self, targets: Sequence[Target], deadline: float | None = None) -> Iterator[Result]:
+        """Measure `targets` group by group; no group starts after `deadline` (time.monotonic)."""
         size = self.protocol.group_size
         for start in range(0, len(targets), size):
+            if deadline is not None and time.monotonic() >= deadline:
+                return
             group = list(targets[start : start + size])
             results = {r.target.key: r for r in self._measure_group(group)}
             for _ in range(self.protocol.remeasure_rounds):

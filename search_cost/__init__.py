@@ -1,1 +1,5 @@
-"""search_cost"""
+"""The search side: a differentiable latency cost over a search space, and the DMasking search."""
+
+from search_cost.cost import LatencyCost
+
+__all__ = ["LatencyCost"]

@@ -97,13 +97,14 @@ def test_missing_blocks_are_listed_with_the_command_to_measure_them(store: LutSt
     assert len(info.value.keys) == 2
 
 
-def synthetic_samples(archs, estimator: Estimator, overhead_units: float, scale: float) -> list[Sample]:
+def synthetic_samples(archs, estimator: Estimator, overhead_ms: float, scale: float) -> list[Sample]:
+    """End-to-end times made from a known correction: scale x block sum + a fixed cost per block."""
     samples = []
     for arch in archs:
         specs = arch.specs()
-        feats = np.sum([block_features(s, estimator.entry(s).units) for s in specs], axis=0)
-        measured = scale * feats[0] + overhead_units * feats[FEATURES.index("blocks")]
-        samples.append(Sample(arch.name, feats, measured, measured * CANARY_US / 1e3))
+        feats = np.sum([block_features(s, estimator.entry(s).median_us / 1e3) for s in specs], axis=0)
+        measured = scale * feats[0] + overhead_ms * feats[FEATURES.index("blocks")]
+        samples.append(Sample(arch.name, feats, measured))
     return samples
 
 
@@ -112,8 +113,8 @@ def test_calibration_recovers_a_known_correction_and_the_estimator_applies_it(st
     archs = [get_arch("dmasking_f4"), *space.sampled_archs(12, seed=5)]
     fill(store, space.all_specs())  # the whole grid, for the vectorised path
     raw = Estimator("cpu", store=store, use_calibration=False)
-    samples = synthetic_samples(archs, raw, overhead_units=0.05, scale=1.2)
-    correction = fit_correction(samples, raw.canary_ref_us)
+    samples = synthetic_samples(archs, raw, overhead_ms=0.05, scale=1.2)
+    correction = fit_correction(samples, raw.table_canary_us)
     assert correction.model in ("per_block", "traffic")
     assert correction.metrics["cv_rmspe"] < 1e-6 and correction.metrics["cv_within_10pct"] == 1.0
     weights = correction.weights

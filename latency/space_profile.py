@@ -1,0 +1,220 @@
+"""Filling the table for a whole search space within a time budget.
+
+The grid (every block position x input width x mid x output width x resolution) is too large to
+measure. Measure its corners first (the extremes of every axis at every position), then, round
+after round, the shapes the block predictor is least sure of (as nn-Meter samples kernels), and
+let the predictor fill the rest: each such entry is stored as `predicted`, with its expected error.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from latency.blocks import BlockSpec
+from latency.predictor import BlockPredictor, cross_validate
+from latency.profile import profile_blocks
+from latency.space import Space
+from lut_db import FitRecord, LutStore, MeasurementRecord
+from profilers.backends import backend_class
+from profilers.devices import resolve_device
+from profilers.protocol import PROTOCOLS, ProgressSink, Protocol
+
+ROUND_SIZE = 36  # shapes measured between two refits of the predictor
+
+
+@dataclass
+class SpaceProfileSummary:
+    space: str
+    device: str
+    backend: str
+    grid: int
+    measured_before: int = 0
+    measured_now: int = 0
+    predicted: int = 0
+    rounds: int = 0
+    seconds: float = 0.0
+    predictor: dict[str, float] = field(default_factory=dict)
+    interrupted: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def corner_specs(space: Space, batch: int = 1, dtype: str = "fp32") -> list[BlockSpec]:
+    """Every position's shapes at the extremes of each of its axes."""
+    unique: dict[str, BlockSpec] = {}
+    for position in space.positions:
+        table = space.position_specs(position, batch, dtype)
+        axes = [sorted({0, n - 1}) for n in table.shape]
+        for index in itertools.product(*axes):
+            spec = table[index]
+            unique.setdefault(spec.key, spec)
+    return list(unique.values())
+
+
+def _measured(store: LutStore, device: str, backend: str, threads: int, batch: int, dtype: str) -> dict[str, Any]:
+    rows = store.measurement_map(
+        device=device, backend=backend, threads=threads, batch=batch, dtype=dtype, source="measured"
+    )
+    return rows
+
+
+def fit_predictor(specs: list[BlockSpec], latencies_us: list[float], seed: int = 0) -> BlockPredictor:
+    return BlockPredictor(bags=8, seed=seed).fit(specs, latencies_us)
+
+
+def profile_space(
+    space: Space,
+    store: LutStore,
+    device: str = "cpu",
+    backend: str | None = None,
+    threads: int = 1,
+    batch: int = 1,
+    dtype: str = "fp32",
+    budget_min: float = 20.0,
+    protocol: Protocol | str = "standard",
+    progress: ProgressSink | None = None,
+    seed: int = 0,
+) -> SpaceProfileSummary:
+    """Measure corners and the most uncertain shapes of `space` for `budget_min` minutes, then
+    predict every shape still unmeasured and store those rows as `predicted`."""
+    started = time.monotonic()
+    deadline = started + budget_min * 60
+    backend = backend or resolve_device(device).default_backend
+    protocol = PROTOCOLS[protocol] if isinstance(protocol, str) else protocol
+    grid = space.all_specs(batch, dtype)
+    by_key = {s.key: s for s in grid}
+    summary = SpaceProfileSummary(space.name, device, backend, len(grid))
+    summary.measured_before = len(by_key.keys() & _measured(store, device, backend, threads, batch, dtype).keys())
+
+    def measure(specs: list[BlockSpec]) -> bool:
+        result = profile_blocks(specs, store, device, backend, threads, protocol, progress=progress, deadline=deadline)
+        summary.measured_now += result.measured
+        summary.interrupted = result.interrupted
+        return not result.interrupted
+
+    if not measure(corner_specs(space, batch, dtype)):
+        return _finish(summary, started)
+    while time.monotonic() < deadline:
+        rows = _measured(store, device, backend, threads, batch, dtype)
+        todo = [s for k, s in by_key.items() if k not in rows]
+        if not todo:
+            break
+        predictor = _fit_on_rows(rows, seed + summary.rounds)
+        _, spread = predictor.predict(todo)
+        # Measure where the bag disagrees most; per round, what fits in the time left.
+        per_block_s = max(1.0, _seconds_per_block(protocol))
+        room = int((deadline - time.monotonic()) / per_block_s)
+        if room < 1:
+            break
+        chosen = [todo[i] for i in np.argsort(-spread)[: min(ROUND_SIZE, room)]]
+        summary.rounds += 1
+        if not measure(chosen):
+            return _finish(summary, started)
+    _predict_rest(space, store, summary, device, backend, threads, batch, dtype, by_key, seed)
+    return _finish(summary, started)
+
+
+def _seconds_per_block(protocol: Protocol) -> float:
+    """What the protocol spends on a block, warm-ups and timing (re-measurements aside)."""
+    return protocol.warmup_s + protocol.min_time_s + 0.15
+
+
+def _fit_on_rows(rows: dict[str, Any], seed: int) -> BlockPredictor:
+    keys = sorted(rows)
+    return fit_predictor([BlockSpec.from_key(k) for k in keys], [rows[k].median_us for k in keys], seed)
+
+
+def _predict_rest(
+    space: Space,
+    store: LutStore,
+    summary: SpaceProfileSummary,
+    device: str,
+    backend: str,
+    threads: int,
+    batch: int,
+    dtype: str,
+    by_key: dict[str, BlockSpec],
+    seed: int,
+) -> None:
+    rows = _measured(store, device, backend, threads, batch, dtype)
+    keys = sorted(rows)
+    specs = [BlockSpec.from_key(k) for k in keys]
+    latencies = [rows[k].median_us for k in keys]
+    errors = cross_validate(specs, latencies, folds=5, seed=seed, bags=4)
+    absolute = np.abs(errors)
+    summary.predictor = {
+        "cv_blocks": len(keys),
+        "cv_median_error": float(np.median(absolute)),
+        "cv_p90_error": float(np.quantile(absolute, 0.9)),
+        "cv_within_10pct": float(np.mean(absolute <= 0.10)),
+    }
+    todo = [s for k, s in by_key.items() if k not in rows]
+    version = backend_class(backend).installed_version()
+    store.put_fit(
+        FitRecord(
+            device=device,
+            backend=backend,
+            backend_version=version,
+            threads=threads,
+            dtype=dtype,
+            batch=batch,
+            purpose=f"block_predictor:{space.name}",
+            params={"model": "additive+boosted", "bags": 8},
+            metrics=summary.predictor,
+            n_samples=len(keys),
+            fitted_at=datetime.now(UTC),
+        )
+    )
+    if not todo:
+        return
+    predictor = fit_predictor(specs, latencies, seed)
+    predicted, spread = predictor.predict(todo)
+    canaries = [r.canary_us for r in rows.values() if r.canary_us]
+    canary_ref = float(np.median(canaries)) if canaries else None
+    store.upsert_blocks({**s.to_dict(), "key": s.key, "flops": s.flops, "params": s.params} for s in todo)
+    floor = summary.predictor["cv_median_error"]
+    for spec, value, unsure in zip(todo, predicted, spread, strict=True):
+        # The bag's spread says where the predictor is unsure; the CV error is its floor.
+        error = float(math.hypot(unsure, floor))
+        store.put_measurement(
+            MeasurementRecord(
+                block_key=spec.key,
+                device=device,
+                backend=backend,
+                backend_version=version,
+                threads=threads,
+                dtype=dtype,
+                batch=batch,
+                median_us=float(value),
+                p10_us=float(value) * (1 - error),
+                p90_us=float(value) * (1 + error),
+                iqr_us=0.0,
+                mean_us=float(value),
+                std_us=float(value) * error,
+                min_us=float(value) * (1 - error),
+                n=0,
+                trials=0,
+                canary_ratio=float(value) / canary_ref if canary_ref else None,
+                canary_us=canary_ref,
+                protocol={"predicted_by": f"block_predictor:{space.name}", "trained_on": len(keys)},
+                environment={},
+                measured_at=datetime.now(UTC),
+                stable=False,
+                source="predicted",
+                expected_error=error,
+            )
+        )
+    summary.predicted = len(todo)
+
+
+def _finish(summary: SpaceProfileSummary, started: float) -> SpaceProfileSummary:
+    summary.seconds = time.monotonic() - started
+    return summary

@@ -1,0 +1,308 @@
+"""FBNetV2's channel/resolution DNAS, driven by the lookup table's LatencyCost.
+
+Weights and architecture parameters are updated alternately (weights on the training split,
+architecture on the validation split), with Gumbel-softmax weights whose temperature anneals
+over the epochs. The proxy task is scikit-learn's digits (real images that ship with the
+package): small enough for a 2-core CPU. The latency term always refers to the space's
+deployment resolutions on the target device; only the proxy images are small.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from latency.arch import Arch
+from latency.space import Space, SpacePoint
+from search_cost.cost import LatencyCost
+from search_cost.supernet import DMaskingSupernet
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    target_ms: float
+    epochs: int = 16
+    warmup_epochs: int = 3  # weights only, so the architecture is not judged by untrained weights
+    batch: int = 64
+    seed: int = 0
+    loss: str = "target"  # "target": CE + w (log E[lat] - log T)^2; "fbnet": CE * alpha * log(E[lat])^beta
+    latency_weight: float = 20.0
+    alpha: float = 0.2
+    beta: float = 0.6
+    weight_lr: float = 0.05
+    arch_lr: float = 0.05
+    initial_temperature: float = 5.0
+    final_temperature: float = 0.2
+    proxy_resolutions: tuple[int, ...] = (16, 20, 24, 28)
+    images: int | None = None  # use only the first N digits (smoke tests); None: all 1797
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("target", "fbnet"):
+            raise ValueError(f"loss must be 'target' or 'fbnet', not {self.loss!r}")
+
+    def temperature(self, epoch: int) -> float:
+        """Exponential annealing from the initial to the final temperature over the epochs."""
+        span = max(self.epochs - 1, 1)
+        return self.initial_temperature * (self.final_temperature / self.initial_temperature) ** (epoch / span)
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class EpochLog:
+    epoch: int
+    temperature: float
+    train_loss: float
+    proxy_accuracy: float
+    expected_latency_ms: float
+    seconds: float
+
+
+@dataclass
+class SearchResult:
+    arch: Arch
+    point: SpacePoint  # the argmax, projected onto the budget when it overshot (see fit_to_budget)
+    argmax: SpacePoint
+    expected_latency_ms: float
+    proxy_accuracy: float
+    history: list[EpochLog] = field(default_factory=list)
+
+
+def digits_data(
+    seed: int, size: int, limit: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """scikit-learn's 8x8 digits as 3-channel `size` x `size` images, split 80/20 (train / arch)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.tensor(digits.images[:limit], dtype=torch.float32)[:, None] / 16.0
+    images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    images = ((images - images.mean()) / images.std()).repeat(1, 3, 1, 1)
+    labels = torch.tensor(digits.target[:limit], dtype=torch.long)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    cut = int(0.8 * len(labels))
+    train, held = order[:cut], order[cut:]
+    return images[train], labels[train], images[held], labels[held]
+
+
+class Search:
+    """One search; `run()` resumes from `checkpoint` when it holds a search of the same config."""
+
+    def __init__(self, space: Space, cost: LatencyCost, config: SearchConfig, checkpoint: Path | None = None) -> None:
+        self.space, self.cost, self.config, self.checkpoint = space, cost, config, checkpoint
+        torch.manual_seed(config.seed)
+        self.net = DMaskingSupernet(space, num_classes=10, proxy_resolutions=config.proxy_resolutions)
+        self.alphas = {name: torch.zeros(n, requires_grad=True) for name, n in space.dimensions}
+        self.weight_opt = torch.optim.SGD(
+            self.net.parameters(), lr=config.weight_lr, momentum=0.9, weight_decay=4e-5, nesterov=True
+        )
+        self.arch_opt = torch.optim.Adam(self.alphas.values(), lr=config.arch_lr, betas=(0.5, 0.999))
+        self.data = digits_data(config.seed, max(config.proxy_resolutions), config.images)
+        self.epoch = 0
+        self.history: list[EpochLog] = []
+        self.generator = torch.Generator().manual_seed(config.seed + 1)
+
+    # ---- pieces ---------------------------------------------------------------------------------
+    def _gumbel_weights(self, temperature: float) -> dict[str, torch.Tensor]:
+        weights = {}
+        for name, alpha in self.alphas.items():
+            uniform = torch.rand(alpha.shape, generator=self.generator).clamp_(1e-9, 1 - 1e-9)
+            gumbel = -torch.log(-torch.log(uniform))
+            weights[name] = torch.softmax((alpha + gumbel) / temperature, dim=-1)
+        return weights
+
+    def probabilities(self) -> dict[str, torch.Tensor]:
+        return {name: torch.softmax(alpha.detach(), dim=-1) for name, alpha in self.alphas.items()}
+
+    def expected_latency(self, weights: dict[str, torch.Tensor]) -> torch.Tensor:
+        widths = {k: v for k, v in weights.items() if k != "resolution"}
+        return self.cost(widths, weights["resolution"])
+
+    def _latency_loss(self, ce: torch.Tensor, latency: torch.Tensor) -> torch.Tensor:
+        config = self.config
+        if config.loss == "fbnet":  # FBNet: CE * alpha * log(LAT)^beta
+            return ce * config.alpha * torch.log(latency).clamp_min(1e-6) ** config.beta
+        return ce + config.latency_weight * (torch.log(latency) - math.log(config.target_ms)) ** 2
+
+    def point(self) -> SpacePoint:
+        """The argmax of every choice."""
+        return _point(self.space, [int(self.alphas[name].argmax()) for name, _ in self.space.dimensions])
+
+    def proxy_accuracy(self, point: SpacePoint | None = None) -> float:
+        """Held-out accuracy of the supernet with every choice fixed (one-hot) to `point`, by default
+        the argmax.
+
+        BN uses batch statistics: its running statistics average over mixed masks and
+        resolutions, which the one-hot network never sees (the usual supernet pitfall)."""
+        point = point or self.point()
+        values = [point.resolution, *point.widths, *point.mids]
+        one_hot = {
+            name: F.one_hot(torch.tensor(v), n).float()
+            for v, (name, n) in zip(values, self.space.dimensions, strict=True)
+        }
+        _, _, x, y = self.data
+        saved = {k: v.clone() for k, v in self.net.state_dict().items() if "running" in k or "num_batches" in k}
+        self.net.train()
+        with torch.no_grad():
+            correct = sum(
+                int((self.net(x[i : i + 512], one_hot).argmax(1) == y[i : i + 512]).sum())
+                for i in range(0, len(y), 512)
+            )
+        self.net.load_state_dict(saved, strict=False)  # evaluation leaves the running statistics alone
+        return correct / len(y)
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def run_epoch(self) -> EpochLog:
+        started = time.monotonic()
+        config = self.config
+        temperature = config.temperature(self.epoch)
+        train_x, train_y, held_x, held_y = self.data
+        order = torch.randperm(len(train_y), generator=self.generator)
+        held_order = torch.randperm(len(held_y), generator=self.generator)
+        search_arch = self.epoch >= config.warmup_epochs
+        losses = []
+        self.net.train()
+        for step, start in enumerate(range(0, len(order), config.batch)):
+            if search_arch:  # architecture step on the held-out split
+                pick = held_order[(step * config.batch) % len(held_order) :][: config.batch]
+                weights = self._gumbel_weights(temperature)
+                ce = F.cross_entropy(self.net(held_x[pick], weights), held_y[pick])
+                loss = self._latency_loss(ce, self.expected_latency(weights))
+                self.arch_opt.zero_grad()
+                loss.backward()
+                self.arch_opt.step()
+            batch = order[start : start + config.batch]
+            weights = {k: v.detach() for k, v in self._gumbel_weights(temperature).items()}
+            loss = F.cross_entropy(self.net(train_x[batch], weights), train_y[batch])
+            self.weight_opt.zero_grad()
+            loss.backward()
+            self.weight_opt.step()
+            losses.append(loss.item())
+        probs = self.probabilities()
+        with torch.no_grad():
+            expected = self.expected_latency(probs).item()
+        log = EpochLog(
+            self.epoch, temperature, float(np.mean(losses)), self.proxy_accuracy(), expected, time.monotonic() - started
+        )
+        self.history.append(log)
+        self.epoch += 1
+        return log
+
+    def run(self, on_epoch: Callable[[EpochLog], None] | None = None) -> SearchResult:
+        self._resume()
+        while self.epoch < self.config.epochs:
+            log = self.run_epoch()
+            self._save()
+            if on_epoch:
+                on_epoch(log)
+        alphas = {k: v.detach() for k, v in self.alphas.items()}
+        point = fit_to_budget(self.space, self.cost, self.point(), alphas, self.config.target_ms)
+        with torch.no_grad():
+            expected = self.expected_latency(self.probabilities()).item()
+        return SearchResult(
+            self.space.arch(point, name=f"search-{self.config.target_ms:g}ms"),
+            point,
+            self.point(),
+            expected,
+            self.proxy_accuracy(point),
+            list(self.history),
+        )
+
+    # ---- checkpoints ----------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {
+            "config": self.config.digest(),
+            "epoch": self.epoch,
+            "net": self.net.state_dict(),
+            "alphas": {k: v.detach() for k, v in self.alphas.items()},
+            "weight_opt": self.weight_opt.state_dict(),
+            "arch_opt": self.arch_opt.state_dict(),
+            "generator": self.generator.get_state(),
+            "history": [asdict(h) for h in self.history],
+        }
+
+    def _save(self) -> None:
+        if self.checkpoint is None:
+            return
+        self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.checkpoint.with_suffix(self.checkpoint.suffix + ".partial")
+        torch.save(self._state(), partial)
+        os.replace(partial, self.checkpoint)  # atomic: a kill leaves the previous checkpoint whole
+
+    def _resume(self) -> None:
+        if self.checkpoint is None or not self.checkpoint.is_file():
+            return
+        state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        if state.get("config") != self.config.digest():
+            return  # another search's checkpoint: start afresh (it is overwritten at the first epoch)
+        self.epoch = state["epoch"]
+        self.net.load_state_dict(state["net"])
+        with torch.no_grad():
+            for name, value in state["alphas"].items():
+                self.alphas[name].copy_(value)
+        self.weight_opt.load_state_dict(state["weight_opt"])
+        self.arch_opt.load_state_dict(state["arch_opt"])
+        self.generator.set_state(state["generator"])
+        self.history = [EpochLog(**h) for h in state["history"]]
+
+    @property
+    def resumed_at(self) -> int:
+        return self.epoch
+
+
+def fit_to_budget(
+    space: Space,
+    cost: LatencyCost,
+    point: SpacePoint,
+    alphas: dict[str, torch.Tensor],
+    target_ms: float,
+    tolerance: float = 0.05,
+) -> SpacePoint:
+    """Project the argmax architecture onto the budget: while its latency exceeds the target by more
+    than `tolerance`, take the one-step narrowing (a smaller width, mid or resolution option) that
+    saves the most latency per unit of architecture preference given up. A no-op when it fits."""
+
+    def latency(p: SpacePoint) -> float:
+        widths, resolution = cost.one_hot(p)
+        with torch.no_grad():
+            return float(cost(widths, resolution))
+
+    names = [name for name, _ in space.dimensions]
+    current, now = point, latency(point)
+    while now > target_ms * (1 + tolerance):
+        values = [current.resolution, *current.widths, *current.mids]
+        best: tuple[float, SpacePoint, float] | None = None
+        for d, name in enumerate(names):
+            if values[d] == 0:
+                continue
+            trial = list(values)
+            trial[d] -= 1
+            candidate = _point(space, trial)
+            saved = now - latency(candidate)
+            if saved <= 0:
+                continue
+            given_up = float(alphas[name][values[d]] - alphas[name][values[d] - 1])
+            score = saved / max(given_up, 1e-3)
+            if best is None or score > best[0]:
+                best = (score, candidate, now - saved)
+        if best is None:
+            break  # nothing narrower helps: the smallest point
+        _, current, now = best
+    return current
+
+
+def _point(space: Space, values: list[int]) -> SpacePoint:
+    groups = len(space.groups)
+    return SpacePoint(values[0], tuple(values[1 : 1 + groups]), tuple(values[1 + groups :]))

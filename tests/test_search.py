@@ -1,0 +1,181 @@
+"""The DMasking supernet and search: masks, subsampling, gradients, a tiny search, resuming."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from latency.estimate import Estimator
+from latency.models import get_arch
+from lut_db import LutStore
+from search_cost import LatencyCost
+from search_cost.search import Search, SearchConfig, fit_to_budget
+from search_cost.supernet import DMaskingSupernet, mixed_mask, prefix_masks
+
+from .test_cost import SPACE
+from .test_estimate import fill
+
+TINY = (8, 8, 12, 12)  # proxy input sizes: seconds per epoch on a CPU
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = str(tmp_path_factory.mktemp("search") / "lut.sqlite")
+    with LutStore(path) as store:
+        fill(store, SPACE.all_specs())
+    return path
+
+
+@pytest.fixture(scope="module")
+def cost(table: str) -> LatencyCost:
+    return LatencyCost(SPACE, estimator=Estimator("cpu", db=table))
+
+
+def test_prefix_masks_and_their_mixture() -> None:
+    masks = prefix_masks((2, 3, 5))
+    assert masks.tolist() == [[1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
+    mixed = mixed_mask(torch.tensor([0.5, 0.25, 0.25]), masks)
+    assert mixed.shape == (1, 5, 1, 1)
+    assert mixed.flatten().tolist() == [1.0, 1.0, 0.5, 0.25, 0.25]
+
+
+def one_hot(values: dict[str, int]) -> dict[str, torch.Tensor]:
+    return {name: F.one_hot(torch.tensor(values.get(name, n - 1)), n).float() for name, n in SPACE.dimensions}
+
+
+def test_supernet_runs_each_resolution_on_a_subsampled_input() -> None:
+    torch.manual_seed(0)
+    net = DMaskingSupernet(SPACE, num_classes=10, proxy_resolutions=(8, 12, 16, 20)).eval()
+    x = torch.randn(2, 3, 20, 20)
+    weights = one_hot({"resolution": 1})
+    with torch.no_grad():
+        mixed = net(x, weights)
+        alone = net._run_once(F.interpolate(x, size=(12, 12), mode="nearest"), weights)
+    assert mixed.shape == (2, 10)
+    torch.testing.assert_close(mixed, alone)
+
+
+def test_a_narrow_mask_zeroes_the_channels_beyond_its_width() -> None:
+    torch.manual_seed(0)
+    net = DMaskingSupernet(SPACE, num_classes=10, proxy_resolutions=TINY).eval()
+    outputs = {}
+    net.blocks[0].register_forward_hook(lambda m, i, o: outputs.setdefault("stem", o))
+    with torch.no_grad():
+        y = net._run_once(torch.randn(1, 3, 12, 12), one_hot({"width:g0": 0}))
+    assert y.shape == (1, 10)
+    stem_out = outputs["stem"]
+    assert stem_out.shape[1] == max(SPACE.widths("g0"))  # the block runs at its widest
+
+
+def test_gradients_reach_the_architecture_through_both_terms(cost: LatencyCost) -> None:
+    search = Search(SPACE, cost, SearchConfig(target_ms=50.0, epochs=1, proxy_resolutions=TINY))
+    weights = search._gumbel_weights(temperature=1.0)
+    x, y = search.data[0][:16], search.data[1][:16]
+    ce = F.cross_entropy(search.net(x, weights), y)
+    ce.backward(retain_graph=True)
+    task = {k: v.grad.clone() for k, v in search.alphas.items()}
+    assert all(g.abs().sum() > 0 for g in task.values())
+    for alpha in search.alphas.values():
+        alpha.grad = None
+    latency = search.expected_latency(weights)
+    (search._latency_loss(ce.detach(), latency)).backward()
+    widths = [k for k in search.alphas if k != "resolution"]
+    assert all(search.alphas[k].grad.abs().sum() > 0 for k in widths)
+    assert search.alphas["resolution"].grad.abs().sum() > 0
+
+
+def test_the_fbnet_loss_form_multiplies_the_cross_entropy(cost: LatencyCost) -> None:
+    search = Search(
+        SPACE, cost, SearchConfig(target_ms=50.0, loss="fbnet", alpha=0.2, beta=0.6, proxy_resolutions=TINY)
+    )
+    ce, latency = torch.tensor(2.0), torch.tensor(40.0)
+    assert search._latency_loss(ce, latency).item() == pytest.approx(2.0 * 0.2 * torch.log(latency).item() ** 0.6)
+
+
+def test_a_tiny_search_moves_toward_the_target_and_resumes(cost: LatencyCost, tmp_path: Path) -> None:
+    uniform = {n: torch.full((k,), 1.0 / k) for n, k in SPACE.dimensions}
+    start = cost({k: v for k, v in uniform.items() if k != "resolution"}, uniform["resolution"]).item()
+    target = 0.6 * start
+    config = SearchConfig(target_ms=target, epochs=3, warmup_epochs=1, proxy_resolutions=TINY, arch_lr=0.1, images=480)
+    checkpoint = tmp_path / "search.ckpt"
+    first = Search(SPACE, cost, config, checkpoint)
+    first.run_epoch()
+    first.run_epoch()
+    first._save()
+    resumed = Search(SPACE, cost, config, checkpoint)
+    resumed._resume()
+    assert resumed.epoch == 2 and len(resumed.history) == 2
+    for name in first.alphas:
+        torch.testing.assert_close(resumed.alphas[name], first.alphas[name])
+    result = resumed.run()
+    assert len(result.history) == 3
+    assert abs(result.expected_latency_ms - target) < abs(start - target)  # moved toward the budget
+    assert 0.0 <= result.proxy_accuracy <= 1.0
+    other_config = SearchConfig(target_ms=target * 2, epochs=3, proxy_resolutions=TINY, images=480)
+    other = Search(SPACE, cost, other_config, checkpoint)
+    other._resume()
+    assert other.epoch == 0  # another search's checkpoint is not resumed
+
+
+def test_the_argmax_is_projected_onto_the_budget(cost: LatencyCost, table: str) -> None:
+    estimator = Estimator("cpu", db=table)
+    widest = SPACE.point_from_row([n - 1 for _, n in SPACE.dimensions])
+    alphas = {n: torch.linspace(0, 1, k) for n, k in SPACE.dimensions}
+    f4 = estimator.estimate(get_arch("dmasking_f4")).latency_ms
+    point = fit_to_budget(SPACE, cost, widest, alphas, target_ms=f4)
+    assert estimator.estimate(SPACE.arch(point)).latency_ms <= f4 * 1.05
+    assert fit_to_budget(SPACE, cost, point, alphas, target_ms=1e9) == point  # fits: unchanged
+
+
+def lut(*args: str, db: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "latency.cli", *args, "--db", db],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LUT_PROTOCOL": "quick"},
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [("0", "must be a positive number"), ("-5", "must be a positive"), ("0.001", "is below the fastest architecture")],
+)
+def test_targets_that_make_no_sense_are_refused(target: str, message: str, table: str) -> None:
+    proc = lut("search", "--target-ms", target, db=table)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_search_command_writes_an_architecture_the_rest_of_lut_accepts(table: str, tmp_path: Path) -> None:
+    out = tmp_path / "found.json"
+    target = Estimator("cpu", db=table).estimate(get_arch("dmasking_f4")).latency_ms * 0.8
+    proc = lut(
+        "search",
+        "--target-ms",
+        f"{target:.3f}",
+        "--epochs",
+        "2",
+        "--proxy-resolutions",
+        "8,8,12,12",
+        "--images",
+        "480",
+        "--out",
+        str(out),
+        "--no-measure",
+        "--json",
+        db=table,
+    )
+    assert proc.returncode == 0, proc.stderr
+    payload = json.loads(proc.stdout)
+    assert payload["arch"] == str(out) and payload["estimated_ms"] <= target * 1.05
+    assert Path(f"{out}.ckpt").is_file()
+    estimate = lut("estimate", str(out), "--no-profile", "--json", db=table)
+    assert estimate.returncode == 0, estimate.stderr
+    assert json.loads(estimate.stdout)["latency_ms"] == pytest.approx(payload["estimated_ms"])
