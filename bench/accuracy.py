@@ -1,8 +1,10 @@
 """Calibrate on one set of architectures, validate on a disjoint one, print the accuracy.
 
-The calibration set is sampled from the search space; the validation set is the FBNetV2 family
-plus at least 50 other samples (another seed). Targets on this 2-core CPU: within-10% at least
-95%, Kendall tau at least 0.9. The table is kept (`--db`), so an interrupted run resumes.
+The calibration set is sampled from the search spaces around f4, f1 and l1 (so that it spans the
+family's depths and block types, without holding any family member); the validation set is the
+FBNetV2 family plus at least 50 other samples of the f4 space (another seed). Targets on this
+2-core CPU: within-10% at least 95%, Kendall tau at least 0.9. The table is kept (`--db`), so an
+interrupted run resumes.
 
     python bench/accuracy.py --device cpu [--calibration 30] [--validation 50] [--db FILE] [--out FILE.json]
 """
@@ -30,17 +32,29 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--calibration", type=int, default=30, help="sampled architectures to calibrate on")
     parser.add_argument("--validation", type=int, default=50, help="sampled architectures to validate on")
-    parser.add_argument("--space", default="fbnetv2_f4")
+    parser.add_argument("--space", default="fbnetv2_f4", help="the space the validation samples come from")
+    parser.add_argument(
+        "--calibration-spaces",
+        default="fbnetv2_f4,fbnetv2_f1,fbnetv2_l1",
+        help="spaces the calibration samples come from, in turn",
+    )
     parser.add_argument("--protocol", default="standard")
     parser.add_argument("--db", default=str(RESULTS / "accuracy.sqlite"))
     parser.add_argument("--out", type=Path, default=RESULTS / "accuracy.json")
     args = parser.parse_args()
 
     space = get_space(args.space)
-    calibration_set = space.sampled_archs(args.calibration, seed=100)
+    spaces = args.calibration_spaces.split(",")
+    calibration_set = [
+        arch
+        for i, name in enumerate(spaces)
+        for arch in get_space(name).sampled_archs(
+            args.calibration // len(spaces) + (i < args.calibration % len(spaces)), seed=100
+        )
+    ]
     validation_set = family_archs(["all"]) + space.sampled_archs(args.validation, seed=200)
-    names = {a.name for a in calibration_set}
-    assert not names & {a.name for a in validation_set}, "the two sets must be disjoint"
+    validation_layers = {a.layers for a in validation_set}
+    assert not any(a.layers in validation_layers for a in calibration_set), "the two sets must be disjoint"
     Path(args.db).parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with LutStore(args.db) as store:
@@ -69,7 +83,8 @@ def main() -> None:
         "rows": validation.rows,
     }
     print(
-        f"calibrated on {report.runs} sampled architectures ({report.correction.model} correction, "
+        f"calibrated on {report.runs} sampled architectures of {', '.join(spaces)} ({report.correction.model} "
+        "correction, "
         f"leave-one-out RMSPE {report.correction.metrics['cv_rmspe']:.1%})"
     )
     print(f"validated on {m['n']} others (the family and {args.validation} samples):")

@@ -40,7 +40,10 @@ DbOpt = Annotated[
         help="SQLAlchemy URL or SQLite file of the table [default: a SQLite file in the user cache directory].",
     ),
 ]
-DeviceOpt = Annotated[str, typer.Option("--device", envvar="LUT_DEVICE", help="Device: cpu (this host).")]
+DeviceOpt = Annotated[
+    str,
+    typer.Option("--device", envvar="LUT_DEVICE", help="Device: cpu (this host), cuda[:N], or a phone's name (pixel)."),
+]
 BackendOpt = Annotated[
     str | None, typer.Option(envvar="LUT_BACKEND", help="Backend [default: the one with most entries in the table].")
 ]
@@ -259,6 +262,12 @@ def profile(
         ),
     ] = None,
     budget_min: Annotated[float, typer.Option(min=0.0, help="Minutes of measuring for --space.")] = 20.0,
+    serial: Annotated[
+        str | None, typer.Option(envvar="ANDROID_SERIAL", help="A phone's adb serial (when several are connected).")
+    ] = None,
+    runner: Annotated[
+        str | None, typer.Option(envvar="LUT_ANDROID_RUNNER", help="ExecuTorch executor_runner built for the phone.")
+    ] = None,
     protocol: ProtocolOpt = "standard",
     db: DbOpt = None,
     as_json: JsonOpt = False,
@@ -274,7 +283,17 @@ def profile(
     specs = collect_specs(model_names, arch or [], batch=batch, dtype=dtype)
     store = _open_store(db)
     with RichProgress(f"profiling on {device}") as bar:
-        summary = profile_blocks(specs, store, device, backend, threads, protocol, force, progress=bar)
+        summary = profile_blocks(
+            specs,
+            store,
+            device,
+            backend,
+            threads,
+            protocol,
+            force,
+            progress=bar,
+            device_options={"serial": serial, "runner": runner} if serial or runner else None,
+        )
     if as_json:
         print_json({**summary.to_dict(), "db": str(store.url)})
     else:

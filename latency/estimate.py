@@ -135,6 +135,15 @@ class Estimator:
             for key, rec in rows.items()
         }
 
+    def add_predictions(
+        self, specs: Sequence[BlockSpec], latencies_us: Sequence[float], expected_errors: Sequence[float]
+    ) -> None:
+        """Entries for blocks the table lacks, predicted (not stored), each with its expected error."""
+        for spec, value, error in zip(specs, latencies_us, expected_errors, strict=True):
+            self._entries[spec.key] = Entry(
+                float(value), "predicted", float(value) * (1 - error), float(value) * (1 + error), float(error)
+            )
+
     @property
     def calibrated(self) -> bool:
         return self.correction is not None

@@ -167,3 +167,31 @@ def cross_validate(
         predicted, _ = predictor.predict([specs[i] for i in held])
         errors[held] = predicted / y[held] - 1
     return errors
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Predicted latencies (us) of some blocks, each with its expected relative error, and the
+    predictor's cross-validated error on the measured blocks it was fitted on."""
+
+    latency_us: np.ndarray
+    expected_error: np.ndarray
+    cv: dict[str, float]
+
+
+def predict_blocks(
+    measured: Sequence[BlockSpec], latencies_us: Sequence[float], targets: Sequence[BlockSpec], seed: int = 0
+) -> Predictions:
+    """Fit on the measured blocks, predict `targets`. The expected error of each prediction combines
+    the bag's spread (where the predictor is unsure) with the median cross-validated error (its floor)."""
+    errors = np.abs(cross_validate(measured, latencies_us, folds=5, seed=seed, bags=4))
+    cv = {
+        "cv_blocks": len(measured),
+        "cv_median_error": float(np.median(errors)),
+        "cv_p90_error": float(np.quantile(errors, 0.9)),
+        "cv_within_10pct": float(np.mean(errors <= 0.10)),
+    }
+    if not targets:
+        return Predictions(np.empty(0), np.empty(0), cv)
+    predicted, spread = BlockPredictor(bags=8, seed=seed).fit(measured, latencies_us).predict(targets)
+    return Predictions(predicted, np.hypot(spread, cv["cv_median_error"]), cv)

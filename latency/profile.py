@@ -24,7 +24,6 @@ from profilers.devices import Device, is_local, resolve_device
 from profilers.errors import ProfilerError
 from profilers.protocol import PROTOCOLS, ProgressSink, Protocol, Result, Scheduler
 from profilers.targets import ArchTarget, Target, label
-from profilers.worker import WorkerPool
 
 
 @dataclass
@@ -125,15 +124,22 @@ class _Session:
 
 
 def _open_session(
-    store: LutStore, device_name: str, backend: str | None, threads: int, protocol: Protocol | str
+    store: LutStore,
+    device_name: str,
+    backend: str | None,
+    threads: int,
+    protocol: Protocol | str,
+    device_options: dict[str, Any] | None = None,
 ) -> _Session:
-    device = resolve_device(device_name)
+    device = resolve_device(device_name, **(device_options or {}))
     backend = backend or device.default_backend
     device.check_backend(backend)
-    backend_class(backend).check_available()
+    fingerprint, identity = device.fingerprint(), device.identity()  # reaches the device (a phone: adb) first
+    implementation = backend_class(device.implementation(backend)[0])
+    implementation.check_available()
     protocol = PROTOCOLS[protocol] if isinstance(protocol, str) else protocol
-    store.get_or_create_device(device.name, device.kind, device.fingerprint(), device.identity())
-    return _Session(device, backend, backend_class(backend).installed_version(), threads, protocol)
+    store.get_or_create_device(device.name, device.kind, fingerprint, identity)
+    return _Session(device, backend, implementation.installed_version(), threads, protocol)
 
 
 def _measure(
@@ -148,7 +154,7 @@ def _measure(
     sink = progress or ProgressSink()
     sink.add_total(len(targets) * session.protocol.trials)
     try:
-        with WorkerPool(session.backend, session.threads, session.protocol.launches, session.device.options) as pool:
+        with session.device.workers(session.backend, session.threads, session.protocol.launches) as pool:
             worker = pool.workers[0]
             extra = {**worker.info.get("protocol", {}), "threads": session.threads}
             for result in Scheduler(pool.workers, session.protocol, sink).run(targets, deadline):
@@ -174,11 +180,13 @@ def profile_blocks(
     force: bool = False,
     progress: ProgressSink | None = None,
     deadline: float | None = None,
+    device_options: dict[str, Any] | None = None,
 ) -> ProfileSummary:
     """Measure the blocks the table lacks on a device and store each as soon as it is final
-    (no group of blocks starts after `deadline`, a time.monotonic() value)."""
+    (no group of blocks starts after `deadline`, a time.monotonic() value). `device_options`:
+    `serial` and `runner` for a phone."""
     started = time.monotonic()
-    session = _open_session(store, device_name, backend, threads, protocol)
+    session = _open_session(store, device_name, backend, threads, protocol, device_options)
     summary = ProfileSummary(session.device.name, session.backend, session.version, threads, requested=len(specs))
     todo = list(specs)
     if not force:
@@ -224,11 +232,12 @@ def profile_archs(
     protocol: Protocol | str = "standard",
     force: bool = False,
     progress: ProgressSink | None = None,
+    device_options: dict[str, Any] | None = None,
 ) -> ProfileSummary:
     """Measure whole networks end to end (same protocol, canary included) and store each run under
     `tag`; networks that already have a run with this tag are skipped unless `force`."""
     started = time.monotonic()
-    session = _open_session(store, device_name, backend, threads, protocol)
+    session = _open_session(store, device_name, backend, threads, protocol, device_options)
     summary = ProfileSummary(session.device.name, session.backend, session.version, threads, requested=len(archs))
     targets = [ArchTarget(a, batch, dtype) for a in archs]
     if not force:
@@ -267,12 +276,16 @@ def fill_missing(
     protocol: Protocol | str = "standard",
     progress: ProgressSink | None = None,
 ) -> None:
-    """Make the estimator's table cover `archs`: measure missing blocks on a local device.
-
-    What stays missing is left for `Estimator.estimate` to report.
-    """
+    """Make the estimator's table cover `archs`: on a local device (this host, its GPUs) measure
+    the missing blocks, unless `measure` is False; on another device (a phone) predict them from
+    the blocks measured on it, marked `predicted`. What stays missing is left for `estimate`."""
     missing = list({s.key: s for a in archs for s in estimator.missing(a)}.values())
-    if not missing or not measure or not is_local(estimator.device):
+    if not missing:
+        return
+    if not is_local(estimator.device):
+        predict_missing(estimator, missing)
+        return
+    if not measure:
         return
     summary = profile_blocks(
         missing, estimator.store, estimator.device, estimator.backend, estimator.threads, protocol, progress=progress
@@ -285,3 +298,23 @@ def fill_missing(
             f"{len(summary.failed)} blocks could not be measured on {estimator.device}: {key}: {error}."
         )
     estimator.reload()
+
+
+def predict_missing(estimator: Estimator, missing: Sequence[BlockSpec], minimum: int = 20) -> int:
+    """Predict blocks from the device's measured ones (none when it has fewer than `minimum`)."""
+    from latency.predictor import predict_blocks
+
+    rows = estimator.store.measurement_map(
+        device=estimator.device,
+        backend=estimator.backend,
+        threads=estimator.threads,
+        batch=estimator.batch,
+        dtype=estimator.dtype,
+        source="measured",
+    )
+    if len(rows) < minimum:
+        return 0
+    keys = sorted(rows)
+    predictions = predict_blocks([BlockSpec.from_key(k) for k in keys], [rows[k].median_us for k in keys], missing)
+    estimator.add_predictions(list(missing), predictions.latency_us, predictions.expected_error)
+    return len(missing)

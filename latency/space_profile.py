@@ -9,7 +9,6 @@ let the predictor fill the rest: each such entry is stored as `predicted`, with 
 from __future__ import annotations
 
 import itertools
-import math
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from latency.blocks import BlockSpec
-from latency.predictor import BlockPredictor, cross_validate
-from latency.profile import profile_blocks
+from latency.predictor import BlockPredictor, predict_blocks
+from latency.profile import block_row, profile_blocks
 from latency.space import Space
 from lut_db import FitRecord, LutStore, MeasurementRecord
 from profilers.backends import backend_class
@@ -146,17 +145,9 @@ def _predict_rest(
 ) -> None:
     rows = _measured(store, device, backend, threads, batch, dtype)
     keys = sorted(rows)
-    specs = [BlockSpec.from_key(k) for k in keys]
-    latencies = [rows[k].median_us for k in keys]
-    errors = cross_validate(specs, latencies, folds=5, seed=seed, bags=4)
-    absolute = np.abs(errors)
-    summary.predictor = {
-        "cv_blocks": len(keys),
-        "cv_median_error": float(np.median(absolute)),
-        "cv_p90_error": float(np.quantile(absolute, 0.9)),
-        "cv_within_10pct": float(np.mean(absolute <= 0.10)),
-    }
     todo = [s for k, s in by_key.items() if k not in rows]
+    predictions = predict_blocks([BlockSpec.from_key(k) for k in keys], [rows[k].median_us for k in keys], todo, seed)
+    summary.predictor = predictions.cv
     version = backend_class(backend).installed_version()
     store.put_fit(
         FitRecord(
@@ -175,15 +166,11 @@ def _predict_rest(
     )
     if not todo:
         return
-    predictor = fit_predictor(specs, latencies, seed)
-    predicted, spread = predictor.predict(todo)
     canaries = [r.canary_us for r in rows.values() if r.canary_us]
     canary_ref = float(np.median(canaries)) if canaries else None
-    store.upsert_blocks({**s.to_dict(), "key": s.key, "flops": s.flops, "params": s.params} for s in todo)
-    floor = summary.predictor["cv_median_error"]
-    for spec, value, unsure in zip(todo, predicted, spread, strict=True):
-        # The bag's spread says where the predictor is unsure; the CV error is its floor.
-        error = float(math.hypot(unsure, floor))
+    store.upsert_blocks(block_row(s) for s in todo)
+    for spec, value, error in zip(todo, predictions.latency_us, predictions.expected_error, strict=True):
+        value, error = float(value), float(error)
         store.put_measurement(
             MeasurementRecord(
                 block_key=spec.key,
@@ -193,16 +180,16 @@ def _predict_rest(
                 threads=threads,
                 dtype=dtype,
                 batch=batch,
-                median_us=float(value),
-                p10_us=float(value) * (1 - error),
-                p90_us=float(value) * (1 + error),
+                median_us=value,
+                p10_us=value * (1 - error),
+                p90_us=value * (1 + error),
                 iqr_us=0.0,
-                mean_us=float(value),
-                std_us=float(value) * error,
-                min_us=float(value) * (1 - error),
+                mean_us=value,
+                std_us=value * error,
+                min_us=value * (1 - error),
                 n=0,
                 trials=0,
-                canary_ratio=float(value) / canary_ref if canary_ref else None,
+                canary_ratio=value / canary_ref if canary_ref else None,
                 canary_us=canary_ref,
                 protocol={"predicted_by": f"block_predictor:{space.name}", "trained_on": len(keys)},
                 environment={},

@@ -1,8 +1,16 @@
-"""The device registry: a device name -> what it is, which backends it has, how to describe it."""
+"""The device registry: a device name -> what it is, which backends it has, how to describe it,
+and which workers measure on it.
+
+`cpu` is this host; `cuda` / `cuda:N` a GPU of this host; any other name an Android phone.
+"""
 
 from __future__ import annotations
 
+import os
+import re
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from profilers.errors import ProfilerError
@@ -36,15 +44,150 @@ class Device:
                 exit_code=2,
             )
 
+    def implementation(self, backend: str) -> tuple[str, dict[str, Any]]:
+        """The registered backend implementation that runs `backend` here, and its options."""
+        return backend, dict(self.options)
 
-HOST_CPU = Device(name="cpu", kind="cpu", backends=("torch", "onnxruntime"), default_backend="torch")
+    def workers(self, backend: str, threads: int, launches: int) -> AbstractContextManager[Any]:
+        """A context manager giving the workers (one per independent launch) to measure with."""
+        from profilers.worker import WorkerPool
+
+        implementation, options = self.implementation(backend)
+        return WorkerPool(implementation, threads, launches, options)
 
 
-def resolve_device(name: str) -> Device:
-    """The device called `name`: `cpu` is this host."""
+@dataclass(frozen=True)
+class CudaDevice(Device):
+    """A GPU of this host. Backend `torch` replays a CUDA graph per block, `torch-eager` launches."""
+
+    index: int = 0
+
+    def implementation(self, backend: str) -> tuple[str, dict[str, Any]]:
+        return "torch-cuda", {"index": self.index, "graph": backend == "torch"}
+
+    def _properties(self) -> dict[str, Any]:
+        import torch
+
+        props = torch.cuda.get_device_properties(self.index)
+        return {
+            "gpu": props.name,
+            "memory_gb": round(props.total_memory / 2**30, 1),
+            "compute_capability": f"{props.major}.{props.minor}",
+        }
+
+    def fingerprint(self) -> dict[str, Any]:
+        import torch
+
+        from profilers.backends.cuda import nvidia_smi
+
+        smi = nvidia_smi(self.index)
+        return {
+            **self.identity(),
+            "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(),
+            "driver": smi.get("driver_version"),
+            "max_sm_clock_mhz": smi.get("clocks.max.sm"),
+            "host": host_fingerprint(),
+        }
+
+    def identity(self) -> dict[str, Any]:
+        return self._properties()
+
+    def environment(self) -> dict[str, Any]:
+        from profilers.backends.cuda import nvidia_smi
+
+        return {**host_environment(), **nvidia_smi(self.index)}
+
+
+@dataclass(frozen=True)
+class AndroidDevice(Device):
+    """A phone over adb, measured with ExecuTorch (XNNPACK) through the user's runner binary.
+
+    Nothing touches adb until the phone is needed: estimating from an imported table works offline.
+    """
+
+    serial: str | None = None
+    runner: str | None = None
+
+    def implementation(self, backend: str) -> tuple[str, dict[str, Any]]:
+        return "executorch", {}  # blocks are exported on this host with ExecuTorch
+
+    @cached_property
+    def _connection(self) -> tuple[Any, Any]:
+        from profilers.android import Adb, choose_phone, read_phone
+
+        adb = Adb()
+        phone = choose_phone(adb, self.name, self.serial)
+        adb.serial = phone.serial
+        return adb, read_phone(adb, phone)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return self._connection[1].to_dict()
+
+    def identity(self) -> dict[str, Any]:
+        return self._connection[1].identity()
+
+    def environment(self) -> dict[str, Any]:
+        from profilers.android import thermal
+
+        return thermal(self._connection[0])
+
+    def workers(self, backend: str, threads: int, launches: int) -> AbstractContextManager[Any]:
+        from pathlib import Path
+
+        from profilers.android import AndroidWorker, export_pte
+        from profilers.backends import backend_class
+
+        adb, phone = self._connection
+        runner = self.runner or os.environ.get("LUT_ANDROID_RUNNER")
+        if not runner:
+            raise ProfilerError(
+                "No ExecuTorch runner for the phone: build executor_runner for arm64 (see the README, 'Android "
+                "phones') and pass --runner PATH or set LUT_ANDROID_RUNNER."
+            )
+        if not Path(runner).is_file():
+            raise ProfilerError(f"The runner {runner} does not exist.")
+        return AndroidWorker(
+            adb, phone, Path(runner), threads, export_pte, backend_class("executorch").installed_version()
+        )
+
+
+HOST_CPU = Device(name="cpu", kind="cpu", backends=("torch", "onnxruntime", "executorch"), default_backend="torch")
+_CUDA = re.compile(r"cuda(?::(\d+))?")
+
+
+def _cuda_device(name: str, index: int) -> CudaDevice:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        raise ProfilerError("Device 'cuda' needs PyTorch.", exit_code=2) from None
+    if not torch.cuda.is_available():
+        build = "a CPU-only PyTorch build" if torch.version.cuda is None else "no visible CUDA GPU"
+        raise ProfilerError(f"Device '{name}' is not available: this machine has {build}.")
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise ProfilerError(f"Device '{name}' is not available: this machine has {count} CUDA GPU(s).")
+    return CudaDevice(name=name, kind="cuda", backends=("torch", "torch-eager"), default_backend="torch", index=index)
+
+
+def resolve_device(name: str, serial: str | None = None, runner: str | None = None) -> Device:
+    """The device called `name`: `cpu` is this host, `cuda[:N]` one of its GPUs, and any other name
+    an Android phone over adb (`pixel` picks the connected Pixel; `serial` picks one explicitly)."""
     if name == "cpu":
         return HOST_CPU
-    raise ProfilerError(f"Unknown device '{name}'; known devices: cpu.", exit_code=2)
+    if match := _CUDA.fullmatch(name):
+        return _cuda_device(name, int(match.group(1) or 0))
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]*", name):
+        raise ProfilerError(f"'{name}' is not a device name: use cpu, cuda[:N], or a phone's name.", exit_code=2)
+    return AndroidDevice(
+        name=name,
+        kind="android",
+        backends=("executorch",),
+        default_backend="executorch",
+        local=False,
+        serial=serial,
+        runner=runner,
+    )
 
 
 def is_local(name: str) -> bool:

@@ -80,6 +80,16 @@ class Protocol:
 
 PROTOCOLS: dict[str, Protocol] = {
     "standard": Protocol(),
+    # For steady devices (a GPU timed with CUDA events) and short device leases: the same structure
+    # with a tenth of the time budgets. Rows say so in their protocol.
+    "brief": Protocol(
+        name="brief",
+        warmup_s=0.05,
+        min_time_s=0.1,
+        max_time_s=0.4,
+        rewarm_s=0.01,
+        canary_s=0.03,
+    ),
     # For smoke tests and CI: same structure, tiny budgets. Rows say so in their protocol.
     "quick": Protocol(
         name="quick",
@@ -138,7 +148,8 @@ def _combine(target: Target, timings: list[Timing], canary: list[float], protoco
     medians = tuple(float(np.median(t.samples_us)) for t in timings)
     # The median of the trials' medians: one odd process does not move it.
     stats = replace(summarize([s for t in timings for s in t.samples_us]), median_us=float(np.median(medians)))
-    ratios = [m / c for m, c in zip(medians, canary, strict=True) if c > 0]
+    # No ratios when a trial's canary could not be timed: a partial set would be misleading.
+    ratios = [m / c for m, c in zip(medians, canary, strict=True) if c > 0] if len(canary) == len(medians) else []
     raw_spread = relative_spread(medians)
     # Drift moves the whole machine; the canary-relative spread is what the estimate sees.
     canary_spread = relative_spread(ratios) if len(ratios) == len(medians) else raw_spread

@@ -134,7 +134,7 @@ def test_sigkill_midway_then_resume_measures_only_what_is_missing(tmp_path: Path
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["--device", "tpu0"], 2, "Unknown device 'tpu0'; known devices: cpu"),
+        (["--device", "tpu 0"], 2, "'tpu 0' is not a device name: use cpu, cuda[:N], or a phone's name"),
         (["--backend", "tflite"], 2, "Device 'cpu' has no backend 'tflite'; its backends: torch"),
         (["--models", "dmasking_p2"], 2, "dmasking_p2 cannot be used: no public architecture"),
         (["--models", "resnet50"], 2, "Unknown model 'resnet50'; known models:"),
@@ -181,9 +181,9 @@ def test_devices_export_and_import(tmp_path: Path) -> None:
     assert missing.returncode == 1 and "Device 'pixel' is not in" in missing.stderr
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime"])
-def test_profile_with_onnxruntime(backend: str, tmp_path: Path) -> None:
-    pytest.importorskip("onnxruntime")
+@pytest.mark.parametrize("backend", ["onnxruntime", "executorch"])
+def test_profile_with_other_host_backends(backend: str, tmp_path: Path) -> None:
+    pytest.importorskip(backend)
     db = str(tmp_path / "lut.sqlite")
     out = json.loads(
         lut(

@@ -190,3 +190,35 @@ def test_ranking_over_two_devices_reports_rank_changes(store: LutStore) -> None:
     assert "dmasking_f4" in changes
     assert ranking.best_under_budget("cpu").name == "dmasking_l3"  # every model fits: the most accurate
     assert phone.calibrated is False
+
+
+def test_blocks_missing_on_a_phone_are_predicted_from_its_measured_ones(store: LutStore) -> None:
+    from latency.profile import fill_missing
+
+    space = get_space()
+    measured = [s for a in space.sampled_archs(12, seed=9) for s in a.specs()]
+    fill(store, measured, device="phone")
+    estimator = Estimator("phone", store=store)
+    target = get_arch("dmasking_f4")
+    absent = estimator.missing(target)
+    assert absent  # f4 has shapes the phone never ran
+    fill_missing(estimator, [target])  # a phone is not local: predicted, not measured
+    est = estimator.estimate(target)
+    predicted = [b for b in est.blocks if b.source == "predicted"]
+    assert {b.key for b in predicted} == {s.key for s in absent}
+    truth = {s.key: fake_latency_us(s) / 1e3 for s in target.specs()}
+    for block in predicted:
+        assert block.latency_ms == pytest.approx(truth[block.key], rel=0.15)
+        assert block.expected_error is not None and block.expected_error > 0
+    assert est.latency_ms == pytest.approx(sum(fake_latency_us(s) for s in target.specs()) / 1e3, rel=0.05)
+    assert store.measurements(device="phone", source="predicted") == []  # nothing stored
+
+
+def test_too_few_measured_blocks_predict_nothing(store: LutStore) -> None:
+    from latency.profile import fill_missing
+
+    fill(store, blocks_of("dmasking_f1")[:5], device="phone")
+    estimator = Estimator("phone", store=store)
+    fill_missing(estimator, [get_arch("dmasking_f1")])
+    with pytest.raises(MissingBlocksError):
+        estimator.estimate("dmasking_f1")

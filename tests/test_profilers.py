@@ -226,7 +226,9 @@ def test_missing_onnxruntime_is_reported_cleanly(monkeypatch: pytest.MonkeyPatch
 def test_unknown_device_and_backend() -> None:
     with pytest.raises(ProfilerError, match="Unknown backend 'tflite'; known backends: torch, onnxruntime"):
         backend_class("tflite")
-    with pytest.raises(ProfilerError, match="Unknown device 'tpu'"):
-        resolve_device("tpu")
+    with pytest.raises(ProfilerError, match="'tpu/0' is not a device name"):
+        resolve_device("tpu/0")
     with pytest.raises(ProfilerError, match="has no backend"):
         resolve_device("cpu").check_backend("tensorrt")
+    phone = resolve_device("galaxy-s24", serial="R58N")  # any other name is a phone, reached lazily
+    assert (phone.kind, phone.local, phone.default_backend) == ("android", False, "executorch")

@@ -11,6 +11,8 @@ from profilers.errors import ProfilerError
 BACKENDS: dict[str, str] = {
     "torch": "profilers.backends.torch_cpu:TorchCPU",
     "onnxruntime": "profilers.backends.onnxruntime_cpu:OnnxRuntimeCPU",
+    "torch-cuda": "profilers.backends.cuda:TorchCUDA",
+    "executorch": "profilers.backends.executorch_cpu:ExecuTorchCPU",
 }
 
 

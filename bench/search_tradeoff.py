@@ -1,0 +1,116 @@
+"""Three latency targets on one device: search, estimate and measure each, draw the trade-off.
+
+For each target, `lut search`'s machinery runs the DMasking search against the table's
+LatencyCost, projects the result onto the budget, estimates it and measures it end to end. Prints
+target, estimated, measured latency and proxy accuracy per target as a table and JSON, and draws
+accuracy against measured latency as a PNG. Tighter targets must give faster measured networks.
+
+    python bench/search_tradeoff.py --device cpu [--targets 9,12,15] [--epochs 16] [--db URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from pathlib import Path
+
+from latency.estimate import Estimator
+from latency.profile import profile_archs
+from latency.space import get_space
+from lut_db import LutStore
+from search_cost.cost import LatencyCost
+from search_cost.search import Search, SearchConfig
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--space", default="fbnetv2_f4")
+    parser.add_argument("--targets", default="9,12,15", help="comma-separated targets (ms)")
+    parser.add_argument("--epochs", type=int, default=16)
+    parser.add_argument("--db", default=None)
+    parser.add_argument("--out", type=Path, default=RESULTS / "search_tradeoff.json")
+    parser.add_argument("--plot", type=Path, default=RESULTS / "search_tradeoff.png")
+    args = parser.parse_args()
+
+    space = get_space(args.space)
+    store = LutStore(args.db)
+    estimator = Estimator(args.device, store=store)
+    cost = LatencyCost(space, estimator=estimator)
+    rows = []
+    for target in (float(t) for t in args.targets.split(",")):
+        started = time.monotonic()
+        config = SearchConfig(target_ms=target, epochs=args.epochs)
+        result = Search(space, cost, config, RESULTS / f"search-{target:g}ms.ckpt").run(
+            on_epoch=lambda log, t=target: print(
+                f"  {t:g} ms: epoch {log.epoch + 1} accuracy "
+                f"{log.proxy_accuracy:.3f} E[lat] {log.expected_latency_ms:.2f} ms"
+            )
+        )
+        estimated = estimator.estimate(result.arch).latency_ms
+        profile_archs([result.arch], store, args.device, estimator.backend, tag="search-tradeoff", force=True)
+        runs = [
+            r
+            for r in store.e2e_runs(args.device, estimator.backend, tag="search-tradeoff")
+            if r.arch_name == result.arch.name
+        ]
+        measured = max(runs, key=lambda r: r.measured_at).median_us / 1e3
+        rows.append(
+            {
+                "target_ms": target,
+                "estimated_ms": estimated,
+                "measured_ms": measured,
+                "proxy_accuracy": result.proxy_accuracy,
+                "flops_m": sum(s.flops_m for s in result.arch.specs()),
+                "resolution": result.arch.resolution,
+                "projected": result.point != result.argmax,
+                "minutes": (time.monotonic() - started) / 60,
+                "arch": result.arch.to_dict(),
+            }
+        )
+    print(
+        f"{'target (ms)':>12s}{'estimated':>11s}{'measured':>10s}{'est/target':>11s}{'meas/est':>10s}"
+        f"{'proxy acc':>10s}{'MFLOPs':>8s}{'res':>5s}{'min':>6s}"
+    )
+    for r in rows:
+        print(
+            f"{r['target_ms']:>12.2f}{r['estimated_ms']:>11.3f}{r['measured_ms']:>10.3f}"
+            f"{r['estimated_ms'] / r['target_ms'] - 1:>+11.1%}{r['measured_ms'] / r['estimated_ms'] - 1:>+10.1%}"
+            f"{r['proxy_accuracy']:>10.1%}{r['flops_m']:>8.1f}{r['resolution']:>5d}{r['minutes']:>6.1f}"
+        )
+    ordered = [r["measured_ms"] for r in sorted(rows, key=lambda r: r["target_ms"])]
+    print("tighter targets gave faster measured networks:", all(a < b for a, b in itertools.pairwise(ordered)))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(rows, indent=2) + "\n")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=120)
+    ax.plot([r["measured_ms"] for r in rows], [r["proxy_accuracy"] * 100 for r in rows], "o-", color="tab:red")
+    for r in rows:
+        ax.annotate(
+            f"target {r['target_ms']:g} ms",
+            (r["measured_ms"], r["proxy_accuracy"] * 100),
+            fontsize=8,
+            xytext=(5, -10),
+            textcoords="offset points",
+        )
+        ax.axvline(r["target_ms"], color="tab:gray", linestyle=":", linewidth=0.8)
+    ax.set_xlabel(f"measured end-to-end latency on {args.device} (ms)")
+    ax.set_ylabel("proxy accuracy (digits, %)")
+    ax.set_title(f"FBNetV2 DMasking search on {args.space}: accuracy vs latency")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(args.plot)
+    print(f"wrote {args.out} and {args.plot}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""ExecuTorch with the XNNPACK delegate on this host: the runtime Android phones use.
+
+Each block is exported (torch.export, XNNPACK partitioner) to a `.pte` program and run through
+ExecuTorch's Python runtime in its own worker process (its thread pool must not meet torch's).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+from profilers.backends.base import Backend, Runner
+from profilers.backends.torch_cpu import built_module, seeded_input
+from profilers.errors import BlockFailed, ProfilerError
+from profilers.targets import Target
+
+
+def export_program(target: Target) -> bytes:
+    """The target lowered to an ExecuTorch program (XNNPACK delegate), as `.pte` bytes."""
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    module, x = built_module(target), seeded_input(target)
+    exported = torch.export.export(module, (x,))
+    program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
+    return program.buffer
+
+
+class ExecuTorchCPU(Backend):
+    name = "executorch"
+    extra = "executorch"
+    distribution = "executorch"
+
+    @classmethod
+    def check_available(cls) -> None:
+        if importlib.util.find_spec("executorch") is None:
+            raise ProfilerError(
+                "The executorch backend needs ExecuTorch, which is not installed; install it with: "
+                "pip install 'lut[executorch]' (executorch 1.5.1 works with torch 2.13.0)."
+            )
+
+    def setup(self) -> None:
+        import torch
+        from executorch.runtime import Runtime
+
+        torch.set_num_threads(1)  # torch only exports here
+        self._runtime = Runtime.get()
+        self._reset_threads()
+
+    def _reset_threads(self) -> None:
+        """Fix the XNNPACK thread pool's size (ExecuTorch's default is a per-device heuristic)."""
+        try:
+            from executorch.extension.pybindings import portable_lib
+        except ImportError:
+            return
+        reset = getattr(portable_lib, "_unsafe_reset_threadpool", None)
+        if reset is not None:
+            reset(self.threads)
+            self._threads_set = True
+
+    def prepare(self, target: Target) -> Runner:
+        try:
+            program = self._runtime.load_program(export_program(target))
+        except Exception as exc:  # export and lowering raise many types
+            raise BlockFailed(f"ExecuTorch export failed: {type(exc).__name__}: {exc}") from exc
+        method = program.load_method("forward")
+        inputs = [seeded_input(target)]
+
+        def run() -> object:
+            # The method points into the program's memory: the closure keeps the program alive too.
+            return program, method.execute(inputs)
+
+        return run
+
+    def environment(self) -> dict[str, Any]:
+        return {"xnnpack_threads": self.threads if getattr(self, "_threads_set", False) else "runtime default"}
+
+    def protocol_details(self) -> dict[str, Any]:
+        return {"delegate": "XnnpackPartitioner", "runtime": "executorch.runtime (Python)"}
