@@ -39,8 +39,16 @@ class Sample:
     measured_ms: float
 
 
+def at_table_speed(run: E2ERecord, table_canary_us: float | None) -> float:
+    """A run's time (ms) at the speed the table was measured at: the machine drifts as a whole, and
+    the canary timed in the run's own trials says by how much (no canary: the plain time)."""
+    scale = table_canary_us / run.canary_us if table_canary_us and run.canary_us else 1.0
+    return run.median_us / 1e3 * scale
+
+
 def samples_from_runs(runs: list[E2ERecord], estimator: Estimator) -> list[Sample]:
-    """Training rows: every run whose blocks are all in the table (others are skipped)."""
+    """Training rows: every run whose blocks are all in the table (others are skipped), its time
+    brought to the table's speed."""
     samples = []
     for run in runs:
         arch = Arch.from_dict(json.loads(run.arch_json))
@@ -49,7 +57,7 @@ def samples_from_runs(runs: list[E2ERecord], estimator: Estimator) -> list[Sampl
         if any(e is None for e in entries):
             continue
         features = np.sum([block_features(s, e.median_us / 1e3) for s, e in zip(specs, entries, strict=True)], axis=0)
-        samples.append(Sample(run.arch_name, features, run.median_us / 1e3))
+        samples.append(Sample(run.arch_name, features, at_table_speed(run, estimator.table_canary_us)))
     return samples
 
 
