@@ -12,8 +12,9 @@ spread, which is how sure the predictor is (the adaptive sampler measures where 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -195,3 +196,18 @@ def predict_blocks(
         return Predictions(np.empty(0), np.empty(0), cv)
     predicted, spread = BlockPredictor(bags=8, seed=seed).fit(measured, latencies_us).predict(targets)
     return Predictions(predicted, np.hypot(spread, cv["cv_median_error"]), cv)
+
+
+def training_set(rows: Mapping[str, Any]) -> tuple[list[BlockSpec], np.ndarray, float | None]:
+    """Measured table rows as (specs, latencies in us, the canary median they are stated at).
+
+    A block's latency is stated at the table's speed (its time times the canary's median over all
+    rows, over the canary of its own trials): the machine drifts as a whole while a space is filled
+    (its canary moved 13% in one 20-minute fill here), and no shape feature can predict that."""
+    keys = sorted(rows)
+    canaries = [rows[k].canary_us for k in keys if rows[k].canary_us]
+    reference = float(np.median(canaries)) if canaries else None
+    latencies = [
+        rows[k].median_us * (reference / rows[k].canary_us if reference and rows[k].canary_us else 1.0) for k in keys
+    ]
+    return [BlockSpec.from_key(k) for k in keys], np.asarray(latencies, dtype=float), reference

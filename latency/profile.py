@@ -302,7 +302,7 @@ def fill_missing(
 
 def predict_missing(estimator: Estimator, missing: Sequence[BlockSpec], minimum: int = 20) -> int:
     """Predict blocks from the device's measured ones (none when it has fewer than `minimum`)."""
-    from latency.predictor import predict_blocks
+    from latency.predictor import predict_blocks, training_set
 
     rows = estimator.store.measurement_map(
         device=estimator.device,
@@ -314,7 +314,7 @@ def predict_missing(estimator: Estimator, missing: Sequence[BlockSpec], minimum:
     )
     if len(rows) < minimum:
         return 0
-    keys = sorted(rows)
-    predictions = predict_blocks([BlockSpec.from_key(k) for k in keys], [rows[k].median_us for k in keys], missing)
+    specs, latencies_us, _ = training_set(rows)
+    predictions = predict_blocks(specs, latencies_us, missing)
     estimator.add_predictions(list(missing), predictions.latency_us, predictions.expected_error)
     return len(missing)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from latency.blocks import BlockSpec
-from latency.predictor import BlockPredictor, predict_blocks
+from latency.predictor import BlockPredictor, predict_blocks, training_set
 from latency.profile import block_row, profile_blocks
 from latency.space import Space
 from lut_db import FitRecord, LutStore, MeasurementRecord
@@ -127,8 +127,8 @@ def _seconds_per_block(protocol: Protocol) -> float:
 
 
 def _fit_on_rows(rows: dict[str, Any], seed: int) -> BlockPredictor:
-    keys = sorted(rows)
-    return fit_predictor([BlockSpec.from_key(k) for k in keys], [rows[k].median_us for k in keys], seed)
+    specs, latencies_us, _ = training_set(rows)
+    return fit_predictor(specs, list(latencies_us), seed)
 
 
 def _predict_rest(
@@ -144,9 +144,9 @@ def _predict_rest(
     seed: int,
 ) -> None:
     rows = _measured(store, device, backend, threads, batch, dtype)
-    keys = sorted(rows)
+    specs, latencies_us, canary_ref = training_set(rows)
     todo = [s for k, s in by_key.items() if k not in rows]
-    predictions = predict_blocks([BlockSpec.from_key(k) for k in keys], [rows[k].median_us for k in keys], todo, seed)
+    predictions = predict_blocks(specs, latencies_us, todo, seed)
     summary.predictor = predictions.cv
     version = backend_class(backend).installed_version()
     store.put_fit(
@@ -160,14 +160,12 @@ def _predict_rest(
             purpose=f"block_predictor:{space.name}",
             params={"model": "additive+boosted", "bags": 8},
             metrics=summary.predictor,
-            n_samples=len(keys),
+            n_samples=len(specs),
             fitted_at=datetime.now(UTC),
         )
     )
     if not todo:
         return
-    canaries = [r.canary_us for r in rows.values() if r.canary_us]
-    canary_ref = float(np.median(canaries)) if canaries else None
     store.upsert_blocks(block_row(s) for s in todo)
     for spec, value, error in zip(todo, predictions.latency_us, predictions.expected_error, strict=True):
         value, error = float(value), float(error)
@@ -191,7 +189,7 @@ def _predict_rest(
                 trials=0,
                 canary_ratio=value / canary_ref if canary_ref else None,
                 canary_us=canary_ref,
-                protocol={"predicted_by": f"block_predictor:{space.name}", "trained_on": len(keys)},
+                protocol={"predicted_by": f"block_predictor:{space.name}", "trained_on": len(specs)},
                 environment={},
                 measured_at=datetime.now(UTC),
                 stable=False,

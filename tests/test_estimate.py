@@ -222,3 +222,27 @@ def test_too_few_measured_blocks_predict_nothing(store: LutStore) -> None:
     fill_missing(estimator, [get_arch("dmasking_f1")])
     with pytest.raises(MissingBlocksError):
         estimator.estimate("dmasking_f1")
+
+
+def test_the_predictor_learns_blocks_at_the_tables_speed_when_the_machine_drifted(store: LutStore) -> None:
+    from latency.predictor import training_set
+    from latency.profile import fill_missing
+
+    space = get_space()
+    measured = list({s.key: s for a in space.sampled_archs(12, seed=9) for s in a.specs()}.values())
+    # A third of the blocks measured while the whole machine ran 30% slower (its canary too).
+    slow = measured[::3]
+    fill(store, [s for s in measured if s not in slow], device="phone")
+    fill(store, slow, device="phone", scale=1.3, canary_us=CANARY_US * 1.3)
+    rows = store.measurement_map(device="phone", backend="torch", source="measured")
+    specs, latencies_us, reference = training_set(rows)
+    assert reference == CANARY_US
+    assert latencies_us == pytest.approx([fake_latency_us(s) for s in specs], rel=1e-9)
+
+    estimator = Estimator("phone", store=store)
+    target = get_arch("dmasking_f4")
+    fill_missing(estimator, [target])
+    truth = {s.key: fake_latency_us(s) / 1e3 for s in target.specs()}
+    for block in estimator.estimate(target).blocks:
+        if block.source == "predicted":
+            assert block.latency_ms == pytest.approx(truth[block.key], rel=0.15)
