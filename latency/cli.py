@@ -843,6 +843,7 @@ def search(
             f"epoch {log.epoch + 1:3d}/{epochs}  temperature {log.temperature:.3f}  proxy accuracy "
             f"{log.proxy_accuracy:6.1%}  expected latency {log.expected_latency_ms:8.3f} ms  ({log.seconds:.0f} s)",
             highlight=False,
+            soft_wrap=True,  # one line per epoch in a log file too
         )
 
     result = runner.run(on_epoch=report)
