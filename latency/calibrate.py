@@ -46,6 +46,11 @@ def at_table_speed(run: E2ERecord, table_canary_us: float | None) -> float:
     return run.median_us / 1e3 * scale
 
 
+def at_run_speed(estimate_ms: float, run: E2ERecord, table_canary_us: float | None) -> float:
+    """An estimate (stated at the table's speed) at the machine's speed during `run`."""
+    return estimate_ms * run.median_us / 1e3 / at_table_speed(run, table_canary_us)
+
+
 def samples_from_runs(runs: list[E2ERecord], estimator: Estimator) -> list[Sample]:
     """Training rows: every run whose blocks are all in the table (others are skipped), its time
     brought to the table's speed."""

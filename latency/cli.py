@@ -849,7 +849,7 @@ def search(
     result = runner.run(on_epoch=report)
     out.write_text(result.arch.to_json())
     estimated = estimator.estimate(result.arch).latency_ms
-    measured = None
+    measured = estimated_then = None
     if measure:
         from latency.profile import profile_archs
 
@@ -870,11 +870,17 @@ def search(
             for r in store.e2e_runs(device, estimator.backend, tag="search", threads=threads)
             if r.arch_name == result.arch.name
         ]
-        measured = runs[-1].median_us / 1e3 if runs else None
+        if runs:
+            from latency.calibrate import at_run_speed
+
+            measured = runs[-1].median_us / 1e3
+            # The machine drifts as a whole: compare with the estimate at its speed during the run.
+            estimated_then = at_run_speed(estimated, runs[-1], estimator.table_canary_us)
     payload = {
         "target_ms": target_ms,
         "estimated_ms": estimated,
         "measured_ms": measured,
+        "estimated_then_ms": estimated_then,
         "expected_latency_ms": result.expected_latency_ms,
         "proxy_accuracy": result.proxy_accuracy,
         "projected": result.point != result.argmax,
@@ -892,6 +898,13 @@ def search(
         f"target {target_ms:.3f} ms | estimated {estimated:.3f} ms ({estimated / target_ms - 1:+.1%})"
         + (f" | measured {measured:.3f} ms ({measured / estimated - 1:+.1%} from the estimate)" if measured else "")
     )
+    if measured and estimated_then:
+        console.print(
+            f"the machine ran at {estimated_then / estimated:.0%} of the table's time during the measurement "
+            f"(canary): measured {measured / estimated_then - 1:+.1%} from the estimate at that speed "
+            f"({estimated_then:.3f} ms)"
+            + ("" if estimator.calibrated else "; uncalibrated: `lut calibrate` fits the block sum to end-to-end runs")
+        )
 
 
 def main() -> None:

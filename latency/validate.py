@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from latency.arch import Arch
-from latency.calibrate import at_table_speed, ensure_blocks, error_metrics
+from latency.calibrate import at_run_speed, ensure_blocks, error_metrics
 from latency.estimate import Estimator
 from latency.models import list_models
 from latency.profile import ProfileSummary, profile_archs
@@ -88,10 +88,7 @@ def compare(archs: Sequence[Arch], estimator: Estimator, store: LutStore, tag: s
                 "measured_ms": run.median_us / 1e3,
                 "sum_ms": estimate.sum_ms,
                 # The estimate at the machine's speed during this run (its canary vs the table's).
-                "estimated_then_ms": estimate.latency_ms
-                * run.median_us
-                / 1e3
-                / at_table_speed(run, estimator.table_canary_us),
+                "estimated_then_ms": at_run_speed(estimate.latency_ms, run, estimator.table_canary_us),
             }
         )
     if not rows:
