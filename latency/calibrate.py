@@ -39,16 +39,20 @@ class Sample:
     measured_ms: float
 
 
+def _run_over_table(run: E2ERecord, table_canary_us: float | None) -> float:
+    """How much slower the machine ran during `run` than when the table was measured: the machine
+    drifts as a whole, and the canary timed in the run's own trials says by how much (1: no canary)."""
+    return run.canary_us / table_canary_us if table_canary_us and run.canary_us else 1.0
+
+
 def at_table_speed(run: E2ERecord, table_canary_us: float | None) -> float:
-    """A run's time (ms) at the speed the table was measured at: the machine drifts as a whole, and
-    the canary timed in the run's own trials says by how much (no canary: the plain time)."""
-    scale = table_canary_us / run.canary_us if table_canary_us and run.canary_us else 1.0
-    return run.median_us / 1e3 * scale
+    """A run's time (ms) at the speed the table was measured at."""
+    return run.median_us / 1e3 / _run_over_table(run, table_canary_us)
 
 
 def at_run_speed(estimate_ms: float, run: E2ERecord, table_canary_us: float | None) -> float:
     """An estimate (stated at the table's speed) at the machine's speed during `run`."""
-    return estimate_ms * run.median_us / 1e3 / at_table_speed(run, table_canary_us)
+    return estimate_ms * _run_over_table(run, table_canary_us)
 
 
 def samples_from_runs(runs: list[E2ERecord], estimator: Estimator) -> list[Sample]:

@@ -263,7 +263,7 @@ class Estimator:
         tables = tables if tables is not None else self.space_tables(space)
         n_groups = len(space.groups)
         columns = np.ascontiguousarray(np.asarray(indices, dtype=np.intp).T)
-        total = np.zeros(len(columns[0]) if len(columns) else 0)
+        total = np.zeros(len(indices))
         for position, table in zip(space.positions, tables, strict=True):
             # One flat gather per position (2-3x faster than indexing four axes).
             flat = np.ascontiguousarray(table).ravel()
