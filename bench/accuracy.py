@@ -16,9 +16,11 @@ import json
 import time
 from pathlib import Path
 
-from latency.calibrate import calibrate, family_archs
-from latency.space import get_space
-from latency.validate import validate
+from latency.jobs.calibrate import calibrate
+from latency.jobs.validate import validate
+from latency.vocab.conditions import Conditions
+from latency.vocab.family import family_archs
+from latency.vocab.space import get_space
 from lut_db import LutStore
 
 RESULTS = Path(__file__).parent / "results"
@@ -59,11 +61,7 @@ def main() -> None:
     started = time.monotonic()
     with LutStore(args.db) as store:
         common = dict(
-            device=args.device,
-            backend=args.backend,
-            threads=args.threads,
-            batch=args.batch,
-            dtype="fp32",
+            conditions=Conditions(args.device, args.backend, args.threads, args.batch),
             protocol=args.protocol,
         )
         report = calibrate(store, calibration_set, **common, tag="bench-calibration")

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from bench.estimate_speed import fill
-from latency.estimate import Estimator
-from latency.space import get_space
+from latency.estimate.estimator import Estimator
+from latency.vocab.space import get_space
 from lut_db import LutStore
 from search_cost.cost import LatencyCost
 from search_cost.supernet import DMaskingSupernet

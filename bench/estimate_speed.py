@@ -20,15 +20,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from latency.estimate import Estimator
-from latency.models import blocks_of, list_models
-from latency.profile import block_row
-from latency.space import get_space
+from latency.estimate.estimator import Estimator
+from latency.jobs.profile import block_row
+from latency.vocab.family import blocks_of, list_models
+from latency.vocab.space import get_space
 from lut_db import LutStore, MeasurementRecord
 
 
@@ -37,7 +37,7 @@ def fill(store: LutStore) -> int:
     specs.update({s.key: s for s in get_space().all_specs()})
     store.get_or_create_device("cpu", "cpu", {"bench": "estimate_speed"}, {"bench": "estimate_speed"})
     store.upsert_blocks(block_row(s) for s in specs.values())
-    now = datetime.now(UTC)
+    now = datetime.now(timezone.utc)
     for spec in specs.values():
         us = 5.0 + spec.flops / 2e3
         store.put_measurement(

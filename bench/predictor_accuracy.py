@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from latency.predictor import cross_validate, training_set
+from latency.estimate.predictor import cross_validate, training_set
+from latency.vocab.conditions import Conditions
 from lut_db import LutStore
 
 
@@ -34,7 +35,8 @@ def main() -> None:
     args = parser.parse_args()
 
     with LutStore(args.db) as store:
-        rows = store.measurement_map(device=args.device, backend=args.backend, threads=args.threads, source="measured")
+        conditions = Conditions(args.device, args.backend, args.threads)
+        rows = store.measurement_map(conditions, source="measured")
     if len(rows) < 5 * args.folds:
         raise SystemExit(f"only {len(rows)} measured blocks for {args.device}/{args.backend}; profile more first")
     # The predictor's own view: every block at the table's speed (see training_set); the raw

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from latency.profile import collect_specs, profile_blocks
+from latency.jobs.profile import collect_specs, profile_blocks
+from latency.vocab.conditions import Conditions
 from lut_db import LutStore
 
 
@@ -26,9 +27,10 @@ def run_once(db: Path, backend: str, threads: int, protocol: str) -> tuple[dict,
     specs = collect_specs(["all"])
     with LutStore(str(db)) as store:
         started = time.monotonic()
-        summary = profile_blocks(specs, store, "cpu", backend, threads, protocol)
+        conditions = Conditions("cpu", backend, threads)
+        summary = profile_blocks(specs, store, conditions, protocol)
         seconds = time.monotonic() - started
-        rows = store.measurement_map(device="cpu", backend=backend, threads=threads)
+        rows = store.measurement_map(conditions)
     if summary.failed:
         sys.exit(f"blocks failed: {summary.failed}")
     return {"summary": summary.to_dict(), "rows": rows}, seconds

@@ -19,10 +19,10 @@ import json
 import time
 from pathlib import Path
 
-from latency.calibrate import at_run_speed
-from latency.estimate import Estimator
-from latency.profile import profile_archs
-from latency.space import get_space
+from latency.estimate.estimator import Estimator
+from latency.estimate.fitting import at_run_speed
+from latency.jobs.profile import latest_run, profile_archs
+from latency.vocab.space import get_space
 from lut_db import LutStore
 from search_cost.cost import LatencyCost
 from search_cost.search import Search, SearchConfig
@@ -56,13 +56,8 @@ def main() -> None:
             )
         )
         estimated = estimator.estimate(result.arch).latency_ms
-        profile_archs([result.arch], store, args.device, estimator.backend, tag="search-tradeoff", force=True)
-        runs = [
-            r
-            for r in store.e2e_runs(args.device, estimator.backend, tag="search-tradeoff")
-            if r.arch_name == result.arch.name
-        ]
-        run = max(runs, key=lambda r: r.measured_at)
+        profile_archs([result.arch], store, estimator.conditions, tag="search-tradeoff", force=True)
+        run = latest_run(store.e2e_runs(estimator.conditions, tag="search-tradeoff"), result.arch)
         measured = run.median_us / 1e3
         rows.append(
             {

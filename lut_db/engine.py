@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sqlite3
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,27 @@ def sqlite_file(url: URL) -> Path | None:
     return Path(db)
 
 
+def sqlite_read_only(url: URL) -> bool:
+    """True for an existing SQLite file that this process cannot write (the file, its directory for the
+    WAL's side files, or a read-only file system): such a table is opened for reading only."""
+    path = sqlite_file(url)
+    if path is None or not path.exists():
+        return False
+    return not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK))
+
+
+def _read_only_connect(path: Path) -> Any:
+    # Without write access to the directory SQLite cannot make the WAL's -shm file, so it must be told
+    # that nobody writes the file (immutable); with it, a plain read-only open is enough.
+    flags = "mode=ro" if os.access(path.parent, os.W_OK) else "mode=ro&immutable=1"
+    uri = f"file:{urllib.parse.quote(str(path))}?{flags}"
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+
+    return connect
+
+
 def ensure_parent(url: URL) -> None:
     path = sqlite_file(url)
     if path is None:
@@ -78,10 +101,13 @@ def build_engine(url: URL, *, probe: bool = False) -> Engine:
     """The engine for `url`; `probe=True` gives a bare one that changes nothing on connect (for checking a file)."""
     kwargs: dict[str, Any] = {}
     connect_args: dict[str, Any] = {}
+    read_only = sqlite_read_only(url)
     if is_sqlite(url):
         connect_args["timeout"] = SQLITE_BUSY_TIMEOUT_MS / 1000
         if probe:
             kwargs["poolclass"] = NullPool  # really close the file afterwards
+        if read_only:
+            kwargs["creator"] = _read_only_connect(Path(url.database or ""))
     else:
         kwargs["pool_pre_ping"] = True
         if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
@@ -101,20 +127,21 @@ def build_engine(url: URL, *, probe: bool = False) -> Engine:
     except ArgumentError as exc:
         raise StoreError(f"Cannot open the lut database {url}: {exc}.") from exc
     if is_sqlite(url) and not probe:
-        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "connect", lambda conn, record: _sqlite_on_connect(conn, record, read_only))
         event.listen(engine, "begin", _sqlite_on_begin)
     return engine
 
 
-def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
+def _sqlite_on_connect(dbapi_conn: Any, _record: Any, read_only: bool = False) -> None:
     # SQLAlchemy's documented recipe: stop sqlite3 from emitting BEGIN itself, _sqlite_on_begin does it.
     dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     try:
         # busy_timeout first: switching to WAL can itself have to wait for another connection's lock.
         cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cur.execute("PRAGMA journal_mode=WAL")  # readers no longer block the writer
-        cur.execute("PRAGMA synchronous=NORMAL")  # durable against process crashes, fsyncs only at checkpoints
+        if not read_only:  # both settings write to the file
+            cur.execute("PRAGMA journal_mode=WAL")  # readers no longer block the writer
+            cur.execute("PRAGMA synchronous=NORMAL")  # durable against process crashes, fsyncs only at checkpoints
         cur.execute("PRAGMA foreign_keys=ON")
     finally:
         cur.close()

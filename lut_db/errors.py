@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from latency.errors import LutError
+from latency.vocab.errors import LutError
 
 
 class StoreError(LutError):

@@ -6,6 +6,7 @@ parameters) are stored as canonical JSON text, never pickled, so that any tool c
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timezone
 from typing import Any
 
@@ -27,7 +28,9 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-SCHEMA_VERSION = 1
+from latency.vocab.blocks import BlockSpec
+
+SCHEMA_VERSION = 3  # 2: runs and fits record their deployment environment (deploy_env); 3: transferred rows
 APP_MARKER = "lut"
 
 # Stable constraint names, so that a future Alembic migration can address them.
@@ -73,7 +76,7 @@ class Meta(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
-class Device(Base):
+class DeviceRow(Base):
     __tablename__ = "devices"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -86,7 +89,7 @@ class Device(Base):
 
 
 class Block(Base):
-    """One block configuration and input shape; the fields are `latency.blocks.BlockSpec`'s."""
+    """One block configuration and input shape; the fields are `latency.vocab.blocks.BlockSpec`'s."""
 
     __tablename__ = "blocks"
 
@@ -139,9 +142,11 @@ class _Stats:
 
 
 MEASUREMENT_KEY = ("block_key", "device_id", "backend", "backend_version", "threads", "dtype", "batch")
-E2E_KEY = ("arch_hash", "device_id", "backend", "backend_version", "threads", "dtype", "batch", "tag")
-FIT_KEY = ("device_id", "backend", "backend_version", "threads", "dtype", "batch", "purpose")
-SOURCES = ("measured", "predicted")
+E2E_KEY = ("arch_hash", "device_id", "backend", "backend_version", "threads", "dtype", "batch", "deploy_env", "tag")
+FIT_KEY = ("device_id", "backend", "backend_version", "threads", "dtype", "batch", "deploy_env", "purpose")
+# Where a row's time comes from, weakest first: the block predictor, a transfer from another device's table
+# fitted on this device's whole-network runs (latency.jobs.transfer), a measurement of the block itself.
+SOURCES = ("predicted", "transferred", "measured")
 
 
 class Measurement(_Conditions, _Stats, Base):
@@ -149,7 +154,7 @@ class Measurement(_Conditions, _Stats, Base):
     __table_args__ = (
         UniqueConstraint(*MEASUREMENT_KEY),
         Index(None, "device_id", "backend", "threads", "batch"),
-        CheckConstraint("source IN ('measured', 'predicted')", name="source"),
+        CheckConstraint("source IN ('predicted', 'transferred', 'measured')", name="source"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -157,7 +162,7 @@ class Measurement(_Conditions, _Stats, Base):
     device_id: Mapped[int] = mapped_column(Integer, ForeignKey("devices.id"))
     # sort_order: after the mixins' columns, so the table reads key, conditions, stats, provenance
     source: Mapped[str] = mapped_column(String, default="measured", sort_order=1)
-    expected_error: Mapped[float | None] = mapped_column(Float, sort_order=1)  # relative error of a predicted row
+    expected_error: Mapped[float | None] = mapped_column(Float, sort_order=1)  # relative error of a derived row
 
 
 class E2ERun(_Conditions, _Stats, Base):
@@ -172,6 +177,7 @@ class E2ERun(_Conditions, _Stats, Base):
     # '' stands for "no tag": NULLs never collide in a unique constraint (SQLite, PostgreSQL < 15),
     # which would let an untagged run be inserted twice instead of upserted.
     tag: Mapped[str] = mapped_column(String, default="", sort_order=1)
+    deploy_env: Mapped[str] = mapped_column(String, default="default", sort_order=1)
 
 
 class Fit(_Conditions, Base):
@@ -183,6 +189,7 @@ class Fit(_Conditions, Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     device_id: Mapped[int] = mapped_column(Integer, ForeignKey("devices.id"))
     purpose: Mapped[str] = mapped_column(String, sort_order=1)
+    deploy_env: Mapped[str] = mapped_column(String, default="default", sort_order=1)
     params_json: Mapped[str] = mapped_column(Text, sort_order=1)
     metrics_json: Mapped[str] = mapped_column(Text, sort_order=1)
     n_samples: Mapped[int] = mapped_column(Integer, sort_order=1)
@@ -202,20 +209,5 @@ STAT_COLUMNS = (
     "canary_ratio",
     "canary_us",
 )
-BLOCK_FIELDS = (
-    "kind",
-    "c_in",
-    "mid",
-    "c_out",
-    "kernel",
-    "stride",
-    "se",
-    "act",
-    "h",
-    "w",
-    "batch",
-    "dtype",
-    "bias",
-    "flops",
-    "params",
-)
+# The columns of a block: BlockSpec's fields, then what the table adds about it.
+BLOCK_COLUMNS = (*(f.name for f in dataclasses.fields(BlockSpec)), "flops", "params")

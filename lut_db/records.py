@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from latency.vocab.arch import Arch
+from latency.vocab.conditions import Conditions
 from lut_db.errors import StoreError
 
 
@@ -55,8 +57,12 @@ class MeasurementRecord:
     environment: dict[str, Any]
     measured_at: datetime
     stable: bool
-    source: str = "measured"  # or "predicted"
-    expected_error: float | None = None  # relative error of a predicted row
+    source: str = "measured"  # or "transferred", "predicted" (lut_db.models.SOURCES)
+    expected_error: float | None = None  # relative error of a derived (not measured) row
+
+    @property
+    def conditions(self) -> Conditions:
+        return Conditions(self.device, self.backend, self.threads, self.batch, self.dtype)
 
 
 @dataclass(frozen=True)
@@ -87,10 +93,35 @@ class E2ERecord:
     environment: dict[str, Any]
     measured_at: datetime
     stable: bool
+    deploy_env: str = "default"  # the process the network ran in (latency.vocab.deploy_env's name)
     arch_hash: str = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "arch_hash", arch_hash(self.arch_json))
+
+    @property
+    def conditions(self) -> Conditions:
+        return Conditions(self.device, self.backend, self.threads, self.batch, self.dtype)
+
+    @functools.cached_property
+    def arch(self) -> Arch:
+        """The architecture that ran, parsed once from `arch_json`."""
+        return Arch.from_dict(json.loads(self.arch_json))
+
+
+@dataclass(frozen=True)
+class ImportSummary:
+    """What `LutStore.import_csv` did with a file's rows."""
+
+    rows: int  # read from the file
+    new: int  # measurements the table did not have
+    updated: int  # replaced the table's older row
+    unchanged: int  # equal to the table's row
+    kept: int  # the table's row stayed: newer than the file's, or measured where the file's is predicted
+    duplicates: int  # repeats of an identical row in the file, counted once
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -108,6 +139,11 @@ class FitRecord:
     metrics: dict[str, Any]
     n_samples: int
     fitted_at: datetime
+    deploy_env: str = "default"  # the deployment whose end-to-end times the fit predicts
+
+    @property
+    def conditions(self) -> Conditions:
+        return Conditions(self.device, self.backend, self.threads, self.batch, self.dtype)
 
 
 @dataclass(frozen=True)
@@ -120,22 +156,6 @@ class DeviceInfo:
     n_e2e_runs: int
     created_at: datetime
     last_seen_at: datetime
-
-
-def check_stats(rec: MeasurementRecord | E2ERecord) -> None:
-    """Finite statistics only: SQLite would silently turn a NaN into NULL."""
-    for name in ("median_us", "p10_us", "p90_us", "iqr_us", "mean_us", "std_us", "min_us"):
-        check_finite(getattr(rec, name), name, nullable=False)
-    for name in ("canary_ratio", "canary_us"):
-        check_finite(getattr(rec, name), name, nullable=True)
-    check_aware(rec.measured_at, "measured_at")
-
-
-def check_finite(value: Any, name: str, *, nullable: bool) -> None:
-    if value is None and nullable:
-        return
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise StoreError(f"{name} must be a finite number, not {value!r}.")
 
 
 def check_aware(value: Any, name: str) -> None:

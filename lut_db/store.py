@@ -7,6 +7,7 @@ or was written by a newer lut.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -14,18 +15,20 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import ColumnElement, Select, func, inspect, or_, select, text
+from sqlalchemy import ColumnElement, Select, and_, func, inspect, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from latency.vocab.conditions import Conditions
 from lut_db import csvio
-from lut_db.engine import WRITE_OPTION, build_engine, ensure_parent, is_sqlite, resolve_url
+from lut_db.checks import RowError, check_measurement, check_run
+from lut_db.engine import WRITE_OPTION, build_engine, ensure_parent, is_sqlite, resolve_url, sqlite_read_only
 from lut_db.errors import StoreError, one_line
 from lut_db.models import (
     APP_MARKER,
-    BLOCK_FIELDS,
+    BLOCK_COLUMNS,
     E2E_KEY,
     FIT_KEY,
     MEASUREMENT_KEY,
@@ -34,7 +37,7 @@ from lut_db.models import (
     STAT_COLUMNS,
     Base,
     Block,
-    Device,
+    DeviceRow,
     E2ERun,
     Fit,
     Measurement,
@@ -44,16 +47,18 @@ from lut_db.records import (
     DeviceInfo,
     E2ERecord,
     FitRecord,
+    ImportSummary,
     MeasurementRecord,
     canonical_json,
     check_aware,
-    check_stats,
 )
+from lut_db.upgrade import upgrade
 
 if TYPE_CHECKING:
     import pandas as pd
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 _LOCK_RETRIES = 5  # last resort on SQLite: busy_timeout and BEGIN IMMEDIATE normally make writers wait
 _PG_SCHEMA_LOCK = 0x6C7574  # advisory lock id ("lut") serialising schema creation on PostgreSQL
@@ -80,12 +85,14 @@ class LutStore:
         self._url = resolve_url(url)
         ensure_parent(self._url)
         self._sqlite = is_sqlite(self._url)
-        exists = self._check_existing()
+        self._read_only = sqlite_read_only(self._url)
+        version = self._check_existing()
         self._engine = build_engine(self._url)
         self._write_engine = self._engine.execution_options(**{WRITE_OPTION: True})
-        if not exists:  # an existing table is opened without a write (it may be a read-only file)
+        # A current table is opened without a write (it may be a read-only file).
+        if version is None or version < SCHEMA_VERSION:
             try:
-                self._create_schema()
+                self._create_schema(upgrading=version)
             except BaseException:
                 self._engine.dispose()
                 raise
@@ -103,9 +110,9 @@ class LutStore:
     def _fail_open(self, exc: BaseException) -> StoreError:
         return StoreError(f"Cannot open the lut database {self._url}: {one_line(exc)}.")
 
-    def _check_existing(self) -> bool:
-        """Whether our table exists; refuses a database that is not ours or is too new before anything
-        (even WAL mode) touches it."""
+    def _check_existing(self) -> int | None:
+        """Our table's schema version, None for an empty database; refuses a database that is not ours
+        or is too new before anything (even WAL mode) touches it."""
         # On SQLite a bare engine reads the file without the pragmas; on PostgreSQL reading changes nothing.
         probe = build_engine(self._url, probe=True)
         try:
@@ -122,11 +129,11 @@ class LutStore:
         finally:
             probe.dispose()
 
-    def _validate(self, conn: Connection) -> bool:
-        """True when the database holds a lut table of this schema, False when it is empty; else StoreError."""
+    def _validate(self, conn: Connection) -> int | None:
+        """The schema version of the lut table the database holds, None when it is empty; else StoreError."""
         names = set(inspect(conn).get_table_names())
         if not names:
-            return False
+            return None
         not_ours = StoreError(
             f"{self._url} is not a lut database (it has tables but no lut meta table); "
             "point LUT_DB_URL at a lut database or at an empty one."
@@ -148,18 +155,24 @@ class LutStore:
                 f"{self._url} was written by a newer lut (schema {version}); "
                 f"this lut reads schema {SCHEMA_VERSION} — upgrade lut."
             )
-        if version < SCHEMA_VERSION:
-            raise StoreError(
-                f"{self._url} has lut schema {version}, which this lut (schema {SCHEMA_VERSION}) cannot read."
-            )
-        return True
+        if version < 1:
+            raise not_ours
+        return version
 
-    def _create_schema(self) -> None:
+    def _create_schema(self, upgrading: int | None = None) -> None:
+        """Create the table in an empty database, or upgrade an older lut's (`upgrading`: its version),
+        in one transaction."""
+
         def create(conn: Connection) -> None:
             if conn.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_SCHEMA_LOCK})
-            # Checked again under the write lock: another process may have created it since the probe.
-            if self._validate(conn):
+            # Checked again under the write lock: another process may have created or upgraded it since.
+            version = self._validate(conn)
+            if version == SCHEMA_VERSION:
+                return
+            if version is not None:
+                upgrade(conn, version)
+                conn.execute(update(Meta).where(Meta.key == "schema_version").values(value=str(SCHEMA_VERSION)))
                 return
             Base.metadata.create_all(conn)
             rows = [{"key": "schema_version", "value": str(SCHEMA_VERSION)}, {"key": "app", "value": APP_MARKER}]
@@ -174,6 +187,11 @@ class LutStore:
         except StoreError:
             raise
         except SQLAlchemyError as exc:
+            if upgrading:
+                raise StoreError(
+                    f"{self._url} has lut schema {upgrading}; this lut upgrades it to schema {SCHEMA_VERSION} "
+                    f"in place, which failed ({one_line(exc)}): open it once where it can be written."
+                ) from exc
             raise self._fail_open(exc) from exc
 
     def close(self) -> None:
@@ -216,6 +234,11 @@ class LutStore:
         except StoreError:
             raise
         except SQLAlchemyError as exc:
+            if self._read_only:
+                raise StoreError(
+                    f"The lut database {self._url} is read-only here (no write access to the file or its "
+                    "directory): it can be read, not changed; copy it somewhere writable or pass another --db."
+                ) from exc
             raise StoreError(f"Writing to the lut database {self._url} failed: {one_line(exc)}.") from exc
 
     def _read(self, fn: Callable[[Session], T]) -> T:
@@ -228,7 +251,7 @@ class LutStore:
             raise StoreError(f"Reading the lut database {self._url} failed: {one_line(exc)}.") from exc
 
     def _device_id(self, session: Session, name: str) -> int:
-        device_id = session.scalar(select(Device.id).where(Device.name == name))
+        device_id = session.scalar(select(DeviceRow.id).where(DeviceRow.name == name))
         if device_id is None:
             raise StoreError(
                 f"There is no device '{name}' in {self._url}; register it with get_or_create_device first."
@@ -252,11 +275,11 @@ class LutStore:
         def write(session: Session) -> DeviceInfo:
             values = {"name": name, "kind": kind, "fingerprint": fingerprint_json, "identity": identity_json}
             session.execute(
-                self._insert(Device)
+                self._insert(DeviceRow)
                 .values(**values, created_at=now, last_seen_at=now)
                 .on_conflict_do_nothing(index_elements=["name"])
             )
-            device = session.scalars(select(Device).where(Device.name == name)).one()
+            device = session.scalars(select(DeviceRow).where(DeviceRow.name == name)).one()
             self._check_identity(name, device.kind, device.identity, kind, identity_json)
             device.fingerprint = fingerprint_json
             device.last_seen_at = now
@@ -281,11 +304,11 @@ class LutStore:
         return found[0] if found else None
 
     def _device_infos(self, session: Session, name: str | None = None) -> list[DeviceInfo]:
-        n_meas = select(func.count(Measurement.id)).where(Measurement.device_id == Device.id).scalar_subquery()
-        n_e2e = select(func.count(E2ERun.id)).where(E2ERun.device_id == Device.id).scalar_subquery()
-        stmt = select(Device, n_meas, n_e2e).order_by(Device.name)
+        n_meas = select(func.count(Measurement.id)).where(Measurement.device_id == DeviceRow.id).scalar_subquery()
+        n_e2e = select(func.count(E2ERun.id)).where(E2ERun.device_id == DeviceRow.id).scalar_subquery()
+        stmt = select(DeviceRow, n_meas, n_e2e).order_by(DeviceRow.name)
         if name is not None:
-            stmt = stmt.where(Device.name == name)
+            stmt = stmt.where(DeviceRow.name == name)
         return [
             DeviceInfo(
                 name=d.name,
@@ -316,34 +339,47 @@ class LutStore:
     def put_measurement(self, rec: MeasurementRecord) -> None:
         """Insert or replace the row of (block, device, backend, version, threads, dtype, batch).
 
-        A predicted row never replaces a measured one (nothing measured is lost).
+        A row never replaces one of a stronger source (SOURCES: nothing measured is lost).
         """
-        check_stats(rec)
-        if rec.source not in SOURCES:
-            raise StoreError(f"source must be one of {', '.join(SOURCES)}, not {rec.source!r}.")
-        values = {
-            "block_key": rec.block_key,
-            "backend": rec.backend,
-            "backend_version": rec.backend_version,
-            "threads": rec.threads,
-            "dtype": rec.dtype,
-            "batch": rec.batch,
-            **{c: getattr(rec, c) for c in STAT_COLUMNS},
-            "protocol": canonical_json(rec.protocol, "protocol"),
-            "environment": canonical_json(rec.environment, "environment"),
-            "measured_at": rec.measured_at,
-            "stable": bool(rec.stable),
-            "source": rec.source,
-            "expected_error": rec.expected_error,
-        }
+        self.put_measurements([rec])
+
+    def put_measurements(self, recs: Sequence[MeasurementRecord]) -> None:
+        """put_measurement for many rows, in one transaction: all are written or none."""
+        rows = []
+        for rec in recs:
+            check_aware(rec.measured_at, "measured_at")
+            check_measurement(dataclasses.asdict(rec))
+            rows.append(
+                {
+                    "block_key": rec.block_key,
+                    "backend": rec.backend,
+                    "backend_version": rec.backend_version,
+                    "threads": rec.threads,
+                    "dtype": rec.dtype,
+                    "batch": rec.batch,
+                    **{c: getattr(rec, c) for c in STAT_COLUMNS},
+                    "protocol": canonical_json(rec.protocol, "protocol"),
+                    "environment": canonical_json(rec.environment, "environment"),
+                    "measured_at": rec.measured_at,
+                    "stable": bool(rec.stable),
+                    "source": rec.source,
+                    "expected_error": rec.expected_error,
+                }
+            )
 
         def write(session: Session) -> None:
-            values["device_id"] = self._device_id(session, rec.device)
-            if session.get(Block, rec.block_key) is None:
-                raise StoreError(
-                    f"Block '{rec.block_key}' is not in {self._url}; pass it to upsert_blocks before put_measurement."
-                )
-            session.execute(self._measurement_upsert(), values)
+            device_ids: dict[str, int] = {}
+            for rec, values in zip(recs, rows, strict=True):
+                if rec.device not in device_ids:
+                    device_ids[rec.device] = self._device_id(session, rec.device)
+                values["device_id"] = device_ids[rec.device]
+                if session.get(Block, rec.block_key) is None:
+                    raise StoreError(
+                        f"Block '{rec.block_key}' is not in {self._url}; pass it to upsert_blocks before "
+                        "put_measurement."
+                    )
+            if rows:
+                session.execute(self._measurement_upsert(), rows)
 
         self._write(write)
 
@@ -353,48 +389,41 @@ class LutStore:
         return stmt.on_conflict_do_update(
             index_elements=list(MEASUREMENT_KEY),
             set_={c: stmt.excluded[c] for c in _MEASUREMENT_VALUES},
-            where=or_(stmt.excluded.source == "measured", table.c.source == "predicted"),
+            # A row replaces one of its own source or a weaker one (SOURCES), never a stronger one.
+            where=or_(
+                *(
+                    # or_ of equalities, not in_(): an expanding IN cannot run with executemany()
+                    and_(
+                        stmt.excluded.source == source,
+                        or_(*(table.c.source == weaker for weaker in SOURCES[: rank + 1])),
+                    )
+                    for rank, source in enumerate(SOURCES)
+                )
+            ),
         )
 
     def measured_keys(
-        self,
-        device: str,
-        backend: str,
-        threads: int,
-        batch: int | None = None,
-        dtype: str | None = None,
-        backend_version: str | None = None,
-        source: str | None = "measured",
+        self, conditions: Conditions, backend_version: str | None = None, source: str | None = "measured"
     ) -> set[str]:
-        """Block keys with a row for these conditions (`source=None`: measured and predicted)."""
-        stmt = (
-            select(Measurement.block_key)
-            .join(Device)
-            .where(Device.name == device, Measurement.backend == backend, Measurement.threads == threads)
-        )
-        stmt = _filtered(stmt, Measurement, batch=batch, dtype=dtype, backend_version=backend_version, source=source)
+        """Block keys with a row under these conditions (`source=None`: measured and predicted)."""
+        stmt = _under(select(Measurement.block_key).join(DeviceRow), Measurement, conditions)
+        stmt = _filtered(stmt, Measurement, backend_version=backend_version, source=source)
         return self._read(lambda session: set(session.scalars(stmt)))
 
     def measurements(
         self,
-        device: str | None = None,
-        backend: str | None = None,
-        threads: int | None = None,
-        batch: int | None = None,
-        dtype: str | None = None,
+        conditions: Conditions | None = None,
         keys: Iterable[str] | None = None,
         backend_version: str | None = None,
         source: str | None = None,
     ) -> list[MeasurementRecord]:
-        """Rows matching every filter given (None: any), ordered by key, backend, version, threads, dtype, batch."""
-        stmt = select(Measurement, Device.name).join(Device)
-        stmt = _filtered(stmt, Measurement, backend=backend, threads=threads, batch=batch, dtype=dtype)
+        """Rows under `conditions` (None: every row; a backend of None: any backend) and every other filter
+        given (None: any), ordered by key, device, backend, version, threads, dtype, batch."""
+        stmt = _under(select(Measurement, DeviceRow.name).join(DeviceRow), Measurement, conditions)
         stmt = _filtered(stmt, Measurement, backend_version=backend_version, source=source)
-        if device is not None:
-            stmt = stmt.where(Device.name == device)
         order = (
             Measurement.block_key,
-            Device.name,
+            DeviceRow.name,
             Measurement.backend,
             Measurement.backend_version,
             Measurement.threads,
@@ -409,23 +438,19 @@ class LutStore:
                 found = []
                 for chunk in _chunks(sorted(set(keys)), _KEYS_CHUNK):
                     found += session.execute(stmt.where(Measurement.block_key.in_(chunk)).order_by(*order))
-            return [_measurement_record(m, name) for m, name in found]
+            return [_record(MeasurementRecord, m, name) for m, name in found]
 
         return self._read(read)
 
     def measurement_map(
         self,
-        device: str | None = None,
-        backend: str | None = None,
-        threads: int | None = None,
-        batch: int | None = None,
-        dtype: str | None = None,
+        conditions: Conditions,
         keys: Iterable[str] | None = None,
         backend_version: str | None = None,
         source: str | None = None,
     ) -> dict[str, MeasurementRecord]:
         """`measurements(...)` by block key; where a key has several rows (backend versions), the newest."""
-        rows = self.measurements(device, backend, threads, batch, dtype, keys, backend_version, source)
+        rows = self.measurements(conditions, keys, backend_version, source)
         best: dict[str, MeasurementRecord] = {}
         for rec in rows:
             held = best.get(rec.block_key)
@@ -436,7 +461,8 @@ class LutStore:
     # ---- end-to-end runs --------------------------------------------------------------------
     def put_e2e_run(self, rec: E2ERecord) -> None:
         """Insert or replace the run of (architecture, device, backend, version, threads, dtype, batch, tag)."""
-        check_stats(rec)
+        check_aware(rec.measured_at, "measured_at")
+        check_run(dataclasses.asdict(rec))
         values = {
             "arch_hash": rec.arch_hash,
             "backend": rec.backend,
@@ -445,6 +471,7 @@ class LutStore:
             "dtype": rec.dtype,
             "batch": rec.batch,
             "tag": rec.tag or "",
+            "deploy_env": rec.deploy_env,
             **{c: getattr(rec, c) for c in STAT_COLUMNS},
             "arch_name": rec.arch_name,
             "arch_json": rec.arch_json,
@@ -463,31 +490,25 @@ class LutStore:
         self._write(write)
 
     def e2e_runs(
-        self,
-        device: str | None,
-        backend: str | None = None,
-        tag: str | None = None,
-        threads: int | None = None,
-        batch: int | None = None,
-        dtype: str | None = None,
+        self, conditions: Conditions | None = None, tag: str | None = None, deploy_env: str | None = None
     ) -> list[E2ERecord]:
-        """Runs matching every filter given (None: any), ordered by architecture name and conditions."""
-        stmt = select(E2ERun, Device.name).join(Device)
-        stmt = _filtered(stmt, E2ERun, backend=backend, tag=tag, threads=threads, batch=batch, dtype=dtype)
-        if device is not None:
-            stmt = stmt.where(Device.name == device)
+        """Runs under `conditions` (None: every run; a backend of None: any backend) with this tag and
+        deployment (None: any), ordered by architecture name and conditions."""
+        stmt = _under(select(E2ERun, DeviceRow.name).join(DeviceRow), E2ERun, conditions)
+        stmt = _filtered(stmt, E2ERun, tag=tag, deploy_env=deploy_env)
         stmt = stmt.order_by(
             E2ERun.arch_name,
             E2ERun.arch_hash,
-            Device.name,
+            DeviceRow.name,
             E2ERun.backend,
             E2ERun.backend_version,
             E2ERun.threads,
             E2ERun.dtype,
             E2ERun.batch,
+            E2ERun.deploy_env,
             E2ERun.tag,
         )
-        return self._read(lambda session: [_e2e_record(r, name) for r, name in session.execute(stmt)])
+        return self._read(lambda session: [_record(E2ERecord, r, name) for r, name in session.execute(stmt)])
 
     # ---- fits -------------------------------------------------------------------------------
     def put_fit(self, rec: FitRecord) -> None:
@@ -500,6 +521,7 @@ class LutStore:
             "dtype": rec.dtype,
             "batch": rec.batch,
             "purpose": rec.purpose,
+            "deploy_env": rec.deploy_env,
             "params_json": canonical_json(rec.params, "fit parameters"),
             "metrics_json": canonical_json(rec.metrics, "fit metrics"),
             "n_samples": rec.n_samples,
@@ -516,34 +538,30 @@ class LutStore:
 
     def get_fit(
         self,
-        device: str,
-        backend: str,
-        threads: int,
-        dtype: str,
-        batch: int,
+        conditions: Conditions,
         purpose: str,
         backend_version: str | None = None,
+        deploy_env: str | None = "default",
     ) -> FitRecord | None:
-        """The fit for these conditions; without `backend_version`, the newest over all versions."""
+        """The fit for these conditions and purpose; without `backend_version`, the newest over all versions;
+        `deploy_env=None`: the newest over all deployment environments."""
         stmt = (
-            select(Fit, Device.name)
-            .join(Device)
-            .where(Device.name == device, Fit.purpose == purpose)
+            _under(select(Fit, DeviceRow.name).join(DeviceRow), Fit, conditions)
+            .where(Fit.purpose == purpose)
             .order_by(Fit.fitted_at.desc(), Fit.id.desc())
             .limit(1)
         )
-        stmt = _filtered(stmt, Fit, backend=backend, threads=threads, dtype=dtype, batch=batch)
-        stmt = _filtered(stmt, Fit, backend_version=backend_version)
+        stmt = _filtered(stmt, Fit, backend_version=backend_version, deploy_env=deploy_env)
 
         def read(session: Session) -> FitRecord | None:
             row = session.execute(stmt).first()
-            return None if row is None else _fit_record(*row)
+            return None if row is None else _record(FitRecord, *row)
 
         return self._read(read)
 
     # ---- exchange ---------------------------------------------------------------------------
     def _export_select(self, device: str | None) -> Select[Any]:
-        m, b, d = Measurement, Block, Device
+        m, b, d = Measurement, Block, DeviceRow
         own = {name: getattr(m, name) for name in ("block_key", *MEASUREMENT_KEY[2:], *_MEASUREMENT_VALUES)}
         named: dict[str, ColumnElement[Any]] = {
             **own,
@@ -552,7 +570,7 @@ class LutStore:
             "block_kind": b.kind,
             "block_batch": b.batch,
             "block_dtype": b.dtype,
-            **{f: getattr(b, f) for f in BLOCK_FIELDS if f not in ("kind", "batch", "dtype")},
+            **{f: getattr(b, f) for f in BLOCK_COLUMNS if f not in ("kind", "batch", "dtype")},
             "device_fingerprint": d.fingerprint,
             "device_identity": d.identity,
         }
@@ -572,12 +590,20 @@ class LutStore:
         rows = self._read(lambda session: [dict(r) for r in session.execute(stmt).mappings()])
         return csvio.write_csv(path, rows)
 
-    def import_csv(self, path: str | os.PathLike[str]) -> int:
-        """Add a CSV export's devices, blocks and measurements, all or nothing; returns the rows read."""
+    def import_csv(self, path: str | os.PathLike[str], replace: bool = False) -> ImportSummary:
+        """Merge a CSV export's devices, blocks and measurements, all or nothing.
+
+        Every row is checked first (the first impossible one is named by file, line and column, and the
+        table is left unchanged); two different rows for one measurement are refused. A row replaces the
+        table's only when it is at least as new (`replace=True`: whatever its age); a predicted row never
+        replaces a measured one.
+        """
         rows = csvio.read_csv(path)
         name = os.fspath(path)
         devices: dict[str, tuple[int, dict[str, Any]]] = {}
         blocks: dict[str, dict[str, Any]] = {}
+        chosen: dict[tuple[Any, ...], tuple[int, dict[str, Any]]] = {}
+        duplicates = 0
         for line, row in rows:
             held = devices.setdefault(row["device"], (line, row))[1]
             if (held["device_kind"], held["device_identity"]) != (row["device_kind"], row["device_identity"]):
@@ -585,14 +611,28 @@ class LutStore:
                     f"{name}: line {line}: device '{row['device']}' has another kind or identity than on line "
                     f"{devices[row['device']][0]}."
                 )
-            if row["source"] not in SOURCES:
-                raise StoreError(
-                    f"{name}: line {line}, column 'source': {row['source']!r} is not one of {', '.join(SOURCES)}."
-                )
-            blocks.setdefault(row["block_key"], _block_row_from_csv(row))
+            block = _block_row_from_csv(row)
+            try:
+                check_measurement(row, block={f: block[f] for f in BLOCK_COLUMNS if f not in ("flops", "params")})
+            except RowError as exc:
+                raise StoreError(f"{name}: line {line}, column '{exc.column}': {exc}") from None
+            key = (row["block_key"], row["device"], *(row[c] for c in MEASUREMENT_KEY[2:]))
+            if key in chosen:
+                first_line, first = chosen[key]
+                differ = [c for c in csvio.COLUMN_NAMES if first[c] != row[c]]
+                if differ:
+                    raise StoreError(
+                        f"{name}: lines {first_line} and {line} are two different rows for one measurement "
+                        f"({row['block_key']} on {row['device']}, {row['backend']} {row['backend_version']}, "
+                        f"{row['threads']} threads; column '{differ[0]}' differs): keep one of them."
+                    )
+                duplicates += 1
+                continue
+            chosen[key] = (line, row)
+            blocks.setdefault(row["block_key"], block)
         now = _utcnow()
 
-        def write(session: Session) -> int:
+        def write(session: Session) -> ImportSummary:
             ids: dict[str, int] = {}
             for device, (line, row) in devices.items():
                 values = {
@@ -603,8 +643,10 @@ class LutStore:
                     "created_at": now,
                     "last_seen_at": now,
                 }
-                session.execute(self._insert(Device).values(**values).on_conflict_do_nothing(index_elements=["name"]))
-                stored = session.scalars(select(Device).where(Device.name == device)).one()
+                session.execute(
+                    self._insert(DeviceRow).values(**values).on_conflict_do_nothing(index_elements=["name"])
+                )
+                stored = session.scalars(select(DeviceRow).where(DeviceRow.name == device)).one()
                 try:
                     self._check_identity(
                         device, stored.kind, stored.identity, row["device_kind"], row["device_identity"]
@@ -616,13 +658,47 @@ class LutStore:
                 session.execute(
                     self._insert(Block).on_conflict_do_nothing(index_elements=["key"]), list(blocks.values())
                 )
+            wanted = [(ids[r["device"]], r["block_key"]) for _, r in chosen.values()]
+            existing = self._existing_measurements(session, wanted)
             own = ("block_key", *MEASUREMENT_KEY[2:], *_MEASUREMENT_VALUES)
-            values = [{**{c: row[c] for c in own}, "device_id": ids[row["device"]]} for _, row in rows]
-            if values:
-                session.execute(self._measurement_upsert(), values)
-            return len(values)
+            counts = {"new": 0, "updated": 0, "unchanged": 0, "kept": 0}
+            to_write = []
+            for _, row in chosen.values():
+                values = {**{c: row[c] for c in own}, "device_id": ids[row["device"]]}
+                current = existing.get(tuple(values[c] for c in MEASUREMENT_KEY))
+                if current is None:
+                    counts["new"] += 1
+                elif all(getattr(current, c) == values[c] for c in _MEASUREMENT_VALUES):
+                    counts["unchanged"] += 1
+                    continue
+                elif SOURCES.index(current.source) > SOURCES.index(row["source"]) or (
+                    not replace and current.measured_at > row["measured_at"]
+                ):
+                    counts["kept"] += 1
+                    continue
+                else:
+                    counts["updated"] += 1
+                to_write.append(values)
+            if to_write:
+                session.execute(self._measurement_upsert(), to_write)
+            return ImportSummary(rows=len(rows), duplicates=duplicates, **counts)
 
         return self._write(write)
+
+    def _existing_measurements(
+        self, session: Session, wanted: list[tuple[int, str]]
+    ) -> dict[tuple[Any, ...], Measurement]:
+        """The table's measurements of these (device id, block key) pairs, by MEASUREMENT_KEY."""
+        by_device: dict[int, list[str]] = {}
+        for device_id, key in wanted:
+            by_device.setdefault(device_id, []).append(key)
+        found: dict[tuple[Any, ...], Measurement] = {}
+        for device_id, keys in by_device.items():
+            for chunk in _chunks(sorted(set(keys)), _KEYS_CHUNK):
+                stmt = select(Measurement).where(Measurement.device_id == device_id, Measurement.block_key.in_(chunk))
+                for m in session.scalars(stmt):
+                    found[tuple(getattr(m, c) for c in MEASUREMENT_KEY)] = m
+        return found
 
     def to_pandas(self, table: str = "measurements", device: str | None = None) -> pd.DataFrame:
         """A table as a DataFrame: measurements (with block fields and device, as in the CSV), e2e_runs
@@ -635,31 +711,33 @@ class LutStore:
             stmt: Select[Any] = self._export_select(device)
         elif table == "e2e_runs":
             e2e = E2ERun.__table__.c
-            conditions = ("backend", "backend_version", "threads", "dtype", "batch")
+            conditions = ("backend", "backend_version", "threads", "dtype", "batch", "deploy_env")
             names = ("arch_hash", "arch_name", "arch_json", *conditions, *STAT_COLUMNS, *_E2E_VALUES[-4:])
             stmt = (
                 select(
                     *(e2e[c] for c in names[:3]),
-                    Device.name.label("device"),
-                    Device.kind.label("device_kind"),
+                    DeviceRow.name.label("device"),
+                    DeviceRow.kind.label("device_kind"),
                     *(e2e[c] for c in names[3:]),
                     func.nullif(E2ERun.tag, "").label("tag"),  # '' is how the table spells "no tag"
                 )
-                .join(Device)
-                .order_by(E2ERun.arch_name, Device.name, E2ERun.backend, E2ERun.threads, E2ERun.batch, E2ERun.id)
+                .join(DeviceRow)
+                .order_by(E2ERun.arch_name, DeviceRow.name, E2ERun.backend, E2ERun.threads, E2ERun.batch, E2ERun.id)
             )
-            stmt = stmt if device is None else stmt.where(Device.name == device)
+            stmt = stmt if device is None else stmt.where(DeviceRow.name == device)
         elif table == "devices":
-            n_meas = select(func.count(Measurement.id)).where(Measurement.device_id == Device.id).scalar_subquery()
-            n_e2e = select(func.count(E2ERun.id)).where(E2ERun.device_id == Device.id).scalar_subquery()
-            cols = [c for c in Device.__table__.c if c.name != "id"]
-            stmt = select(*cols, n_meas.label("n_measurements"), n_e2e.label("n_e2e_runs")).order_by(Device.name)
-            stmt = stmt if device is None else stmt.where(Device.name == device)
+            n_meas = select(func.count(Measurement.id)).where(Measurement.device_id == DeviceRow.id).scalar_subquery()
+            n_e2e = select(func.count(E2ERun.id)).where(E2ERun.device_id == DeviceRow.id).scalar_subquery()
+            cols = [c for c in DeviceRow.__table__.c if c.name != "id"]
+            stmt = select(*cols, n_meas.label("n_measurements"), n_e2e.label("n_e2e_runs")).order_by(DeviceRow.name)
+            stmt = stmt if device is None else stmt.where(DeviceRow.name == device)
         else:
             stmt = select(*Block.__table__.c).order_by(Block.key)
             if device is not None:
                 measured = (
-                    select(Measurement.id).join(Device).where(Measurement.block_key == Block.key, Device.name == device)
+                    select(Measurement.id)
+                    .join(DeviceRow)
+                    .where(Measurement.block_key == Block.key, DeviceRow.name == device)
                 )
                 stmt = stmt.where(measured.exists())
         try:
@@ -676,6 +754,21 @@ def _describe(kind: str, identity_json: str) -> str:
     return f"a {kind} device ({items})" if items else f"a {kind} device"
 
 
+def _under(stmt: Select[Any], model: Any, conditions: Conditions | None) -> Select[Any]:
+    """Rows measured under `conditions` (a backend of None: any)."""
+    if conditions is None:
+        return stmt
+    stmt = stmt.where(DeviceRow.name == conditions.device)
+    return _filtered(
+        stmt,
+        model,
+        backend=conditions.backend,
+        threads=conditions.threads,
+        batch=conditions.batch,
+        dtype=conditions.dtype,
+    )
+
+
 def _filtered(stmt: Select[Any], model: Any, **filters: Any) -> Select[Any]:
     for column, value in filters.items():
         if value is not None:
@@ -689,16 +782,16 @@ def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
 
 
 def _block_row(block: dict[str, Any]) -> dict[str, Any]:
-    missing = [f for f in ("key", *BLOCK_FIELDS) if f not in block]
+    missing = [f for f in ("key", *BLOCK_COLUMNS) if f not in block]
     if missing:
         raise StoreError(f"Block {block.get('key', block)!r} lacks the field '{missing[0]}'.")
-    row = {f: block[f] for f in ("key", *BLOCK_FIELDS)}
+    row = {f: block[f] for f in ("key", *BLOCK_COLUMNS)}
     row["bias"] = bool(row["bias"])
     return row
 
 
 def _block_row_from_csv(row: dict[str, Any]) -> dict[str, Any]:
-    fields = {f: row[f] for f in BLOCK_FIELDS if f not in ("kind", "batch", "dtype")}
+    fields = {f: row[f] for f in BLOCK_COLUMNS if f not in ("kind", "batch", "dtype")}
     return {
         "key": row["block_key"],
         **fields,
@@ -708,55 +801,27 @@ def _block_row_from_csv(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _measurement_record(m: Measurement, device: str) -> MeasurementRecord:
-    return MeasurementRecord(
-        block_key=m.block_key,
-        device=device,
-        backend=m.backend,
-        backend_version=m.backend_version,
-        threads=m.threads,
-        dtype=m.dtype,
-        batch=m.batch,
-        **{c: getattr(m, c) for c in STAT_COLUMNS},
-        protocol=json.loads(m.protocol),
-        environment=json.loads(m.environment),
-        measured_at=m.measured_at,
-        stable=m.stable,
-        source=m.source,
-        expected_error=m.expected_error,
-    )
+_JSON_COLUMNS = {
+    "protocol": "protocol",
+    "environment": "environment",
+    "params": "params_json",
+    "metrics": "metrics_json",
+}
 
 
-def _e2e_record(r: E2ERun, device: str) -> E2ERecord:
-    return E2ERecord(
-        arch_name=r.arch_name,
-        arch_json=r.arch_json,
-        device=device,
-        backend=r.backend,
-        backend_version=r.backend_version,
-        threads=r.threads,
-        dtype=r.dtype,
-        batch=r.batch,
-        **{c: getattr(r, c) for c in STAT_COLUMNS},
-        tag=r.tag or None,
-        protocol=json.loads(r.protocol),
-        environment=json.loads(r.environment),
-        measured_at=r.measured_at,
-        stable=r.stable,
-    )
-
-
-def _fit_record(f: Fit, device: str) -> FitRecord:
-    return FitRecord(
-        device=device,
-        backend=f.backend,
-        backend_version=f.backend_version,
-        threads=f.threads,
-        dtype=f.dtype,
-        batch=f.batch,
-        purpose=f.purpose,
-        params=json.loads(f.params_json),
-        metrics=json.loads(f.metrics_json),
-        n_samples=f.n_samples,
-        fitted_at=f.fitted_at,
-    )
+def _record(cls: type[R], row: Any, device: str) -> R:
+    """A stored row as its record (MeasurementRecord, E2ERecord, FitRecord): the device's name in place
+    of its id, the JSON columns parsed, an end-to-end run's empty tag as None."""
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        if f.name == "device":
+            values[f.name] = device
+        elif f.name in _JSON_COLUMNS:
+            values[f.name] = json.loads(getattr(row, _JSON_COLUMNS[f.name]))
+        else:
+            values[f.name] = getattr(row, f.name)
+    if "tag" in values:
+        values["tag"] = values["tag"] or None
+    return cls(**values)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from latency.vocab.deploy_env import DeployEnv
 from profilers.errors import ProfilerError
 from profilers.host import host_environment, host_fingerprint, host_identity
 
@@ -44,16 +45,42 @@ class Device:
                 exit_code=2,
             )
 
+    def max_threads(self) -> int | None:
+        """The most runtime threads that make sense here: the host's cores (None: unknown until reached)."""
+        return os.cpu_count()
+
+    def check_threads(self, threads: int) -> None:
+        limit = self.max_threads()
+        if threads < 1:
+            raise ProfilerError(f"--threads must be at least 1, not {threads}.", exit_code=2)
+        if limit is not None and threads > limit:
+            raise ProfilerError(
+                f"--threads {threads} does not fit {self.name}: it has {limit} cores; use 1 to {limit}.", exit_code=2
+            )
+
     def implementation(self, backend: str) -> tuple[str, dict[str, Any]]:
         """The registered backend implementation that runs `backend` here, and its options."""
         return backend, dict(self.options)
 
-    def workers(self, backend: str, threads: int, launches: int) -> AbstractContextManager[Any]:
-        """A context manager giving the workers (one per independent launch) to measure with."""
+    @property
+    def host_process(self) -> bool:
+        """Whether networks run in a process on this host, whose environment a deployment sets."""
+        return True
+
+    def workers(
+        self,
+        backend: str,
+        threads: int,
+        launches: int,
+        deploy_env: DeployEnv | None = None,
+        preloaded: bool = False,
+    ) -> AbstractContextManager[Any]:
+        """A context manager giving the workers (one per independent launch) to measure with; tuned for
+        stable block numbers, or set up as `deploy_env` runs networks; `preloaded`: forked from a zygote."""
         from profilers.worker import WorkerPool
 
         implementation, options = self.implementation(backend)
-        return WorkerPool(implementation, threads, launches, options)
+        return WorkerPool(implementation, threads, launches, options, deploy_env, preloaded)
 
 
 @dataclass(frozen=True)
@@ -109,6 +136,9 @@ class AndroidDevice(Device):
     serial: str | None = None
     runner: str | None = None
 
+    def max_threads(self) -> int | None:
+        return None  # the phone's cores are known once adb reaches it; its runner caps threads itself
+
     def implementation(self, backend: str) -> tuple[str, dict[str, Any]]:
         return "executorch", {}  # blocks are exported on this host with ExecuTorch
 
@@ -132,7 +162,18 @@ class AndroidDevice(Device):
 
         return thermal(self._connection[0])
 
-    def workers(self, backend: str, threads: int, launches: int) -> AbstractContextManager[Any]:
+    @property
+    def host_process(self) -> bool:
+        return False  # the runner runs on the phone, as the runtime runs there by default
+
+    def workers(
+        self,
+        backend: str,
+        threads: int,
+        launches: int,
+        deploy_env: DeployEnv | None = None,
+        preloaded: bool = False,
+    ) -> AbstractContextManager[Any]:
         from pathlib import Path
 
         from profilers.android import AndroidWorker, export_pte
@@ -177,6 +218,8 @@ def resolve_device(name: str, serial: str | None = None, runner: str | None = No
         return HOST_CPU
     if match := _CUDA.fullmatch(name):
         return _cuda_device(name, int(match.group(1) or 0))
+    if name.startswith("cuda"):
+        raise ProfilerError(f"'{name}' is not a GPU name: use cuda or cuda:N (N a number).", exit_code=2)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]*", name):
         raise ProfilerError(f"'{name}' is not a device name: use cpu, cuda[:N], or a phone's name.", exit_code=2)
     return AndroidDevice(

@@ -1,6 +1,6 @@
 """Errors a user can cause while profiling (unknown device or backend, missing extra, no GPU...)."""
 
-from latency.errors import LutError
+from latency.vocab.errors import LutError
 
 
 class ProfilerError(LutError):

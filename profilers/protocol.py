@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from latency.blocks import BlockSpec
+from latency.vocab.blocks import BlockSpec
 from profilers.errors import BlockFailed
 from profilers.stats import Stats, relative_spread, summarize
 from profilers.targets import Target, label
@@ -47,6 +47,18 @@ class Protocol:
     unstable_iqr: float = 0.10  # IQR over the median, within a trial
     unstable_spread: float = 0.05  # trials' medians apart, relative (raw or canary-corrected)
     remeasure_rounds: int = 1
+    # Return the worker's free heap to the kernel before each call of a block (malloc_trim), so that the
+    # block pays for faulting in its buffers as it does inside a network run by a plain process, where
+    # glibc trims and unmaps between blocks. Measured here: warm-heap blocks summed to 0.48-0.65 of
+    # such a process's end-to-end time, cold-heap blocks to 1.0-1.06.
+    cold_heap: bool = True
+    # Whole networks timed as truth (in a deployment's environment) each get processes of their own, as
+    # in the user's process: no other model's memory beside them. Smoke tests share one process.
+    network_per_process: bool = True
+    # Fork workers from a zygote that imported the runtime once (profilers.zygote) instead of starting a
+    # fresh interpreter each: seconds instead of a minute per worker on a loaded machine, but forked
+    # workers share one memory layout, which independent launches are there to vary. Smoke tests only.
+    preloaded_workers: bool = False
 
     def __post_init__(self) -> None:
         if self.trials < 3 and self.name == "standard":
@@ -62,6 +74,7 @@ class Protocol:
             min_time_s=self.min_time_s / self.trials,
             max_time_s=self.max_time_s / self.trials,
             ci_target=self.ci_target * self.trials**0.5,  # the trials together reach ci_target
+            cold_heap=self.cold_heap,
         )
 
     def canary_plan(self, first_visit: bool) -> TimingPlan:
@@ -72,6 +85,7 @@ class Protocol:
             min_time_s=self.canary_s,
             max_time_s=self.canary_s * 3,
             ci_target=self.ci_target,
+            cold_heap=self.cold_heap,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -106,6 +120,8 @@ PROTOCOLS: dict[str, Protocol] = {
         canary_s=0.0,
         group_size=6,
         remeasure_rounds=1,
+        network_per_process=False,
+        preloaded_workers=True,
     ),
 }
 
@@ -147,7 +163,16 @@ class ProgressSink:
 def _combine(target: Target, timings: list[Timing], canary: list[float], protocol: Protocol) -> Result:
     medians = tuple(float(np.median(t.samples_us)) for t in timings)
     # The median of the trials' medians: one odd process does not move it.
-    stats = replace(summarize([s for t in timings for s in t.samples_us]), median_us=float(np.median(medians)))
+    pooled = summarize([s for t in timings for s in t.samples_us])
+    median_us = float(np.median(medians))
+    # The pooled percentiles bracket it except when one trial holds most of the calls; keep the row possible.
+    stats = replace(
+        pooled,
+        median_us=median_us,
+        p10_us=min(pooled.p10_us, median_us),
+        p90_us=max(pooled.p90_us, median_us),
+        min_us=min(pooled.min_us, median_us),
+    )
     # No ratios when a trial's canary could not be timed: a partial set would be misleading.
     ratios = [m / c for m, c in zip(medians, canary, strict=True) if c > 0] if len(canary) == len(medians) else []
     raw_spread = relative_spread(medians)
@@ -172,12 +197,24 @@ def _combine(target: Target, timings: list[Timing], canary: list[float], protoco
 
 class Scheduler:
     """Runs the protocol over targets with a pool of workers (one per launch, trial t in worker
-    t mod len(workers)); yields each target's result as soon as it is final."""
+    t mod len(workers)); yields each target's result as soon as it is final.
+
+    `canary_workers` time the canary instead of `workers` (same index): networks timed in a
+    deployment's environment keep the canary in the block protocol's, so that its time compares
+    with the table's canary and says only how fast the machine runs.
+    """
 
     def __init__(
-        self, workers: Worker | Sequence[Worker], protocol: Protocol, progress: ProgressSink | None = None
+        self,
+        workers: Worker | Sequence[Worker],
+        protocol: Protocol,
+        progress: ProgressSink | None = None,
+        canary_workers: Sequence[Worker] | None = None,
     ) -> None:
         self.workers = list(workers) if isinstance(workers, Sequence) else [workers]
+        self.canary_workers = list(canary_workers) if canary_workers else self.workers
+        if len(self.canary_workers) != len(self.workers):
+            raise ValueError("one canary worker per worker")
         self.protocol = protocol
         self.progress = progress or ProgressSink()
         self._visited: set[tuple[int, str]] = set()  # (worker, key) already warmed up there
@@ -230,10 +267,11 @@ class Scheduler:
             index = trial % len(self.workers)
             worker = self.workers[index]
             try:
-                timing = worker.measure(canary.key, protocol.canary_plan(self._visit(index, canary.key)))
+                plan = protocol.canary_plan(self._visit(index, canary.key))
+                timing = self.canary_workers[index].measure(canary.key, plan)
                 canary_medians.append(float(np.median(timing.samples_us)))
             except (BlockFailed, WorkerCrashed) as exc:
-                self._recover(index, exc)
+                self._recover(index, exc, canary=True)
             # Rotate the order each trial so no block always follows the same neighbour.
             shift = trial * len(group) // protocol.trials
             for target in group[shift:] + group[:shift]:
@@ -256,12 +294,12 @@ class Scheduler:
                 results.append(_combine(target, timings[target.key], canary_for_block, protocol))
         return results
 
-    def _recover(self, index: int, exc: Exception) -> None:
+    def _recover(self, index: int, exc: Exception, canary: bool = False) -> None:
         if isinstance(exc, WorkerCrashed):
-            self._restart(index)
+            self._restart(index, canary)
 
-    def _restart(self, index: int) -> None:
-        self.workers[index].restart()
+    def _restart(self, index: int, canary: bool = False) -> None:
+        (self.canary_workers if canary else self.workers)[index].restart()
         self._visited = {(i, k) for i, k in self._visited if i != index}
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from latency.arch import Arch
-from latency.blocks import BlockSpec
+from latency.vocab.arch import Arch
+from latency.vocab.blocks import BlockSpec
 
 ARCH_PREFIX = "arch:"
 

@@ -11,23 +11,25 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import tempfile
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import IO, Any
 
+from latency.vocab.deploy_env import TUNED_MALLOC, DeployEnv
 from profilers.backends import backend_class
 from profilers.errors import BlockFailed, ProfilerError
-from profilers.targets import parse_target
+from profilers.targets import ARCH_PREFIX, parse_target
+from profilers.zygote import ForkedProcess, log_tail, start_python, zygote_for
 
-READY_TIMEOUT_S = 180.0
+READY_TIMEOUT_S = 600.0  # importing torch took 60-110 s here on a loaded 2-core machine, more beside others
 # glibc hands large buffers back to the kernel after each call by default (mmap/munmap, heap trim),
 # so every run of a block with big activations page-faults afresh: measured here, that made
-# the same block 1.3-2x slower at random between passes. Keep freed memory in the heap instead
-# (32 MiB is glibc's largest mmap threshold).
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+# the same block 1.3-2x slower at random between passes. Block workers keep freed memory in the heap
+# instead; end-to-end runs taken as truth run in the deployment's environment (latency.vocab.deploy_env).
+MALLOC_ENV = dict(TUNED_MALLOC)
 # Run via -c so that pickled classes resolve to this module, not to __main__.
 _ENTRY = "import sys; from profilers.worker import main; main(sys.argv[1:])"
 
@@ -42,6 +44,7 @@ class TimingPlan:
     min_time_s: float
     max_time_s: float
     ci_target: float
+    cold_heap: bool = False  # trim the heap before each call of a block (Protocol.cold_heap)
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,11 @@ def _serve(conn: Connection, backend_name: str, threads: int, options: dict[str,
                 "ready",
                 {
                     "backend_version": backend.version(),
-                    "environment": {**backend.environment(), "malloc": {k: os.environ.get(k) for k in MALLOC_ENV}},
+                    "environment": {
+                        **backend.environment(),
+                        "malloc": {k: os.environ.get(k) for k in MALLOC_ENV},
+                        "ld_preload": os.environ.get("LD_PRELOAD"),
+                    },
                     "protocol": backend.protocol_details(),
                     "pid": os.getpid(),
                 },
@@ -69,6 +76,7 @@ def _serve(conn: Connection, backend_name: str, threads: int, options: dict[str,
         conn.send(("fatal", f"{type(exc).__name__}: {exc}"))
         return
     runners: dict[str, Any] = {}
+    trimmer = heap_trimmer()
     while True:
         try:
             message = conn.recv()
@@ -87,14 +95,31 @@ def _serve(conn: Connection, backend_name: str, threads: int, options: dict[str,
             if key not in runners:
                 runners[key] = backend.prepare(parse_target(key))
             run = runners[key]
-            warmups = backend.warm_up(run, plan.warmup_runs, plan.warmup_s)
-            samples = backend.time_calls(run, plan.min_runs, plan.min_time_s, plan.max_time_s, plan.ci_target)
+            # Whole networks run as the process runs them; only blocks get the cold heap.
+            before = trimmer if plan.cold_heap and backend.host_heap and not key.startswith(ARCH_PREFIX) else None
+            warmups = backend.warm_up(run, plan.warmup_runs, plan.warmup_s, before)
+            samples = backend.time_calls(run, plan.min_runs, plan.min_time_s, plan.max_time_s, plan.ci_target, before)
             conn.send(("ok", Timing(samples, warmups)))
         except BlockFailed as exc:
             conn.send(("failed", str(exc)))
         except Exception as exc:
             last = traceback.extract_tb(exc.__traceback__)[-1]
             conn.send(("failed", f"{type(exc).__name__}: {exc} (at {os.path.basename(last.filename)}:{last.lineno})"))
+
+
+def heap_trimmer() -> Callable[[], object] | None:
+    """A call that returns the process's free heap memory to the kernel (glibc's malloc_trim(0)), or
+    None where the C library has none."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    return lambda: trim(0)
 
 
 def main(argv: list[str]) -> None:
@@ -112,14 +137,28 @@ class WorkerCrashed(Exception):
 
 
 class Worker:
-    """Parent-side handle of one backend worker process (a context manager)."""
+    """Parent-side handle of one backend worker process (a context manager).
 
-    def __init__(self, backend_name: str, threads: int = 1, options: dict[str, Any] | None = None) -> None:
+    Without `deploy_env` the process is tuned for stable block numbers (the protocol's); with one, it
+    is set up as that deployment runs the network (a plain process for `default`), and only the
+    runtime's own thread setting fixes the threads.
+    """
+
+    def __init__(
+        self,
+        backend_name: str,
+        threads: int = 1,
+        options: dict[str, Any] | None = None,
+        deploy_env: DeployEnv | None = None,
+        preloaded: bool = False,
+    ) -> None:
         self.backend_name = backend_name
         self.threads = threads
         self.options = dict(options or {})
+        self.deploy_env = deploy_env
+        self.preloaded = preloaded
         self.info: dict[str, Any] = {}
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process: subprocess.Popen[bytes] | ForkedProcess | None = None
         self._conn: Connection | None = None
         self._log: IO[bytes] | None = None
 
@@ -129,23 +168,31 @@ class Worker:
     def launch(self) -> Worker:
         """Start the process without waiting for it (start several, then `wait_ready` each)."""
         backend_class(self.backend_name).check_available()
-        # A fresh interpreter (not fork, not multiprocessing's spawn, which re-imports __main__):
-        # no runtime thread pools inherited, and any caller's script works.
+        # A fresh interpreter (not fork of this process, not multiprocessing's spawn, which re-imports
+        # __main__): no runtime thread pools inherited, and any caller's script works. Or, when asked, a
+        # fork of a zygote that imported the runtime in the same environment (profilers.zygote).
         parent, child = socket.socketpair()
-        env = {**os.environ, **MALLOC_ENV, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
+        if self.deploy_env is None:
+            threads = str(self.threads)
+            env = {**os.environ, **MALLOC_ENV, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        else:
+            env = self.deploy_env.process_env(os.environ)
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop())
-        args = [str(child.fileno()), self.backend_name, str(self.threads), json.dumps(self.options)]
-        self._process = subprocess.Popen(
-            [sys.executable, "-c", _ENTRY, *args],
-            pass_fds=[child.fileno()],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=self._log,
-        )
+        args = [self.backend_name, str(self.threads), json.dumps(self.options)]
+        if self.preloaded:
+            self._process = self._fork(env, child.fileno(), args)
+        else:
+            self._process = start_python(_ENTRY, child.fileno(), args, env, self._log)
         child.close()
         self._conn = Connection(parent.detach())
         return self
+
+    def _fork(self, env: dict[str, str], conn_fd: int, args: list[str]) -> ForkedProcess:
+        assert self._log is not None
+        try:
+            return zygote_for(self.backend_name, env).fork(conn_fd, self._log.fileno(), args, env)
+        except OSError:  # the zygote died (killed, out of memory): start another once
+            return zygote_for(self.backend_name, env).fork(conn_fd, self._log.fileno(), args, env)
 
     def wait_ready(self) -> Worker:
         status, payload = self._receive(READY_TIMEOUT_S)
@@ -157,11 +204,7 @@ class Worker:
 
     def log_tail(self, lines: int = 3) -> str:
         """The last lines the worker printed (for crash reports)."""
-        if self._log is None:
-            return ""
-        self._log.seek(0)
-        text = self._log.read().decode(errors="replace").strip().splitlines()
-        return " | ".join(text[-lines:])
+        return "" if self._log is None else log_tail(self._log, lines)
 
     def _receive(self, timeout_s: float | None = None) -> tuple[str, Any]:
         assert self._conn is not None and self._process is not None
@@ -175,8 +218,7 @@ class Worker:
         try:
             return self._conn.recv()
         except (EOFError, OSError):
-            self._process.wait(timeout=10)
-            raise WorkerCrashed(self._death_note()) from None
+            raise self._gone() from None
 
     def _death_note(self) -> str:
         assert self._process is not None
@@ -188,8 +230,7 @@ class Worker:
     def measure(self, key: str, plan: TimingPlan) -> Timing:
         """Time one target (a block key or an `arch:` key); BlockFailed when it cannot run,
         WorkerCrashed when the worker died."""
-        assert self._conn is not None
-        self._conn.send(("measure", key, plan))
+        self._send(("measure", key, plan))
         status, payload = self._receive()
         if status == "failed":
             raise BlockFailed(payload)
@@ -197,9 +238,22 @@ class Worker:
 
     def forget(self, keys: list[str]) -> None:
         """Free the prepared blocks (models, sessions) the worker holds for these keys."""
-        assert self._conn is not None
-        self._conn.send(("forget", keys))
+        self._send(("forget", keys))
         self._receive()
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        """Send to the worker; one that died since the last answer is reported as a crash, not a broken pipe."""
+        assert self._conn is not None and self._process is not None
+        try:
+            self._conn.send(message)
+        except OSError:
+            raise self._gone() from None
+
+    def _gone(self) -> WorkerCrashed:
+        """The crash of a worker whose pipe closed, once its process has ended (with its exit code)."""
+        assert self._process is not None
+        self._process.wait(timeout=10)
+        return WorkerCrashed(self._death_note())
 
     def stop(self) -> None:
         if self._conn is not None:
@@ -232,8 +286,16 @@ class Worker:
 class WorkerPool:
     """Several workers of one backend, started in parallel (a context manager)."""
 
-    def __init__(self, backend_name: str, threads: int, size: int, options: dict[str, Any] | None = None) -> None:
-        self.workers = [Worker(backend_name, threads, options) for _ in range(size)]
+    def __init__(
+        self,
+        backend_name: str,
+        threads: int,
+        size: int,
+        options: dict[str, Any] | None = None,
+        deploy_env: DeployEnv | None = None,
+        preloaded: bool = False,
+    ) -> None:
+        self.workers = [Worker(backend_name, threads, options, deploy_env, preloaded) for _ in range(size)]
 
     def __enter__(self) -> WorkerPool:
         try:

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from latency.estimate import Estimator
-from latency.space import Position, Space, get_space
+from latency.estimate.estimator import Estimator
+from latency.vocab.conditions import Conditions
+from latency.vocab.space import Position, Space, SpacePoint, get_space
 
 Probs = Mapping[str, torch.Tensor] | Sequence[torch.Tensor]
 
@@ -35,17 +36,14 @@ class LatencyCost(nn.Module):
     def __init__(
         self,
         space: Space | str,
-        device: str = "cpu",
+        conditions: Conditions | str = "cpu",
         db: str | None = None,
-        backend: str | None = None,
-        threads: int = 1,
-        batch: int = 1,
-        dtype: str = "fp32",
+        deploy_env: str = "default",
         estimator: Estimator | None = None,
     ) -> None:
         super().__init__()
         self.space = get_space(space) if isinstance(space, str) else space
-        estimator = estimator or Estimator(device, db=db, backend=backend, threads=threads, batch=batch, dtype=dtype)
+        estimator = estimator or Estimator(conditions, db=db, deploy_env=deploy_env)
         self.calibrated = estimator.calibrated
         self.intercept_ms = estimator.intercept_ms
         self.positions = self.space.positions
@@ -120,11 +118,10 @@ class LatencyCost(nn.Module):
         """Expected weights (M), the budget the P-models were searched under."""
         return self._contract("params", width_probs, resolution_probs)
 
-    def one_hot(self, point: object) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """The probabilities that put all mass on one point of the space (a SpacePoint)."""
-        values = [point.resolution, *point.widths, *point.mids]  # type: ignore[attr-defined]
+    def one_hot(self, point: SpacePoint) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The probabilities that put all mass on one point of the space."""
         tensors = [
             torch.nn.functional.one_hot(torch.tensor(v), n).double()
-            for v, (_, n) in zip(values, self.space.dimensions, strict=True)
+            for v, (_, n) in zip(point.row, self.space.dimensions, strict=True)
         ]
         return dict(zip(self.dimension_names, tensors[1:], strict=True)), tensors[0]

@@ -23,10 +23,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from latency.arch import Arch
-from latency.space import Space, SpacePoint
+from latency.vocab.arch import Arch
+from latency.vocab.errors import LutError
+from latency.vocab.space import Space, SpacePoint
 from search_cost.cost import LatencyCost
 from search_cost.supernet import DMaskingSupernet
+
+
+class SearchError(LutError):
+    """A search that cannot start or go on (its checkpoint, say), in one sentence."""
+
+
+# The proxy images are 8x8 digits resized: below 8 nothing is left to see, above 256 the supernet's
+# activations outgrow a laptop's memory.
+MIN_PROXY_SIZE, MAX_PROXY_SIZE = 8, 256
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,13 @@ class SearchConfig:
     def __post_init__(self) -> None:
         if self.loss not in ("target", "fbnet"):
             raise ValueError(f"loss must be 'target' or 'fbnet', not {self.loss!r}")
+        if not (math.isfinite(self.target_ms) and self.target_ms > 0):
+            raise ValueError(f"target_ms must be a positive number of milliseconds, not {self.target_ms!r}")
+        if not all(MIN_PROXY_SIZE <= size <= MAX_PROXY_SIZE for size in self.proxy_resolutions):
+            raise ValueError(
+                f"proxy resolutions must be between {MIN_PROXY_SIZE} and {MAX_PROXY_SIZE} pixels, "
+                f"not {list(self.proxy_resolutions)}"
+            )
 
     def temperature(self, epoch: int) -> float:
         """Exponential annealing from the initial to the final temperature over the epochs."""
@@ -113,6 +130,7 @@ class Search:
         self.epoch = 0
         self.history: list[EpochLog] = []
         self.generator = torch.Generator().manual_seed(config.seed + 1)
+        self._resumed = False
 
     # ---- pieces ---------------------------------------------------------------------------------
     def _gumbel_weights(self, temperature: float) -> dict[str, torch.Tensor]:
@@ -147,10 +165,9 @@ class Search:
         BN uses batch statistics: its running statistics average over mixed masks and
         resolutions, which the one-hot network never sees (the usual supernet pitfall)."""
         point = point or self.point()
-        values = [point.resolution, *point.widths, *point.mids]
         one_hot = {
             name: F.one_hot(torch.tensor(v), n).float()
-            for v, (name, n) in zip(values, self.space.dimensions, strict=True)
+            for v, (name, n) in zip(point.row, self.space.dimensions, strict=True)
         }
         _, _, x, y = self.data
         saved = {k: v.clone() for k, v in self.net.state_dict().items() if "running" in k or "num_batches" in k}
@@ -201,7 +218,8 @@ class Search:
         return log
 
     def run(self, on_epoch: Callable[[EpochLog], None] | None = None) -> SearchResult:
-        self._resume()
+        if not self._resumed:
+            self.resume()
         while self.epoch < self.config.epochs:
             log = self.run_epoch()
             self._save()
@@ -241,12 +259,14 @@ class Search:
         torch.save(self._state(), partial)
         os.replace(partial, self.checkpoint)  # atomic: a kill leaves the previous checkpoint whole
 
-    def _resume(self) -> None:
-        if self.checkpoint is None or not self.checkpoint.is_file():
-            return
-        state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+    def resume(self) -> int:
+        """Load the checkpoint when it is this search's; returns the epoch the search goes on from (0: afresh)."""
+        self._resumed = True
+        if self.checkpoint is None or not self.checkpoint.exists():
+            return 0
+        state = check_checkpoint(self.checkpoint)
         if state.get("config") != self.config.digest():
-            return  # another search's checkpoint: start afresh (it is overwritten at the first epoch)
+            return 0  # another search's checkpoint: start afresh (it is overwritten at the first epoch)
         self.epoch = state["epoch"]
         self.net.load_state_dict(state["net"])
         with torch.no_grad():
@@ -256,10 +276,23 @@ class Search:
         self.arch_opt.load_state_dict(state["arch_opt"])
         self.generator.set_state(state["generator"])
         self.history = [EpochLog(**h) for h in state["history"]]
-
-    @property
-    def resumed_at(self) -> int:
         return self.epoch
+
+
+def check_checkpoint(path: Path) -> dict[str, Any]:
+    """The state a search checkpoint holds; SearchError for a folder or a file that is not one."""
+    if not path.is_file():
+        raise SearchError(f"The checkpoint {path} is not a file.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises pickle, zip and runtime errors alike for a bad file
+        raise SearchError(
+            f"Cannot resume from {path}: it is not a search checkpoint ({type(exc).__name__}); "
+            "delete it or pass another --checkpoint."
+        ) from exc
+    if not isinstance(state, dict) or "epoch" not in state:
+        raise SearchError(f"Cannot resume from {path}: it is not a search checkpoint; delete it or pass another one.")
+    return state
 
 
 def fit_to_budget(

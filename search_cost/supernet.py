@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latency.arch import HEAD_EXPANSION, OPS, Arch, LayerDef, make_divisible
-from latency.layers import InvertedResidual, build_block
-from latency.space import STEM_IN_CHANNELS, Space
+from latency.nn.layers import InvertedResidual, build_block
+from latency.vocab.arch import OPS, Arch, LayerDef, head_width, se_width
+from latency.vocab.space import STEM_IN_CHANNELS, Space
 
 
 def prefix_masks(options: tuple[int, ...]) -> torch.Tensor:
@@ -60,8 +60,8 @@ class DMaskingSupernet(nn.Module):
                 c_out = num_classes
             mid = max(block.mids) if block.mids else None
             if kind == "head":
-                mid = make_divisible(c_in * HEAD_EXPANSION, self.space.width_divisor)
-            se = make_divisible(int(0.25 * mid), self.space.width_divisor) if OPS[block.op].se and mid else 0
+                mid = head_width(c_in, self.space.width_divisor)
+            se = se_width(mid, self.space.width_divisor) if OPS[block.op].se and mid else 0
             layers.append(LayerDef(op=block.op, c_out=c_out, stride=block.stride, mid=mid, se=se))
             c_in = c_out if kind != "classifier" else c_in
         return Arch(
@@ -74,23 +74,10 @@ class DMaskingSupernet(nn.Module):
     def _run_once(self, x: torch.Tensor, weights: dict[str, torch.Tensor]) -> torch.Tensor:
         for index, (block, module) in enumerate(zip(self.space.blocks, self.blocks, strict=True)):
             mid = mixed_mask(weights[f"mid:{index}"], getattr(self, f"mask_mid_{index}")) if block.mids else None
-            x = self._inverted_residual(module, x, mid) if isinstance(module, InvertedResidual) else module(x)
+            x = module(x, mid) if isinstance(module, InvertedResidual) else module(x)
             if block.group is not None:
                 x = x * mixed_mask(weights[f"width:{block.group}"], getattr(self, f"mask_{block.group}"))
         return x
-
-    @staticmethod
-    def _inverted_residual(module: InvertedResidual, x: torch.Tensor, mid: torch.Tensor | None) -> torch.Tensor:
-        y = module.expand(x) if module.expand is not None else x
-        if mid is not None and module.expand is not None:
-            y = y * mid
-        y = module.depthwise(y)
-        if mid is not None:
-            y = y * mid
-        if module.se is not None:
-            y = module.se(y)
-        y = module.project(y)
-        return x + y if module.residual else y
 
     def forward(self, x: torch.Tensor, weights: dict[str, torch.Tensor]) -> torch.Tensor:
         logits = None

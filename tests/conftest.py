@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+
 import pytest
 
 from tests.pg import pg_server_url, pg_store_url  # noqa: F401  (pytest fixtures)
 
 
-@pytest.fixture(scope="session")
-def torch_threads() -> None:
+@pytest.fixture(scope="session", autouse=True)
+def one_thread_per_test_process() -> Iterator[None]:
+    """The suite runs in two processes on two cores (pytest-xdist, README). A library that spreads over
+    every core in both (torch's intra-op pool, the OpenMP of scikit-learn's boosting) spins against the
+    other process: measured here, a predictor fit and a tiny search ran 20x slower than alone. One thread
+    in each test process; the measuring workers set their own threads."""
+    import sklearn.ensemble  # noqa: F401  (loads its OpenMP runtime, so that the limit reaches it)
     import torch
+    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(1)
+    with threadpool_limits(limits=1):
+        yield
 
 
 def randomize_model(model, seed: int = 0):
@@ -27,3 +38,20 @@ def randomize_model(model, seed: int = 0):
                 else:
                     tensor.copy_(torch.randn(tensor.shape, generator=gen) * 0.1)
     return model.eval()
+
+
+SLOW_TEST_S = 60.0
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Name a failure or a slow test the moment it finishes (in the controller under xdist), so that a
+    run cut off by CI's time limit still shows what failed and where the time went."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # a worker's stderr is the terminal too: the controller says it
+        return
+    failed = report.failed and (report.when == "call" or report.outcome == "failed")
+    slow = report.when == "call" and report.duration >= SLOW_TEST_S
+    if failed or slow:
+        import sys
+
+        verdict = "FAILED" if failed else "slow"
+        print(f"\n[{verdict} {report.duration:.0f}s] {report.nodeid}", file=sys.stderr, flush=True)

@@ -2,8 +2,9 @@
 (discovery, push, run, parse, thermal gating, store) against a stand-in adb that emulates one phone.
 
 Only the phone is a stand-in: `tests/stand_in/adb.py` answers like adb and runs what is pushed on
-this host; `tests/stand_in/executor_runner.py` runs the pushed .pte through ExecuTorch and logs
-like the real runner. Everything in profilers/ and latency/ is the real code.
+this host; `tests/stand_in/executor_runner.py` checks that what was pushed is an ExecuTorch program
+and logs like the real runner, with the stand-in phone's own times. Everything in profilers/ and
+latency/ is the real code (the `lut` app runs in this process, tests/cli.py).
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import importlib.util
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from latency.models import blocks_of
+from latency.vocab.conditions import Conditions
+from latency.vocab.family import blocks_of
+from latency.vocab.space import get_space
 from lut_db import LutStore
 from profilers.android import (
     Adb,
@@ -30,6 +32,9 @@ from profilers.android import (
     parse_thermal_status,
 )
 from profilers.errors import BlockFailed, ProfilerError
+from tests.cli import TINY_SPACE, Ran
+from tests.cli import lut as run_lut
+from tests.test_estimate import fill
 
 STAND_IN = Path(__file__).parent / "stand_in"
 HAS_EXECUTORCH = importlib.util.find_spec("executorch") is not None
@@ -142,15 +147,8 @@ def test_choosing_a_phone(fake_adb) -> None:
         choose_phone(adb, "pixel", None)
 
 
-def lut(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "latency.cli", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        check=False,
-        timeout=900,
-    )
+def lut(*args: str, env: dict | None = None) -> Ran:
+    return run_lut(*args, env=env)
 
 
 def test_no_phone_is_one_clear_sentence(fake_adb, tmp_path: Path) -> None:
@@ -215,10 +213,14 @@ def test_profiling_a_phone_end_to_end(fake_adb, tmp_path: Path) -> None:
         assert device.fingerprint["model"] == "Pixel 7" and device.fingerprint["soc"] == "GS201"
         assert device.fingerprint["big_core_mask"] == "c0"
         assert device.fingerprint["build_fingerprint"].startswith("google/panther/panther:14")
-        rows = store.measurements(device="pixel")
+        rows = store.measurements(Conditions("pixel"))
         assert len(rows) == 3 and specs[1].key not in {r.block_key for r in rows}
         assert all(r.median_us > 0 and r.protocol["taskset_mask"] == "c0" for r in rows)
         assert all("temperatures_c" in r.environment for r in rows)
+    ran = dict(line.split() for line in (tmp_path / "phones" / PIXEL["serial"] / "runs.log").read_text().splitlines())
+    for row in rows:  # each block's time is the stand-in phone's for its own program, read back from the log
+        phone_ms = float(ran[f"{hashlib.sha256(row.block_key.encode()).hexdigest()[:20]}.pte"])
+        assert row.median_us == pytest.approx(phone_ms * 1e3, rel=0.02)
     calls = [json.loads(line) for line in Path(log).read_text().splitlines()]
     device_calls = [c for c in calls if c[:1] != ["devices"]]
     assert device_calls and all(c[:2] == ["-s", PIXEL["serial"]] for c in device_calls)  # always -s SERIAL
@@ -229,3 +231,41 @@ def test_profiling_a_phone_end_to_end(fake_adb, tmp_path: Path) -> None:
     assert sum("dumpsys thermalservice" in s for s in shells[:first_run]) >= 3  # waited while hot
     pushes = [c for c in device_calls if c[2] == "push"]
     assert len([p for p in pushes if p[-1].endswith(".pte")]) == 5  # each block and the canary, once
+
+
+@pytest.mark.skipif(not HAS_EXECUTORCH, reason="executorch is not installed (pip install 'lut[executorch]')")
+def test_a_new_phone_from_a_few_whole_network_runs(fake_adb, tmp_path: Path) -> None:
+    """The README's quick way to a new phone: the host's ExecuTorch table (made up here; `lut profile
+    --device cpu --backend executorch` writes it) and N whole networks run on the phone, no block."""
+    fake_adb(PIXEL)
+    db = str(tmp_path / "t.sqlite")
+    space = get_space(str(TINY_SPACE))
+    with LutStore(db) as store:
+        fill(store, space.all_specs(), backend="executorch")
+    runner = str(runner_binary(tmp_path))
+    common = ("--device", "pixel", "--runner", runner, "--protocol", "quick", "--db", db)
+    proc = lut(
+        "calibrate",
+        *("--from", "cpu", "--from-backend", "executorch", "--runs", "4", "--models", "none"),
+        *("--space", str(TINY_SPACE), "--json"),
+        *common,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["transferred_from"] == ["cpu/executorch, 1 thread(s)"] and out["runs"] == 4
+    assert out["rows_written"] == len({s.key for s in space.all_specs()})
+    assert out["e2e_profiled"]["measured"] == 4 and out["e2e_profiled"]["backend"] == "executorch"
+    ran = (tmp_path / "phones" / PIXEL["serial"] / "runs.log").read_text().splitlines()
+    assert len({line.split()[0] for line in ran}) == 5  # four whole networks and the canary: no block ran
+    with LutStore(db) as store:
+        runs = store.e2e_runs(Conditions("pixel", "executorch"), tag="transfer")
+        rows = store.measurements(Conditions("pixel", "executorch"))
+    assert len(runs) == 4 and all(r.median_us > 0 and r.canary_us for r in runs)
+    assert rows and {r.source for r in rows} == {"transferred"} and all(r.expected_error > 0 for r in rows)
+    unseen = tmp_path / "unseen.json"  # an architecture the phone never ran
+    unseen.write_text(space.sampled_archs(6, seed=7)[5].to_json())
+    estimate = lut("estimate", str(unseen), "--device", "pixel", "--no-profile", "--json", "--db", db)
+    assert estimate.returncode == 0, estimate.stderr
+    answer = json.loads(estimate.stdout)
+    assert answer["latency_ms"] > 0 and answer["calibration"]["transferred_from"] == "cpu/executorch, 1 thread(s)"
+    assert answer["calibration"]["transfer_runs"] == 4 and {b["source"] for b in answer["blocks"]} == {"transferred"}

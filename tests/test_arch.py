@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from latency.arch import Arch, ArchError, make_divisible
-from latency.models import blocks_of, get_arch, list_models
+from latency.vocab.arch import Arch, ArchError, make_divisible
+from latency.vocab.family import blocks_of, get_arch, list_models
 
 TINY = {
     "name": "tiny",

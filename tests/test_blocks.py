@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from latency.blocks import BlockSpec, BlockSpecError
-from latency.models import blocks_of, list_models
+from latency.nn.layers import build_block
+from latency.vocab.blocks import BlockSpec, BlockSpecError
+from latency.vocab.family import blocks_of, list_models
 
 FAMILY = list_models(available_only=True)
 
@@ -24,7 +25,7 @@ def unique_specs() -> list[BlockSpec]:
 
 def hooked_counts(spec: BlockSpec) -> tuple[int, int, tuple[int, ...]]:
     """FLOPs and params counted from the built module by forward hooks (an independent count)."""
-    module = spec.build().eval()
+    module = build_block(spec).eval()
     flops = 0
 
     def conv_hook(mod: nn.Conv2d, inputs, output) -> None:
@@ -68,8 +69,8 @@ def test_legacy_bias_is_part_of_the_key() -> None:
     assert all(s.bias and "_bias_" in s.key for s in l3_ir)
     plain = dataclasses.replace(l3_ir[0], bias=False)
     assert plain.key != l3_ir[0].key and plain.flops == l3_ir[0].flops
-    built = l3_ir[0].build()
-    assert built.project.conv.bias is not None and plain.build().project.conv.bias is None
+    built = build_block(l3_ir[0])
+    assert built.project.conv.bias is not None and build_block(plain).project.conv.bias is None
 
 
 def test_specs_are_frozen_hashable_and_shared_between_models() -> None:
@@ -102,6 +103,8 @@ def test_batch_and_dtype_flow_into_shapes_and_flops() -> None:
         ({"kernel": 4}, "kernel must be odd"),
         ({"kind": "conv"}, "kind 'conv' is not one of"),
         ({"se": -1}, "se must be a non-negative integer"),
+        ({"c_out": 10**9}, "c_out must be at most 65536"),
+        ({"h": 10**6}, "h must be at most 8192"),
     ],
 )
 def test_invalid_specs_name_the_field(changes: dict, message: str) -> None:
@@ -129,6 +132,6 @@ def test_blocks_module_does_not_import_torch() -> None:
     import subprocess
     import sys
 
-    code = "import sys, latency.models; latency.models.blocks_of('dmasking_f3'); print('torch' in sys.modules)"
+    code = "import sys, latency.vocab as v; v.blocks_of('dmasking_f3'); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from latency.models import fbnet as fbnet_module
-from latency.models import fbnetv2, get_arch, list_models, model_info
-from latency.models.checkpoint import CheckpointError, checkpoint_cache_path, ours_to_official
+from latency.nn import fbnet as fbnet_module
+from latency.nn.checkpoint import CheckpointError, checkpoint_cache_path, ours_to_official
+from latency.nn.fbnet import fbnetv2
+from latency.vocab.family import get_arch, list_models, model_info
 
 from .conftest import randomize_model
 
@@ -37,7 +38,7 @@ def write_official(path: Path, model: torch.nn.Module, name: str, ema: bool = Tr
 
 
 @pytest.mark.parametrize(("name", "ema"), [("dmasking_f1", True), ("dmasking_l3", False)])
-def test_local_checkpoint_in_official_layout_loads(name: str, ema: bool, tmp_path: Path, torch_threads: None) -> None:
+def test_local_checkpoint_in_official_layout_loads(name: str, ema: bool, tmp_path: Path) -> None:
     source = randomize_model(fbnetv2(name), seed=3)
     path = write_official(tmp_path / "model.pth", source, name, ema=ema)
     loaded = fbnetv2(name, weights=path)

@@ -1,36 +1,28 @@
-"""`lut estimate`, `calibrate`, `validate`, `rank`, `sample`, `space show`: real processes, real
-measurements with the quick protocol, one table shared through the module."""
+"""`lut estimate`, `calibrate`, `validate`, `rank`, `sample`, `space show`: the real app run in this
+process (tests/cli.py), real measurements with the quick protocol, one table shared through the module."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from latency.models import blocks_of, list_models
-from latency.space import get_space
+from latency.vocab.conditions import Conditions
+from latency.vocab.family import blocks_of, list_models
+from latency.vocab.space import SpacePoint, get_space
 from lut_db import LutStore
-
-ENV = {**os.environ, "LUT_PROTOCOL": "quick"}
-
-
-def lut(*args: str, db: str | None = None) -> subprocess.CompletedProcess:
-    extra = ["--db", db] if db else []
-    return subprocess.run(
-        [sys.executable, "-m", "latency.cli", *args, *extra],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        check=False,
-        timeout=900,
-    )
+from profilers.worker import MALLOC_ENV
+from tests.cli import QUICK, TINY_SPACE, Ran
+from tests.cli import lut as run_lut
+from tests.test_estimate import fill
 
 
-def ok(proc: subprocess.CompletedProcess) -> dict | list:
+def lut(*args: str, db: str | None = None) -> Ran:
+    return run_lut(*args, *(["--db", db] if db else []), env=QUICK)
+
+
+def ok(proc: Ran) -> dict | list:
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -38,6 +30,12 @@ def ok(proc: subprocess.CompletedProcess) -> dict | list:
 @pytest.fixture(scope="module")
 def db(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(tmp_path_factory.mktemp("estimate") / "lut.sqlite")
+
+
+@pytest.fixture(scope="module")
+def calibration(db: str) -> Ran:
+    """The shared table calibrated once (it measures what it lacks), for every test that needs it."""
+    return lut("calibrate", "--models", "dmasking_f3", "--random", "5", "--space", str(TINY_SPACE), "--json", db=db)
 
 
 def test_estimate_on_a_fresh_table_measures_then_answers(db: str) -> None:
@@ -49,6 +47,9 @@ def test_estimate_on_a_fresh_table_measures_then_answers(db: str) -> None:
     assert low <= out["latency_ms"] <= high
     assert [b["key"] for b in out["blocks"]] == [s.key for s in blocks_of("dmasking_f3")]
     assert all(b["source"] == "measured" and b["latency_ms"] > 0 for b in out["blocks"])
+    assert out["warm_heap_blocks"] == 0 and out["deploy_env"] == "default"
+    with LutStore(db) as store:  # every block timed on a cold heap, and the rows say so
+        assert all(r.protocol["cold_heap"] is True for r in store.measurements(Conditions("cpu")))
     assert sum(b["latency_ms"] for b in out["blocks"]) == pytest.approx(out["sum_ms"])
     table = lut("estimate", "dmasking_f3", "--breakdown", db=db).stdout
     assert "uncalibrated" in table and "stem_k3_s2_c3-8-8_se0_hswish_192x192_b1_fp32" in table
@@ -62,8 +63,10 @@ def test_missing_blocks_with_no_profile_or_strict_are_an_error(db: str) -> None:
         assert "lut profile --device cpu --backend torch" in proc.stderr and "--models dmasking_l3" in proc.stderr
 
 
-def test_calibrate_then_estimates_say_so(db: str) -> None:
-    out = ok(lut("calibrate", "--models", "dmasking_f1,dmasking_f2,dmasking_f3", "--random", "3", "--json", db=db))
+def test_calibrate_then_estimates_say_so(db: str, calibration: Ran) -> None:
+    out = ok(calibration)
+    # stderr is a pipe here, not a terminal: progress comes as plain lines, from the start to the end
+    assert "calibrating cpu: 0/" in calibration.stderr and " done, " in calibration.stderr
     assert out["runs"] == 6 and out["model"] in ("scale", "per_block", "traffic")
     assert {"cv_rmspe", "cv_mape", "cv_within_10pct", "residual_q05", "residual_q95"} <= set(out["metrics"])
     estimate = ok(lut("estimate", "dmasking_f3", "--json", db=db))
@@ -71,21 +74,59 @@ def test_calibrate_then_estimates_say_so(db: str) -> None:
     assert estimate["latency_ms"] != pytest.approx(estimate["sum_ms"], rel=1e-9)
 
 
+@pytest.mark.usefixtures("calibration")
 def test_validate_reports_the_field_metrics_and_draws_them(db: str, tmp_path: Path) -> None:
     plot = tmp_path / "validate.png"
     out = ok(
-        lut("validate", "--models", "dmasking_f1,dmasking_f4", "--random", "2", "--plot", str(plot), "--json", db=db)
+        lut(
+            "validate",
+            *("--models", "dmasking_f3", "--random", "3", "--space", str(TINY_SPACE)),
+            *("--plot", str(plot), "--json"),
+            db=db,
+        )
     )
     assert {"n", "within_10pct", "rmspe", "mape", "kendall_tau", "spearman_rho", "rows", "plain"} <= set(out)
-    assert out["n"] == 4 and len(out["rows"]) == 4 and 0 <= out["within_10pct"] <= 1
-    f1 = next(r for r in out["rows"] if r["name"] == "dmasking_f1")
-    assert f1["in_calibration"] is True and f1["family"] is True
-    assert f1["error"] == pytest.approx(f1["estimated_then_ms"] / f1["measured_ms"] - 1)
+    assert out["n"] == 4 and len(out["rows"]) == 4
+    assert out["within_10pct"] == pytest.approx(sum(abs(r["error"]) <= 0.10 for r in out["rows"]) / 4)
+    f3 = next(r for r in out["rows"] if r["name"] == "dmasking_f3")
+    assert f3["in_calibration"] is True and f3["family"] is True
+    assert f3["error"] == pytest.approx(f3["estimated_then_ms"] / f3["measured_ms"] - 1)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 20_000
 
 
-def test_rank_orders_the_family_with_pareto_and_budget(db: str, tmp_path: Path) -> None:
+@pytest.mark.usefixtures("calibration")
+def test_time_measures_as_a_users_process_and_prints_the_estimate_beside(db: str) -> None:
+    out = ok(lut("time", "dmasking_f3", "--json", db=db))
+    assert out["name"] == "dmasking_f3" and out["deploy_env"] == "default" and out["trials"] == 3
+    assert out["p10_ms"] <= out["measured_ms"] <= out["p90_ms"] and out["calls"] >= 9
+    assert out["calibrated"] is True and out["estimated_ms"] > 0 and out["estimated_then_ms"] > 0
+    assert out["difference"] == pytest.approx(out["measured_ms"] / out["estimated_then_ms"] - 1)
+    with LutStore(db) as store:
+        runs = [r for r in store.e2e_runs(Conditions("cpu"), tag="time") if r.arch_name == "dmasking_f3"]
+        calibration = store.e2e_runs(Conditions("cpu"), tag="calibration")
+    # A plain process: none of the block workers' allocator settings; the canary timed beside it.
+    assert len(runs) == 1 and runs[0].deploy_env == "default" and runs[0].protocol["deploy_env"] == "default"
+    assert runs[0].environment["malloc"] == {k: None for k in MALLOC_ENV} and runs[0].canary_us > 0
+    assert calibration and all(r.deploy_env == "default" for r in calibration)
+    assert not any(value for r in calibration for value in r.environment["malloc"].values())
+
+
+@pytest.mark.usefixtures("calibration")
+def test_a_calibration_serves_only_its_own_deployment(db: str) -> None:
+    tuned = ok(lut("estimate", "dmasking_f3", "--deploy-env", "tuned-malloc", "--json", db=db))
+    assert tuned["calibrated"] is False and tuned["other_calibrations"] == ["default"]
+    assert tuned["latency_ms"] == pytest.approx(tuned["sum_ms"])
+    hint = lut("estimate", "dmasking_f3", "--deploy-env", "tuned-malloc", db=db).stdout
+    assert "lut calibrate --device cpu --deploy-env tuned-malloc" in hint and "is for deployment 'default'" in hint
+    bad = lut("time", "dmasking_f1", "--deploy-env", "tuned", db=db)
+    assert bad.returncode == 2 and "is not a deployment environment" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_rank_orders_the_family_with_pareto_and_budget(tmp_path: Path) -> None:
     plot = tmp_path / "rank.png"
+    db = str(tmp_path / "family.sqlite")  # made-up times for the whole family: ranking is what is tested here
+    with LutStore(db) as store:
+        fill(store, [s for m in list_models(available_only=True) for s in blocks_of(m)])
     f3 = ok(lut("estimate", "dmasking_f3", "--json", db=db))["latency_ms"]
     out = ok(lut("rank", "--budget-ms", f"{f3 * 1.01:.4f}", "--plot", str(plot), "--json", db=db))
     rows = out["rows"]
@@ -102,36 +143,48 @@ def test_rank_orders_the_family_with_pareto_and_budget(db: str, tmp_path: Path) 
 
 
 def test_sample_writes_files_the_rest_of_lut_accepts(db: str, tmp_path: Path) -> None:
-    out = ok(lut("sample", "--n", "3", "--seed", "7", "--out", str(tmp_path / "s"), "--json"))
+    sample = ("sample", "--n", "3", "--seed", "7", "--space", str(TINY_SPACE), "--json", "--out")
+    out = ok(lut(*sample, str(tmp_path / "s")))
     files = [Path(f) for f in out["files"]]
     assert len(files) == 3 and all(f.is_file() for f in files)
-    again = ok(lut("sample", "--n", "3", "--seed", "7", "--out", str(tmp_path / "t"), "--json"))
+    again = ok(lut(*sample, str(tmp_path / "t")))
     assert [Path(f).read_text() for f in again["files"]] == [f.read_text() for f in files]  # seeded
     estimate = ok(lut("estimate", str(files[0]), "--json", db=db))
     assert estimate["model"] == files[0].stem and estimate["latency_ms"] > 0
     blocks = ok(lut("blocks", str(files[0]), "--json"))
-    assert len(blocks) == len(get_space().blocks)
+    assert len(blocks) == len(get_space(str(TINY_SPACE)).blocks)
 
 
 def test_space_show(db: str) -> None:
     out = ok(lut("space", "show", "--json"))
     assert out["name"] == "fbnetv2_f4" and out["resolutions"] == [128, 160, 192, 224]
     assert out["size"] == get_space().size and out["grid_blocks"] == 1321
-    assert "dmasking_f4 is the point" in lut("space", "show").stdout
+    assert "family models in it: dmasking_f4 (" in lut("space", "show").stdout
+    l1 = lut("space", "show", "fbnetv2_l1").stdout.split("family models in it: ")[1]
+    assert "dmasking_l1 (" in l1 and "dmasking_l2 (" in l1 and "dmasking_f4" not in l1
     unknown = lut("space", "show", "nas101")
     assert unknown.returncode == 2 and "Unknown search space 'nas101'" in unknown.stderr
+    assert ok(lut("space", "show", str(TINY_SPACE), "--json"))["name"] == "tiny"  # a space file of one's own
+    missing = lut("space", "show", "/nonexistent/space.json")
+    assert missing.returncode == 2 and "/nonexistent/space.json: cannot read a search space" in missing.stderr
 
 
 def test_profiling_a_space_within_a_budget_measures_corners_and_predicts_the_rest(tmp_path: Path) -> None:
     db = str(tmp_path / "space.sqlite")
-    out = ok(lut("profile", "--space", "fbnetv2_f1", "--budget-min", "0.5", "--json", db=db))
-    grid = len(get_space("fbnetv2_f1").all_specs())
-    assert out["grid"] == grid and out["measured_now"] > 0
-    assert out["measured_now"] + out["predicted"] == grid
+    space = get_space(str(TINY_SPACE))  # a space file of one's own: 17 corners, 43 blocks
+    out = ok(lut("profile", "--space", str(TINY_SPACE), "--budget-min", "0.05", "--json", db=db))
+    grid = len(space.all_specs())
+    assert out["grid"] == grid and out["measured_now"] >= 17  # the corners, always in full
+    assert out["measured_now"] + out["predicted"] == grid and out["predicted"] > 0
     assert 0 < out["predictor"]["cv_median_error"] < 1
     with LutStore(db) as store:
-        predicted = store.measurements(device="cpu", source="predicted")
+        predicted = store.measurements(Conditions("cpu"), source="predicted")
         assert len(predicted) == out["predicted"]
         assert all(r.expected_error and r.expected_error > 0 and r.n == 0 for r in predicted)
-    estimate = ok(lut("estimate", "dmasking_f2", "--no-profile", "--json", db=db))
-    assert {b["source"] for b in estimate["blocks"]} <= {"measured", "predicted"}
+        source_of = {r.block_key: r.source for r in store.measurements(Conditions("cpu"))}
+    middle = tmp_path / "middle.json"  # every choice in the middle: no corner but the fixed blocks
+    middle.write_text(space.arch(SpacePoint(0, (1, 1), (1, 1))).to_json())
+    estimate = ok(lut("estimate", str(middle), "--no-profile", "--json", db=db))
+    # each block answered from its own row, and the middle point needs predicted ones
+    assert [b["source"] for b in estimate["blocks"]] == [source_of[b["key"]] for b in estimate["blocks"]]
+    assert "predicted" in {b["source"] for b in estimate["blocks"]}

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import itertools
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from latency.calibrate import fit_correction
-from latency.estimate import Estimator
-from latency.models import get_arch
-from latency.space import SpacePoint, get_space
+from latency.estimate.estimator import Estimator
+from latency.estimate.fitting import fit_correction
+from latency.vocab.family import get_arch
+from latency.vocab.space import SpacePoint, get_space
 from lut_db import FitRecord, LutStore
 from search_cost import LatencyCost
 
@@ -42,7 +42,7 @@ def calibrated_store(tmp_path_factory: pytest.TempPathFactory) -> LutStore:
             params=correction.to_params(),
             metrics=correction.metrics,
             n_samples=10,
-            fitted_at=datetime.now(UTC),
+            fitted_at=datetime.now(timezone.utc),
         )
     )
     return store
@@ -151,7 +151,7 @@ def test_needs_a_filled_space(tmp_path: Path) -> None:
 
 
 def test_gradient_descent_meets_a_latency_target(cost: LatencyCost, calibrated_store: LutStore) -> None:
-    from search_cost.target_descent import argmax_point, descend
+    from search_cost.descent import argmax_point, descend
 
     estimator = Estimator("cpu", store=calibrated_store)
     f4 = estimator.estimate(get_arch("dmasking_f4")).latency_ms

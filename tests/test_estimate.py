@@ -7,19 +7,20 @@ vectorised paths and the calibration do exactly what they claim with those numbe
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from latency.calibrate import Sample, error_metrics, fit_correction
-from latency.correction import FEATURES, block_features
-from latency.estimate import Estimator, MissingBlocksError
-from latency.models import blocks_of, get_arch
-from latency.profile import block_row
-from latency.rank import pareto_front, rank_family
-from latency.space import get_space
+from latency.estimate.correction import FEATURES, block_features
+from latency.estimate.estimator import Estimator, MissingBlocksError
+from latency.estimate.fitting import Sample, error_metrics, fit_correction
+from latency.jobs.profile import block_row
+from latency.jobs.rank import pareto_front, rank_family
+from latency.vocab.conditions import Conditions
+from latency.vocab.family import blocks_of, get_arch
+from latency.vocab.space import get_space
 from lut_db import FitRecord, LutStore, MeasurementRecord
 
 CANARY_US = 200.0
@@ -30,16 +31,24 @@ def fake_latency_us(spec) -> float:
     return 5.0 + spec.flops / 2e3
 
 
-def fill(store: LutStore, specs, device: str = "cpu", scale: float = 1.0, canary_us: float = CANARY_US) -> None:
+def fill(
+    store: LutStore,
+    specs,
+    device: str = "cpu",
+    scale: float = 1.0,
+    canary_us: float = CANARY_US,
+    backend: str = "torch",
+) -> None:
     store.get_or_create_device(device, "cpu", {"what": device}, {"what": device})
     store.upsert_blocks(block_row(s) for s in specs)
+    rows = []
     for spec in {s.key: s for s in specs}.values():
         median = fake_latency_us(spec) * scale
-        store.put_measurement(
+        rows.append(
             MeasurementRecord(
                 block_key=spec.key,
                 device=device,
-                backend="torch",
+                backend=backend,
                 backend_version="2.13.0",
                 threads=1,
                 dtype=spec.dtype,
@@ -57,10 +66,11 @@ def fill(store: LutStore, specs, device: str = "cpu", scale: float = 1.0, canary
                 canary_us=canary_us,
                 protocol={},
                 environment={},
-                measured_at=datetime.now(UTC),
+                measured_at=datetime.now(timezone.utc),
                 stable=True,
             )
         )
+    store.put_measurements(rows)  # one transaction: a space has a thousand blocks
 
 
 @pytest.fixture
@@ -133,7 +143,7 @@ def test_calibration_recovers_a_known_correction_and_the_estimator_applies_it(st
             params=correction.to_params(),
             metrics=correction.metrics,
             n_samples=len(samples),
-            fitted_at=datetime.now(UTC),
+            fitted_at=datetime.now(timezone.utc),
         )
     )
     calibrated = Estimator("cpu", store=store)
@@ -162,6 +172,8 @@ def test_error_metrics_match_their_definitions() -> None:
     assert m["mape"] == pytest.approx((0.1 + 0.05 + 0.2 + 0) / 4)
     assert m["rmspe"] == pytest.approx(math.sqrt((0.01 + 0.0025 + 0.04) / 4))
     assert m["kendall_tau"] == 1.0 and m["spearman_rho"] == 1.0
+    two = error_metrics(estimated[:2], measured[:2])  # rank correlations undefined: present, None
+    assert two["kendall_tau"] is None and two["spearman_rho"] is None and two["n"] == 2
 
 
 def test_pareto_front_and_budget() -> None:
@@ -175,8 +187,7 @@ def test_ranking_over_two_devices_reports_rank_changes(store: LutStore) -> None:
     fill(store, specs, device="cpu")
     fill(store, specs, device="phone")
     estimators = {d: Estimator(d, store=store) for d in ("cpu", "phone")}
-    # The phone is the same but 3x slower on f4's large-resolution blocks only: its order changes.
-    phone = estimators["phone"]
+    # The phone is the same but 10x slower on dmasking_f4 alone: only f4 and those it passes change rank.
 
     def estimate(device: str, name: str):
         est = estimators[device].estimate(name)
@@ -186,14 +197,25 @@ def test_ranking_over_two_devices_reports_rank_changes(store: LutStore) -> None:
 
     ranking = rank_family(["cpu", "phone"], estimate, budget_ms=1e9)
     assert [r.name for r in ranking.rows] == sorted(names, key=lambda n: estimators["cpu"].estimate(n).latency_ms)
-    changes = {c["name"] for c in ranking.rank_changes()}
-    assert "dmasking_f4" in changes
+    cpu_order = [r.name for r in ranking.rows]
+    phone_order = [n for n in cpu_order if n != "dmasking_f4"] + ["dmasking_f4"]  # f4 alone moved to last
+    assert {r.name: r.rank["phone"] for r in ranking.rows} == {n: i + 1 for i, n in enumerate(phone_order)}
+    moved = {n for n in cpu_order if cpu_order.index(n) != phone_order.index(n)}
+    assert {c["name"] for c in ranking.rank_changes()} == moved and "dmasking_f4" in moved
     assert ranking.best_under_budget("cpu").name == "dmasking_l3"  # every model fits: the most accurate
-    assert phone.calibrated is False
+    # A budget f4 meets on the cpu but not on the phone: the phone's best is chosen without it.
+    f4_ms = estimators["cpu"].estimate("dmasking_f4").latency_ms
+    tight = rank_family(["cpu", "phone"], estimate, budget_ms=f4_ms)
+    for device in ("cpu", "phone"):
+        fitting = [r for r in tight.rows if r.latency_ms[device] <= f4_ms]
+        assert tight.best_under_budget(device).name == max(fitting, key=lambda r: r.top1).name
+    assert ("dmasking_f4" in {r.name for r in tight.rows if r.latency_ms["cpu"] <= f4_ms}) and not any(
+        r.name == "dmasking_f4" and r.latency_ms["phone"] <= f4_ms for r in tight.rows
+    )
 
 
 def test_blocks_missing_on_a_phone_are_predicted_from_its_measured_ones(store: LutStore) -> None:
-    from latency.profile import fill_missing
+    from latency.jobs.profile import fill_missing
 
     space = get_space()
     measured = [s for a in space.sampled_archs(12, seed=9) for s in a.specs()]
@@ -211,11 +233,11 @@ def test_blocks_missing_on_a_phone_are_predicted_from_its_measured_ones(store: L
         assert block.latency_ms == pytest.approx(truth[block.key], rel=0.15)
         assert block.expected_error is not None and block.expected_error > 0
     assert est.latency_ms == pytest.approx(sum(fake_latency_us(s) for s in target.specs()) / 1e3, rel=0.05)
-    assert store.measurements(device="phone", source="predicted") == []  # nothing stored
+    assert store.measurements(Conditions("phone"), source="predicted") == []  # nothing stored
 
 
 def test_too_few_measured_blocks_predict_nothing(store: LutStore) -> None:
-    from latency.profile import fill_missing
+    from latency.jobs.profile import fill_missing
 
     fill(store, blocks_of("dmasking_f1")[:5], device="phone")
     estimator = Estimator("phone", store=store)
@@ -225,8 +247,8 @@ def test_too_few_measured_blocks_predict_nothing(store: LutStore) -> None:
 
 
 def test_the_predictor_learns_blocks_at_the_tables_speed_when_the_machine_drifted(store: LutStore) -> None:
-    from latency.predictor import training_set
-    from latency.profile import fill_missing
+    from latency.estimate.predictor import training_set
+    from latency.jobs.profile import fill_missing
 
     space = get_space()
     measured = list({s.key: s for a in space.sampled_archs(12, seed=9) for s in a.specs()}.values())
@@ -234,7 +256,7 @@ def test_the_predictor_learns_blocks_at_the_tables_speed_when_the_machine_drifte
     slow = measured[::3]
     fill(store, [s for s in measured if s not in slow], device="phone")
     fill(store, slow, device="phone", scale=1.3, canary_us=CANARY_US * 1.3)
-    rows = store.measurement_map(device="phone", backend="torch", source="measured")
+    rows = store.measurement_map(Conditions("phone", "torch"), source="measured")
     specs, latencies_us, reference = training_set(rows)
     assert reference == CANARY_US
     assert latencies_us == pytest.approx([fake_latency_us(s) for s in specs], rel=1e-9)

@@ -5,14 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from latency.models import (
-    ModelUnavailableError,
-    UnknownModelError,
-    blocks_of,
-    fbnetv2,
-    list_models,
-    model_info,
-)
+from latency.nn.fbnet import fbnetv2
+from latency.nn.layers import build_block
+from latency.vocab.family import ModelUnavailableError, UnknownModelError, blocks_of, list_models, model_info
 
 from .conftest import randomize_model
 
@@ -47,7 +42,7 @@ def test_flops_and_params_match_ground_truth(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", GROUND_TRUTH)
-def test_model_classifies_at_its_resolution(name: str, torch_threads: None) -> None:
+def test_model_classifies_at_its_resolution(name: str) -> None:
     resolution, *_, torch_params = GROUND_TRUTH[name]
     model = fbnetv2(name)
     assert not model.training
@@ -68,12 +63,12 @@ def test_seed_table_copy_errors_are_corrected_and_kept_visible() -> None:
 
 
 @pytest.mark.parametrize("name", ["dmasking_f1", "dmasking_l3"])
-def test_composed_blocks_equal_the_whole_model(name: str, torch_threads: None) -> None:
+def test_composed_blocks_equal_the_whole_model(name: str) -> None:
     model = randomize_model(fbnetv2(name), seed=1)
     state = model.state_dict()
     blocks = []
     for i, spec in enumerate(blocks_of(name)):
-        block = spec.build().eval()
+        block = build_block(spec).eval()
         prefix = f"blocks.{i}."
         block.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
         blocks.append(block)

@@ -11,8 +11,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from latency.blocks import BlockSpec
-from latency.models import blocks_of
+from latency.vocab.blocks import BlockSpec
+from latency.vocab.family import blocks_of
 from profilers.backends import backend_class
 from profilers.devices import resolve_device
 from profilers.errors import BlockFailed, ProfilerError
@@ -170,18 +170,44 @@ F1 = blocks_of("dmasking_f1")
 SMALL = [F1[1], *[s for s in F1 if s.kind in ("skip", "classifier")][:2]]
 
 
-def test_torch_worker_measures_real_blocks() -> None:
-    with Worker("torch", threads=1) as worker:
+def test_a_torch_worker_measures_real_blocks_refuses_bad_ones_and_is_restarted_after_a_kill() -> None:
+    # Forked from the zygote: a fresh interpreter imports torch (one to two minutes on a slow CI machine);
+    # the fresh start has its own test (onnxruntime's worker, below).
+    plan = QUICK.trial_plan(first_visit=True)
+    with Worker("torch", threads=1, preloaded=True) as worker:
         assert worker.info["backend_version"].startswith("2.13")
         assert worker.info["environment"]["torch_threads"] == 1
         results = list(Scheduler(worker, QUICK).run(SMALL))
+        with pytest.raises(BlockFailed):
+            worker.measure("not_a_key", plan)
+        assert worker.measure(SMALL[0].key, plan).samples_us  # the worker lives on
+        os.kill(worker.info["pid"], signal.SIGKILL)
+        with pytest.raises(WorkerCrashed, match="worker died"):
+            worker.measure(SMALL[0].key, plan)
+        worker.restart()
+        assert worker.measure(SMALL[0].key, plan).samples_us
     assert all(r.ok and r.stats.median_us > 0 and r.stats.n >= QUICK.min_runs for r in results)
     assert all(r.canary_ratio is not None and r.canary_ratio > 0 for r in results)
 
 
+def test_workers_forked_from_one_zygote_run_in_their_own_environment_and_report_their_death() -> None:
+    plan = QUICK.trial_plan(first_visit=True)
+    with WorkerPool("torch", 1, 2, preloaded=True) as pool:
+        first, second = pool.workers
+        pids = {w.info["pid"] for w in pool.workers}
+        assert len(pids) == 2 and os.getpid() not in pids
+        assert all(w.info["environment"]["malloc"] == MALLOC_ENV for w in pool.workers)  # the tuned env
+        assert first.measure(SMALL[0].key, plan).samples_us and second.measure(SMALL[0].key, plan).samples_us
+        os.kill(first.info["pid"], signal.SIGKILL)
+        assert first._process.wait(timeout=120) == -9  # the exit code, read through the zygote
+        with pytest.raises(WorkerCrashed, match=r"exit code -9"):
+            first.measure(SMALL[0].key, plan)
+        assert second.measure(SMALL[0].key, plan).samples_us  # its sibling lives on
+
+
 def test_a_pool_runs_trials_in_separate_processes_with_a_steady_heap() -> None:
     protocol = replace(QUICK, launches=2)
-    with WorkerPool("torch", 1, protocol.launches) as pool:
+    with WorkerPool("torch", 1, protocol.launches, preloaded=True) as pool:
         pids = {w.info["pid"] for w in pool.workers}
         assert len(pids) == 2 and os.getpid() not in pids
         for worker in pool.workers:  # the child really runs with the allocator settings
@@ -190,29 +216,17 @@ def test_a_pool_runs_trials_in_separate_processes_with_a_steady_heap() -> None:
     assert all(r.ok and len(r.trial_medians_us) == 3 for r in results)
 
 
-def test_worker_reports_a_block_it_cannot_run() -> None:
-    bad = BlockSpec("ir", 8, 16, 8, 3, 1, 0, "relu", 8, 8, dtype="bf16")
-    with Worker("onnxruntime" if importlib.util.find_spec("onnxruntime") else "torch") as worker:
-        plan = QUICK.trial_plan(first_visit=True)
-        with pytest.raises(BlockFailed):
-            worker.measure(bad.key if worker.backend_name == "onnxruntime" else "not_a_key", plan)
-        assert worker.measure(SMALL[0].key, plan).samples_us  # the worker lives on
-
-
-def test_killed_worker_is_detected() -> None:
-    with Worker("torch") as worker:
-        os.kill(worker.info["pid"], signal.SIGKILL)
-        with pytest.raises(WorkerCrashed, match="worker died"):
-            worker.measure(SMALL[0].key, QUICK.trial_plan(first_visit=True))
-        worker.restart()
-        assert worker.measure(SMALL[0].key, QUICK.trial_plan(first_visit=True)).samples_us
-
-
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime not installed")
 def test_onnxruntime_worker_measures_real_blocks() -> None:
+    """A fresh interpreter (the standard protocol's workers), started with the protocol's environment."""
+    bad = BlockSpec("ir", 8, 16, 8, 3, 1, 0, "relu", 8, 8, dtype="bf16")
     with Worker("onnxruntime", threads=1) as worker:
         assert worker.info["protocol"]["execution_provider"] == "CPUExecutionProvider"
+        assert worker.info["environment"]["malloc"] == MALLOC_ENV and worker.info["pid"] != os.getpid()
         results = list(Scheduler(worker, QUICK).run(SMALL))
+        with pytest.raises(BlockFailed):  # a block its exporter cannot take
+            worker.measure(bad.key, QUICK.trial_plan(first_visit=True))
+        assert worker.measure(SMALL[0].key, QUICK.trial_plan(first_visit=True)).samples_us  # lives on
     assert all(r.ok and r.stats.median_us > 0 for r in results)
 
 

@@ -17,7 +17,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from latency.blocks import BlockSpec
+from latency.vocab.blocks import BlockSpec
+from latency.vocab.conditions import Conditions
 from lut_db import (
     SCHEMA_VERSION,
     E2ERecord,
@@ -71,11 +72,21 @@ def rec(key: str = KEYS[0], device: str = "pc", **changes) -> MeasurementRecord:
         measured_at=T0,
         stable=True,
     )
-    return dataclasses.replace(base, **changes)
+    return dataclasses.replace(base, **_consistent(base, changes))
+
+
+def _consistent(base: MeasurementRecord | E2ERecord, changes: dict) -> dict:
+    """A new median moves the other times with it, so that the row stays possible (p10 <= median <= p90)."""
+    if "median_us" not in changes:
+        return changes
+    scale = changes["median_us"] / base.median_us
+    times = ("p10_us", "p90_us", "mean_us", "min_us", "iqr_us", "std_us")
+    moved = {name: getattr(base, name) * scale for name in times}
+    return {**moved, **changes}
 
 
 def e2e(tag: str | None = "validation", arch_json: str = '{"name": "tiny", "resolution": 224}', **changes) -> E2ERecord:
-    return E2ERecord(
+    base = E2ERecord(
         **{
             "arch_name": "tiny",
             "arch_json": arch_json,
@@ -101,9 +112,9 @@ def e2e(tag: str | None = "validation", arch_json: str = '{"name": "tiny", "reso
             "environment": {},
             "measured_at": T0,
             "stable": True,
-            **changes,
         }
     )
+    return dataclasses.replace(base, **_consistent(base, changes))
 
 
 # ---- fixtures: every store test runs on SQLite and on PostgreSQL ------------------------------
@@ -203,7 +214,7 @@ def test_measurement_upsert_replaces_stats(filled: LutStore) -> None:
     later = T0 + timedelta(hours=1)
     filled.put_measurement(rec(median_us=120.0, canary_ratio=None, canary_us=None, stable=False, measured_at=later))
     assert count(filled, "measurements") == len(SPECS)  # same unique key: replaced
-    [row] = filled.measurements(device="pc", keys=[KEYS[0]])
+    [row] = filled.measurements(Conditions("pc"), keys=[KEYS[0]])
     assert (row.median_us, row.canary_ratio, row.canary_us, row.stable, row.measured_at) == (
         120.0,
         None,
@@ -217,16 +228,17 @@ def test_measurement_upsert_replaces_stats(filled: LutStore) -> None:
     assert len(filled.measurements(keys=[KEYS[0]])) == 3
     assert [r.threads for r in filled.measurements(keys=[KEYS[0]], backend_version="2.13.0")] == [1, 2]
     # several backend versions for one key: the map takes the newest
-    newest = filled.measurement_map(device="pc", backend="torch_cpu", threads=1)
+    newest = filled.measurement_map(Conditions("pc", "torch_cpu", 1))
     assert newest[KEYS[0]].backend_version == "2.14.0" and newest[KEYS[0]].median_us == 90.0
-    assert set(newest) == set(KEYS)
+    assert set(newest) == set(KEYS[:3])  # KEYS[3] is batch 8, fp16
 
 
 def test_measurement_round_trips_every_field(filled: LutStore) -> None:
     paris = timezone(timedelta(hours=2))
     original = rec(KEYS[1], measured_at=datetime(2025, 6, 1, 14, 0, 0, 123456, tzinfo=paris), threads=4)
     filled.put_measurement(original)
-    [back] = filled.measurements(keys=[KEYS[1]], threads=4)
+    [back] = filled.measurements(Conditions("pc", threads=4), keys=[KEYS[1]])
+    assert back.conditions == Conditions("pc", "torch_cpu", 4)
     assert back == original
     assert back.measured_at.utcoffset() == timedelta(0) and back.measured_at.hour == 12
 
@@ -242,33 +254,57 @@ def test_put_measurement_needs_block_device_and_sane_values(filled: LutStore) ->
         filled.put_measurement(rec(median_us=float("nan")))
     with pytest.raises(StoreError, match="source must be one of"):
         filled.put_measurement(rec(source="guessed"))
-    assert count(filled, "measurements") == len(SPECS)
+    impossible = {
+        "median_us must be positive": {"median_us": -1e9},
+        r"p10_us \(99.25\) must not exceed median_us \(90.0\)": {"median_us": 90.0, "p10_us": 99.25},
+        "p90_us .* must not be below median_us": {"median_us": 120.0, "p90_us": 110.125},
+        "n must be a whole number >= 1, not 0": {"n": 0},
+        "threads must be a whole number >= 1": {"threads": 0},
+        "dtype must be one of fp32, fp16, bf16, not 'int3'": {"dtype": "int3"},
+        "batch is 2 but block_key .* says 1": {"batch": 2},
+        "block_key 'nonsense' does not parse": {"block_key": "nonsense"},
+        "a predicted row needs a positive expected_error": {"source": "predicted"},
+    }
+    for message, changes in impossible.items():
+        with pytest.raises(StoreError, match=message):
+            filled.put_measurement(rec(**changes))
+    with pytest.raises(StoreError, match="median_us must be positive"):
+        filled.put_e2e_run(e2e(median_us=-5.0))
+    assert count(filled, "measurements") == len(SPECS) and count(filled, "e2e_runs") == 0
 
 
 def test_measured_keys_filters(filled: LutStore) -> None:
     filled.put_measurement(rec(KEYS[1], source="predicted", expected_error=0.08, threads=1, backend_version="p"))
     filled.put_measurement(rec(KEYS[2], threads=4))
-    assert filled.measured_keys("pc", "torch_cpu", 1) == set(KEYS)
-    assert filled.measured_keys("pc", "torch_cpu", 1, batch=1, dtype="fp32") == set(KEYS[:3])
-    assert filled.measured_keys("pc", "torch_cpu", 1, batch=8) == {KEYS[3]}
-    assert filled.measured_keys("pc", "torch_cpu", 4) == {KEYS[2]}
-    assert filled.measured_keys("pc", "torch_cpu", 1, backend_version="p") == set()  # predicted only
-    assert filled.measured_keys("pc", "torch_cpu", 1, backend_version="p", source="predicted") == {KEYS[1]}
-    assert filled.measured_keys("pc", "torch_cpu", 1, backend_version="p", source=None) == {KEYS[1]}
-    assert filled.measured_keys("pc", "onnxruntime", 1) == set()
-    assert filled.measured_keys("unknown", "torch_cpu", 1) == set()
+    one = Conditions("pc", "torch_cpu", 1)
+    assert filled.measured_keys(one) == set(KEYS[:3])
+    assert filled.measured_keys(dataclasses.replace(one, batch=8, dtype="fp16")) == {KEYS[3]}
+    assert filled.measured_keys(dataclasses.replace(one, batch=8)) == set()
+    assert filled.measured_keys(dataclasses.replace(one, threads=4)) == {KEYS[2]}
+    assert filled.measured_keys(one, backend_version="p") == set()  # predicted only
+    assert filled.measured_keys(one, backend_version="p", source="predicted") == {KEYS[1]}
+    assert filled.measured_keys(one, backend_version="p", source=None) == {KEYS[1]}
+    assert filled.measured_keys(one.with_backend("onnxruntime")) == set()
+    assert filled.measured_keys(dataclasses.replace(one, device="unknown")) == set()
     [predicted] = filled.measurements(source="predicted")
     assert predicted.expected_error == 0.08
 
 
-def test_predicted_row_never_replaces_a_measured_one(filled: LutStore) -> None:
-    filled.put_measurement(rec(source="predicted", median_us=1.0, expected_error=0.1))
-    [row] = filled.measurements(keys=[KEYS[0]])
-    assert (row.source, row.median_us) == ("measured", 101.5)
-    filled.put_measurement(rec(KEYS[0], threads=3, source="predicted", median_us=1.0))
-    filled.put_measurement(rec(KEYS[0], threads=3, median_us=2.0))  # a measurement does replace a prediction
-    [row] = filled.measurements(keys=[KEYS[0]], threads=3)
-    assert (row.source, row.median_us, row.expected_error) == ("measured", 2.0, None)
+def _sourced(source: str, median_us: float, threads: int = 3) -> MeasurementRecord:
+    error = None if source == "measured" else 0.1
+    return rec(KEYS[0], threads=threads, source=source, median_us=median_us, expected_error=error)
+
+
+@pytest.mark.parametrize("old", ["predicted", "transferred", "measured"])
+@pytest.mark.parametrize("new", ["predicted", "transferred", "measured"])
+def test_a_row_replaces_its_own_source_or_a_weaker_one(filled: LutStore, old: str, new: str) -> None:
+    order = ["predicted", "transferred", "measured"]  # weakest first
+    filled.put_measurement(_sourced(old, 50.0))
+    filled.put_measurement(_sourced(new, 70.0))
+    [row] = filled.measurements(Conditions("pc", threads=3), keys=[KEYS[0]])
+    replaced = order.index(new) >= order.index(old)
+    assert (row.source, row.median_us) == ((new, 70.0) if replaced else (old, 50.0))
+    assert (row.expected_error is None) == (row.source == "measured")
 
 
 def test_measurements_many_keys(filled: LutStore) -> None:
@@ -286,16 +322,17 @@ def test_e2e_runs_upsert_and_filter(filled: LutStore) -> None:
     filled.put_e2e_run(e2e(tag="calibration"))
     filled.put_e2e_run(e2e(threads=2))
     assert count(filled, "e2e_runs") == 4
-    runs = filled.e2e_runs("pc")
+    runs = filled.e2e_runs()
     assert len(runs) == 4
-    [validation] = filled.e2e_runs("pc", tag="validation", threads=1)
+    assert len(filled.e2e_runs(Conditions("pc"))) == 3  # one thread
+    [validation] = filled.e2e_runs(Conditions("pc", threads=1), tag="validation")
     assert validation.median_us == 5100.0 and validation.arch_hash == e2e().arch_hash
     expected_hash = hashlib.sha256(b'{"name":"tiny","resolution":224}').hexdigest()
     assert validation.arch_hash == expected_hash
     untagged = [r for r in runs if r.tag is None]
     assert [r.median_us for r in untagged] == [4999.0]
     assert untagged[0] == e2e(tag=None, median_us=4999.0)
-    assert filled.e2e_runs("pc", backend="onnxruntime") == []
+    assert filled.e2e_runs(Conditions("pc", "onnxruntime")) == []
     assert filled.device("pc").n_e2e_runs == 4
     with pytest.raises(StoreError, match="no device"):
         filled.put_e2e_run(e2e(device="ghost"))
@@ -307,17 +344,20 @@ def test_fits_upsert_and_newest(filled: LutStore) -> None:
     fit = FitRecord(
         "pc", "torch_cpu", "2.13.0", 1, "fp32", 1, "calibration", {"a": 1.1, "b": 20.0}, {"mape": 0.05}, 12, T0
     )
-    assert filled.get_fit("pc", "torch_cpu", 1, "fp32", 1, "calibration") is None
+    conditions = Conditions("pc", "torch_cpu")
+    assert fit.conditions == conditions
+    assert filled.get_fit(conditions, "calibration") is None
     filled.put_fit(fit)
     filled.put_fit(dataclasses.replace(fit, params={"a": 1.2, "b": 19.0}, n_samples=15))  # replaces
     assert count(filled, "fits") == 1
-    got = filled.get_fit("pc", "torch_cpu", 1, "fp32", 1, "calibration")
+    got = filled.get_fit(conditions, "calibration")
     assert got == dataclasses.replace(fit, params={"a": 1.2, "b": 19.0}, n_samples=15)
     newer = dataclasses.replace(fit, backend_version="2.14.0", params={"a": 2.0}, fitted_at=T0 + timedelta(days=1))
     filled.put_fit(newer)
-    assert filled.get_fit("pc", "torch_cpu", 1, "fp32", 1, "calibration") == newer
-    assert filled.get_fit("pc", "torch_cpu", 1, "fp32", 1, "calibration", backend_version="2.13.0").params["a"] == 1.2
-    assert filled.get_fit("pc", "torch_cpu", 1, "fp32", 1, "block_predictor") is None
+    assert filled.get_fit(conditions, "calibration") == newer
+    assert filled.get_fit(conditions, "calibration", backend_version="2.13.0").params["a"] == 1.2
+    assert filled.get_fit(conditions, "block_predictor") is None
+    assert filled.get_fit(conditions.with_backend("onnxruntime"), "calibration") is None
     with pytest.raises(StoreError, match="cannot be stored as JSON"):
         filled.put_fit(dataclasses.replace(fit, params={"f": object()}))
 
@@ -329,7 +369,21 @@ def _varied(store: LutStore) -> None:
     store.put_measurement(rec(KEYS[1], device="phone", backend="executorch", canary_ratio=None, canary_us=None))
     paris = timezone(timedelta(hours=2))
     store.put_measurement(rec(KEYS[2], threads=2, measured_at=datetime(2025, 1, 1, 0, 0, tzinfo=paris)))
-    store.put_measurement(rec(KEYS[0], threads=4, source="predicted", expected_error=0.125, median_us=0.1 + 0.2))
+    store.put_measurement(
+        rec(
+            KEYS[0],
+            threads=4,
+            source="predicted",
+            expected_error=0.125,
+            median_us=0.1 + 0.2,
+            p10_us=0.25,
+            p90_us=0.375,
+            min_us=0.25,
+            mean_us=0.3,
+            n=0,
+            trials=0,
+        )
+    )
 
 
 def test_export_import_round_trip(filled: LutStore, new_url: Callable[[], str], tmp_path: Path) -> None:
@@ -337,7 +391,8 @@ def test_export_import_round_trip(filled: LutStore, new_url: Callable[[], str], 
     first = tmp_path / "first.csv"
     assert filled.export_csv(first) == len(SPECS) + 3
     with LutStore(new_url()) as target:
-        assert target.import_csv(first) == len(SPECS) + 3
+        summary = target.import_csv(first)
+        assert (summary.rows, summary.new, summary.updated, summary.unchanged) == (len(SPECS) + 3, len(SPECS) + 3, 0, 0)
         second = tmp_path / "second.csv"
         target.export_csv(second)
         assert first.read_bytes() == second.read_bytes()
@@ -351,7 +406,8 @@ def test_export_import_round_trip(filled: LutStore, new_url: Callable[[], str], 
                 b.identity,
                 b.n_measurements,
             )
-        assert target.import_csv(first) == len(SPECS) + 3  # importing again upserts: no duplicates
+        again = target.import_csv(first)  # importing again changes nothing
+        assert (again.new, again.updated, again.unchanged, again.kept) == (0, 0, len(SPECS) + 3, 0)
         assert count(target, "measurements") == len(SPECS) + 3
     one = tmp_path / "phone.csv"
     assert filled.export_csv(one, device="phone") == 1
@@ -388,7 +444,23 @@ def _csv_lines(store: LutStore, path: Path) -> list[str]:
         ("measured_at", "2025-01-01 00:00:00", "line 3, column 'measured_at': '2025-01-01 00:00:00' is not a time"),
         ("measured_at", "yesterday", "line 3, column 'measured_at': 'yesterday' is not an ISO-8601 time"),
         ("canary_us", "inf", "line 3, column 'canary_us': 'inf' is not a finite number"),
-        ("source", "guessed", "line 3, column 'source': 'guessed' is not one of measured, predicted"),
+        (
+            "source",
+            "guessed",
+            "line 3, column 'source': source must be one of predicted, transferred, measured, not 'guessed'",
+        ),
+        # values that parse but cannot be true
+        ("median_us", "-1000000000.0", "line 3, column 'median_us': median_us must be positive"),
+        ("p10_us", "1000.0", "line 3, column 'p10_us': p10_us (1000.0) must not exceed median_us"),
+        ("p90_us", "1.0", "line 3, column 'p90_us': p90_us (1.0) must not be below median_us"),
+        ("n", "0", "line 3, column 'n': n must be a whole number >= 1, not 0"),
+        ("trials", "-1", "line 3, column 'trials': trials must be a whole number >= 1, not -1"),
+        ("threads", "0", "line 3, column 'threads': threads must be a whole number >= 1, not 0"),
+        ("batch", "0", "line 3, column 'batch': batch must be a whole number >= 1, not 0"),
+        ("dtype", "int3", "line 3, column 'dtype': dtype must be one of fp32, fp16, bf16, not 'int3'"),
+        ("block_key", "x_y", "line 3, column 'block_key': block_key 'x_y' does not parse"),
+        ("kernel", "7", "line 3, column 'kernel': kernel is 7 but block_key"),
+        ("block_dtype", "bf16", "line 3, column 'block_dtype': block_dtype is 'bf16' but block_key"),
     ],
 )
 def test_malformed_csv_names_file_line_and_column(
@@ -407,6 +479,70 @@ def test_malformed_csv_names_file_line_and_column(
             target.import_csv(bad)
         assert str(bad) in str(err.value) and expected in str(err.value)
         assert count(target, "measurements") == 0 and target.devices() == []  # all or nothing
+        target.import_csv(tmp_path / "good.csv")
+        before = target.measurements()
+        with pytest.raises(StoreError):
+            target.import_csv(bad)
+        assert target.measurements() == before  # whole rows, not only keys
+
+
+def _write_rows(path: Path, rows: list[list[str]]) -> Path:
+    import csv
+
+    with open(path, "w", newline="") as fh:
+        csv.writer(fh, lineterminator="\n").writerows(rows)
+    return path
+
+
+def test_duplicate_rows_of_one_file(filled: LutStore, new_url: Callable[[], str], tmp_path: Path) -> None:
+    import csv
+
+    rows = list(csv.reader(_csv_lines(filled, tmp_path / "good.csv")))
+    same = _write_rows(tmp_path / "same.csv", [*rows, rows[1]])
+    changed = list(rows[1])
+    changed[rows[0].index("median_us")] = "105.0"
+    conflict = _write_rows(tmp_path / "conflict.csv", [*rows, changed])
+    with LutStore(new_url()) as target:
+        with pytest.raises(StoreError) as err:
+            target.import_csv(conflict)
+        assert f"lines 2 and {len(rows) + 1} are two different rows for one measurement" in str(err.value)
+        assert "column 'median_us' differs" in str(err.value)
+        assert count(target, "measurements") == 0
+        summary = target.import_csv(same)
+        assert (summary.rows, summary.new, summary.duplicates) == (len(SPECS) + 1, len(SPECS), 1)
+        assert count(target, "measurements") == len(SPECS)
+
+
+def test_an_older_export_never_replaces_newer_rows(
+    filled: LutStore, new_url: Callable[[], str], tmp_path: Path
+) -> None:
+    old = tmp_path / "old.csv"
+    filled.export_csv(old)  # every row measured at T0
+    newer = rec(measured_at=T0 + timedelta(minutes=6), median_us=104.0)
+    with LutStore(new_url()) as target:
+        target.import_csv(old)
+        target.put_measurement(newer)
+        summary = target.import_csv(old)
+        assert (summary.new, summary.updated, summary.unchanged, summary.kept) == (0, 0, len(SPECS) - 1, 1)
+        assert target.measurements(keys=[KEYS[0]]) == [newer]
+        newer_file = tmp_path / "newer.csv"
+        target.export_csv(newer_file)
+        assert filled.import_csv(newer_file).updated == 1  # the newer row does replace the older one
+        assert filled.measurements(keys=[KEYS[0]]) == [newer]
+        forced = target.import_csv(old, replace=True)  # the user asks
+        assert (forced.updated, forced.kept) == (1, 0)
+        assert target.measurements(keys=[KEYS[0]]) == [rec()]
+        # a predicted row never replaces a measured one, asked or not
+        predicted = rec(
+            measured_at=T0 + timedelta(hours=1), source="predicted", expected_error=0.2, n=0, trials=0, stable=False
+        )
+        with LutStore(new_url()) as other:
+            other.get_or_create_device("pc", "cpu", {"os": "Debian 12", **IDENTITY}, IDENTITY)
+            other.upsert_blocks(block_dict(s) for s in SPECS)
+            other.put_measurement(predicted)
+            other.export_csv(tmp_path / "predicted.csv")
+        assert target.import_csv(tmp_path / "predicted.csv", replace=True).kept == 1
+        assert target.measurements(keys=[KEYS[0]]) == [rec()]
 
 
 def test_malformed_csv_files(filled: LutStore, tmp_path: Path) -> None:
@@ -448,9 +584,8 @@ def test_to_pandas_columns(filled: LutStore) -> None:
     measurements = filled.to_pandas()
     assert tuple(measurements.columns) == COLUMN_NAMES
     assert len(measurements) == len(SPECS)
-    assert str(measurements["measured_at"].dtype) == "datetime64[ns, UTC]" or "UTC" in str(
-        measurements["measured_at"].dtype
-    )
+    when = measurements["measured_at"].dtype
+    assert isinstance(when, pd.DatetimeTZDtype) and str(when.tz) == "UTC", when
     assert json.loads(measurements["protocol"][0]) == rec().protocol
     runs = filled.to_pandas("e2e_runs", device="pc")
     assert {"arch_hash", "arch_name", "device", "device_kind", "median_us", "canary_ratio", "tag"} <= set(runs.columns)
@@ -527,7 +662,7 @@ def test_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
     with pytest.raises(StoreError) as err:
         LutStore(path)
     assert str(err.value) == (
-        f"sqlite:///{path} was written by a newer lut (schema 7); this lut reads schema 1 — upgrade lut."
+        f"sqlite:///{path} was written by a newer lut (schema 7); this lut reads schema {SCHEMA_VERSION} — upgrade lut."
     )
     assert _digest(path) == before
 
@@ -570,3 +705,127 @@ def test_unusable_urls_give_one_sentence(tmp_path: Path) -> None:
         assert "\n" not in message and "s3cret" not in message
     assert "***" in str(resolve_url("postgresql://ann:s3cret@db.example/lut"))
     assert resolve_url("postgresql://ann@db.example/lut").drivername == "postgresql+psycopg"
+
+
+# ---- deployment environments and the upgrade from schema 1 ---------------------------------------
+def test_runs_and_fits_are_kept_per_deployment(filled: LutStore) -> None:
+    filled.put_e2e_run(e2e(median_us=6000.0))  # "default": a plain process
+    filled.put_e2e_run(e2e(median_us=5000.0, deploy_env="tuned-malloc"))
+    pc = Conditions("pc", "torch_cpu")
+    assert {r.deploy_env: r.median_us for r in filled.e2e_runs(pc)} == {"default": 6000.0, "tuned-malloc": 5000.0}
+    assert [r.median_us for r in filled.e2e_runs(pc, deploy_env="default")] == [6000.0]
+    fit = FitRecord("pc", "torch_cpu", "2.13.0", 1, "fp32", 1, "calibration", {"a": 1}, {}, 12, T0, "tuned-malloc")
+    filled.put_fit(fit)
+    assert filled.get_fit(pc, "calibration") is None  # never another deployment's
+    assert filled.get_fit(pc, "calibration", deploy_env=None) == fit
+    filled.put_fit(dataclasses.replace(fit, deploy_env="default", params={"a": 2}))
+    assert filled.get_fit(pc, "calibration").params == {"a": 2}
+    assert filled.get_fit(pc, "calibration", deploy_env="tuned-malloc") == fit
+    assert sorted(filled.to_pandas("e2e_runs")["deploy_env"]) == ["default", "tuned-malloc"]
+
+
+def _as_schema_1(store: LutStore) -> None:
+    """Rebuild runs and fits as lut schema 1 had them: no deploy_env, keys without it."""
+    from sqlalchemy import MetaData, Table, UniqueConstraint, update
+
+    from lut_db.models import NAMING_CONVENTION, DeviceRow, E2ERun, Fit, Meta
+
+    old_keys = {
+        "e2e_runs": ("arch_hash", "device_id", "backend", "backend_version", "threads", "dtype", "batch", "tag"),
+        "fits": ("device_id", "backend", "backend_version", "threads", "dtype", "batch", "purpose"),
+    }
+    with store.engine.begin() as conn:
+        metadata = MetaData(naming_convention=NAMING_CONVENTION)
+        DeviceRow.__table__.to_metadata(metadata)
+        for model in (E2ERun, Fit):
+            name = model.__tablename__
+            model.__table__.drop(conn)
+            columns = [c._copy() for c in model.__table__.c if c.name != "deploy_env"]
+            Table(name, metadata, *columns, UniqueConstraint(*old_keys[name])).create(conn)
+        conn.execute(update(Meta).where(Meta.key == "schema_version").values(value="1"))
+
+
+def test_a_schema_1_table_is_upgraded_in_place(new_url: Callable[[], str]) -> None:
+    url = new_url()
+    with LutStore(url) as store:
+        store.get_or_create_device("pc", "cpu", {}, IDENTITY)
+        store.get_or_create_device("phone", "android", {}, {"model": "Pixel 8"})
+        _as_schema_1(store)
+        with store.engine.begin() as conn:  # rows as lut schema 1 wrote them
+            device_ids = dict(conn.execute(text("SELECT name, id FROM devices")).all())
+            for device in ("pc", "phone"):
+                conn.execute(
+                    text(
+                        "INSERT INTO e2e_runs (arch_hash, arch_name, arch_json, device_id, backend, backend_version,"
+                        " threads, dtype, batch, tag, median_us, p10_us, p90_us, iqr_us, mean_us, std_us, min_us, n,"
+                        " trials, canary_ratio, canary_us, protocol, environment, measured_at, stable) VALUES ('h',"
+                        " 'tiny', '{}', :d, 'torch', '2.13.0', 1, 'fp32', 1, 'calibration', 5000, 4900, 5200, 80,"
+                        " 5010, 60, 4850, 30, 3, 61, 82, '{}', '{}', :t, true)"
+                    ),
+                    {"d": device_ids[device], "t": T0.replace(tzinfo=None)},
+                )
+            conn.execute(
+                text(
+                    "INSERT INTO fits (device_id, backend, backend_version, threads, dtype, batch, purpose,"
+                    " params_json, metrics_json, n_samples, fitted_at) VALUES (:d, 'torch', '2.13.0', 1, 'fp32', 1,"
+                    " 'calibration', '{\"a\": 1}', '{}', 20, :t)"
+                ),
+                {"d": device_ids["pc"], "t": T0.replace(tzinfo=None)},
+            )
+    with LutStore(url) as store:  # opening upgrades, in place
+        with store.engine.connect() as conn:
+            version = conn.execute(text("SELECT value FROM meta WHERE key = 'schema_version'")).scalar()
+            assert version == str(SCHEMA_VERSION)
+        runs = {r.device: r for r in store.e2e_runs()}
+        # Host runs were timed in lut's tuned workers; a phone's runner ran as its runtime does by default.
+        assert {d: r.deploy_env for d, r in runs.items()} == {"pc": "tuned-malloc", "phone": "default"}
+        assert runs["pc"].median_us == 5000.0 and runs["pc"].measured_at == T0 and runs["pc"].tag == "calibration"
+        assert store.get_fit(Conditions("pc", "torch"), "calibration") is None
+        legacy = store.get_fit(Conditions("pc", "torch"), "calibration", deploy_env="tuned-malloc")
+        assert legacy is not None and legacy.params == {"a": 1} and legacy.n_samples == 20
+        store.put_e2e_run(e2e(device="pc", backend="torch", tag="calibration", arch_json=runs["pc"].arch_json))
+        assert len(store.e2e_runs(Conditions("pc"))) == 2  # a new run in a plain process sits beside the old one
+    with LutStore(url) as store:
+        assert len(store.e2e_runs()) == 3  # a second open changes nothing
+
+
+def _as_schema_2(store: LutStore) -> None:
+    """Rebuild the measurements as lut schema 2 had them: a source is measured or predicted."""
+    from sqlalchemy import CheckConstraint, MetaData, Table, UniqueConstraint, select, update
+
+    from lut_db.models import MEASUREMENT_KEY, NAMING_CONVENTION, Block, DeviceRow, Measurement, Meta
+
+    table = Measurement.__table__
+    with store.engine.begin() as conn:
+        rows = [dict(r) for r in conn.execute(select(*[c for c in table.c if c.name != "id"])).mappings()]
+        table.drop(conn)
+        metadata = MetaData(naming_convention=NAMING_CONVENTION)
+        for model in (DeviceRow, Block):
+            model.__table__.to_metadata(metadata)
+        old = Table(
+            "measurements",
+            metadata,
+            *[c._copy() for c in table.c],
+            UniqueConstraint(*MEASUREMENT_KEY),
+            CheckConstraint("source IN ('measured', 'predicted')", name="source"),
+        )
+        old.create(conn)
+        conn.execute(old.insert(), rows)
+        conn.execute(update(Meta).where(Meta.key == "schema_version").values(value="2"))
+
+
+def test_a_schema_2_table_is_upgraded_to_take_transferred_rows(new_url: Callable[[], str]) -> None:
+    url = new_url()
+    with LutStore(url) as store:
+        store.get_or_create_device("pc", "cpu", {}, IDENTITY)
+        store.upsert_blocks(block_dict(s) for s in SPECS)
+        store.put_measurement(rec(KEYS[0]))
+        store.put_measurement(rec(KEYS[1], source="predicted", expected_error=0.08))
+        before = sorted(store.measurements(source=None), key=lambda r: r.block_key)
+        _as_schema_2(store)
+        with pytest.raises(StoreError):  # the old check refuses the new source
+            store.put_measurement(rec(KEYS[2], source="transferred", expected_error=0.05))
+    with LutStore(url) as store:  # opening upgrades, in place, keeping every row
+        assert sorted(store.measurements(source=None), key=lambda r: r.block_key) == before
+        store.put_measurement(rec(KEYS[2], source="transferred", expected_error=0.05))
+        assert store.measured_keys(Conditions("pc"), source="transferred") == {KEYS[2]}

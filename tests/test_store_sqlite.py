@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+import pytest
+
+from latency.vocab.conditions import Conditions
 from lut_db import LutStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,7 +76,7 @@ def test_four_processes_write_concurrently(tmp_path: Path) -> None:
         assert proc.returncode == 0, err
         assert out.split() == [str(i) for i in range(200)]
     with LutStore(db) as store:
-        rows = store.measurements(device="shared")
+        rows = store.measurements(Conditions("shared"))
         assert len(rows) == 800 and len({r.block_key for r in rows}) == 800
         assert {r.protocol["worker"] for r in rows} == {0, 1, 2, 3}
         assert [d.n_measurements for d in store.devices()] == [800]
@@ -94,7 +100,7 @@ def test_sigkill_mid_write_loses_nothing_committed(tmp_path: Path) -> None:
     with contextlib.closing(sqlite3.connect(db)) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     with LutStore(db) as store:
-        stored = {r.median_us for r in store.measurements(device="shared")}
+        stored = {r.median_us for r in store.measurements(Conditions("shared"))}
         assert {float(i + 1) for i in reported} <= stored
         assert len(stored) <= len(reported) + 1  # at most the row being written when killed
         assert len(store.to_pandas("blocks")) >= len(stored)
@@ -104,3 +110,81 @@ def test_importing_lut_db_imports_neither_torch_nor_pandas() -> None:
     code = "import sys, lut_db, lut_db.store; print(sorted(m for m in ('torch', 'pandas') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# Reads the table, then tries one write; run as a user without write access to the table.
+READER = """
+import sys
+from lut_db import LutStore, StoreError
+with LutStore(sys.argv[1]) as store:
+    print(len(store.measurements()))
+    try:
+        store.get_or_create_device("another", "cpu", {}, {})
+    except StoreError as exc:
+        print("refused:", exc)
+"""
+
+
+@pytest.mark.parametrize("locked", ["file", "directory"])
+def test_a_read_only_table_is_read_and_a_write_is_refused_in_one_sentence(locked: str) -> None:
+    from latency.vocab.family import blocks_of
+    from tests.test_estimate import fill
+
+    root = os.geteuid() == 0
+    # root may write anything: the reads run as an unprivileged user, in a folder that user can reach
+    as_reader = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if root else []
+    base = Path(tempfile.mkdtemp())
+    try:
+        base.chmod(0o755)
+        folder = base / "table"
+        folder.mkdir()
+        path = folder / "lut.sqlite"
+        specs = blocks_of("dmasking_f1")
+        with LutStore(str(path)) as store:
+            fill(store, specs)
+            rows = len(store.measurements())
+        if root:
+            os.chown(folder, 65534, 65534)
+            os.chown(path, 65534, 65534)
+        path.chmod(0o444 if locked == "file" else 0o644)
+        folder.chmod(0o755 if locked == "file" else 0o555)
+        before = path.read_bytes()
+        env = {**os.environ, "HOME": str(base), "XDG_CACHE_HOME": str(base), "PYTHONPATH": str(ROOT)}
+        if as_reader:
+            reach = subprocess.run([*as_reader, sys.executable, "-c", "import lut_db"], env=env, capture_output=True)
+            if reach.returncode != 0:
+                pytest.skip("the unprivileged user cannot reach this checkout or its Python")
+        read = subprocess.run(
+            [*as_reader, sys.executable, "-c", READER, str(path)], capture_output=True, text=True, env=env, timeout=600
+        )
+        assert read.returncode == 0, read.stderr
+        count, refused = read.stdout.splitlines()
+        assert int(count) == rows
+        assert refused.startswith(f"refused: The lut database sqlite:///{path} is read-only here")
+        estimate = subprocess.run(
+            [
+                *as_reader,
+                sys.executable,
+                "-m",
+                "latency.cli",
+                "estimate",
+                "dmasking_f1",
+                "--no-profile",
+                "--json",
+                "--db",
+                str(path),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=900,
+        )
+        assert estimate.returncode == 0, estimate.stderr
+        assert json.loads(estimate.stdout)["latency_ms"] > 0
+        assert path.read_bytes() == before
+    finally:
+        for p in (base / "table", base):
+            with contextlib.suppress(OSError):
+                p.chmod(0o755)
+        shutil.rmtree(base, ignore_errors=True)

@@ -22,7 +22,9 @@ class Backend(ABC):
 
     name: ClassVar[str]
     extra: ClassVar[str | None] = None  # the pip extra that installs the runtime
+    host_heap: ClassVar[bool] = True  # its blocks' buffers live in the process's heap (cold-heap protocol)
     distribution: ClassVar[str]  # the package whose version keys the rows
+    preload_modules: ClassVar[tuple[str, ...]] = ()  # what a zygote imports before it forks workers
 
     def __init__(self, threads: int, options: dict[str, Any] | None = None) -> None:
         self.threads = threads
@@ -32,6 +34,14 @@ class Backend(ABC):
     def check_available(cls) -> None:
         """Raise ProfilerError when the runtime is not installed (most need no check)."""
         return None
+
+    @classmethod
+    def preload(cls) -> None:
+        """Import the runtime without starting it (in a zygote, profilers.zygote): no thread pool, no tensor."""
+        from importlib import import_module
+
+        for module in cls.preload_modules:
+            import_module(module)
 
     @abstractmethod
     def setup(self) -> None:
@@ -63,16 +73,25 @@ class Backend(ABC):
         return {}
 
     def time_calls(
-        self, run: Runner, min_runs: int, min_time_s: float, max_time_s: float, ci_target: float
+        self,
+        run: Runner,
+        min_runs: int,
+        min_time_s: float,
+        max_time_s: float,
+        ci_target: float,
+        before_call: Callable[[], object] | None = None,
     ) -> list[float]:
         """Per-call wall times in microseconds: at least `min_runs` calls and `min_time_s`, then on
-        until the median's 95% CI is within `ci_target` or `max_time_s` has passed."""
+        until the median's 95% CI is within `ci_target` or `max_time_s` has passed. `before_call`
+        runs before each call, outside the timed span (budgets count it)."""
         samples: list[float] = []
         clock = time.perf_counter_ns
         start = clock()
         deadline_ns = start + int(max_time_s * 1e9)
         floor_ns = start + int(min_time_s * 1e9)
         while True:
+            if before_call is not None:
+                before_call()
             t0 = clock()
             run()
             t1 = clock()
@@ -85,11 +104,13 @@ class Backend(ABC):
                     break
         return samples
 
-    def warm_up(self, run: Runner, runs: int, seconds: float) -> int:
+    def warm_up(self, run: Runner, runs: int, seconds: float, before_call: Callable[[], object] | None = None) -> int:
         """Run until both `runs` calls and `seconds` have passed; returns the calls made."""
         done = 0
         deadline = time.perf_counter() + seconds
         while done < runs or time.perf_counter() < deadline:
+            if before_call is not None:
+                before_call()
             run()
             done += 1
         return done

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable
 from typing import Any
 
 from profilers.backends.base import Backend, Runner
@@ -34,6 +35,8 @@ def nvidia_smi(index: int) -> dict[str, str]:
 class TorchCUDA(Backend):
     name = "torch-cuda"
     distribution = "torch"
+    preload_modules = ("torch", "latency.nn.layers", "latency.nn.fbnet")  # CUDA starts in the worker
+    host_heap = False  # blocks live in device memory
 
     @property
     def index(self) -> int:
@@ -82,15 +85,22 @@ class TorchCUDA(Backend):
 
         return replay
 
-    def warm_up(self, run: Runner, runs: int, seconds: float) -> int:
+    def warm_up(self, run: Runner, runs: int, seconds: float, before_call: Callable[[], object] | None = None) -> int:
         done = super().warm_up(run, runs, seconds)
         self._torch.cuda.synchronize()
         return done
 
     def time_calls(
-        self, run: Runner, min_runs: int, min_time_s: float, max_time_s: float, ci_target: float
+        self,
+        run: Runner,
+        min_runs: int,
+        min_time_s: float,
+        max_time_s: float,
+        ci_target: float,
+        before_call: Callable[[], object] | None = None,
     ) -> list[float]:
-        """GPU time of each call from CUDA events, queued in chunks between synchronisations."""
+        """GPU time of each call from CUDA events, queued in chunks between synchronisations (device
+        memory: `before_call`, a host-heap step, does not apply)."""
         torch = self._torch
         samples: list[float] = []
         started = time.perf_counter()  # budgets are wall time, as on the CPU

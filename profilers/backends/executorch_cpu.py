@@ -31,6 +31,14 @@ class ExecuTorchCPU(Backend):
     name = "executorch"
     extra = "executorch"
     distribution = "executorch"
+    preload_modules = (
+        "torch",
+        "executorch.exir",
+        "executorch.backends.xnnpack.partition.xnnpack_partitioner",
+        "executorch.runtime",
+        "latency.nn.layers",
+        "latency.nn.fbnet",
+    )
 
     @classmethod
     def check_available(cls) -> None:

@@ -31,6 +31,7 @@ class OnnxRuntimeCPU(Backend):
     name = "onnxruntime"
     extra = "onnx"
     distribution = "onnxruntime"
+    preload_modules = ("torch", "torch.onnx", "onnx", "onnxruntime", "latency.nn.layers", "latency.nn.fbnet")
 
     @classmethod
     def check_available(cls) -> None:

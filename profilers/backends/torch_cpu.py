@@ -30,17 +30,20 @@ def built_module(target: Target, device: str = "cpu") -> Any:
 
     torch.manual_seed(0)
     if isinstance(target, ArchTarget):
-        from latency.models.fbnet import FBNetV2
+        from latency.nn.fbnet import FBNetV2
 
         module = FBNetV2(target.arch).eval()
     else:
-        module = target.build().eval()
+        from latency.nn.layers import build_block
+
+        module = build_block(target).eval()
     return module.to(device=device, dtype=getattr(torch, TORCH_DTYPES[target.dtype]))
 
 
 class TorchCPU(Backend):
     name = "torch"
     distribution = "torch"
+    preload_modules = ("torch", "latency.nn.layers", "latency.nn.fbnet")
 
     def setup(self) -> None:
         import torch

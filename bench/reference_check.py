@@ -1,0 +1,243 @@
+"""Do lut's estimates match what a user measures? Each estimate against a user's own loop.
+
+For the FBNetV2 family and sampled architectures never used for calibration: the uncalibrated
+estimate (the plain block sum), the estimate calibrated on sampled architectures only, lut's
+end-to-end run (`lut time`'s path) and a user's loop in a fresh process with the default environment
+(USER_LOOPS below: the few lines a user writes), the last two interleaved per architecture. Within
+10%, RMSPE and Kendall tau of each against the user's loop, each estimate stated plainly (at the
+table's speed) and at the machine's speed during that architecture's lut run (its canary).
+
+    python bench/reference_check.py [--backend torch] [--deploy-env default] [--db FILE] [--out FILE.json]
+
+`--deploy-env tuned-malloc` reproduces how lut calibrated before (end-to-end runs in its tuned
+block workers), against the same user loops. The table is kept (`--db`): a second run measures only
+what is missing, except the reference runs and user loops, taken afresh every time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from latency.estimate.estimator import Estimator
+from latency.estimate.fitting import at_run_speed, error_metrics
+from latency.jobs.calibrate import calibrate
+from latency.jobs.profile import latest_run, profile_archs, profile_blocks
+from latency.vocab.arch import Arch
+from latency.vocab.conditions import Conditions
+from latency.vocab.deploy_env import DEFAULT, DeployEnv
+from latency.vocab.family import family_archs
+from latency.vocab.space import get_space
+from lut_db import LutStore
+
+RESULTS = Path(__file__).parent / "results"
+TAG = "reference-check"
+
+# What a user writes to time a network, per runtime: build it, set the threads, warm up for a
+# second, take the median of 100 calls. argv: ARTIFACT THREADS; prints milliseconds.
+USER_LOOPS = {
+    "torch": """
+import statistics, sys, time, torch
+from latency.nn.fbnet import fbnetv2
+model = fbnetv2(sys.argv[1]).eval()
+torch.set_num_threads(int(sys.argv[2]))
+x = torch.randn(1, 3, model.arch.resolution, model.arch.resolution)
+with torch.inference_mode():
+    end = time.perf_counter() + 1.0
+    while time.perf_counter() < end:
+        model(x)
+    times = []
+    for _ in range(100):
+        t0 = time.perf_counter(); model(x); times.append(time.perf_counter() - t0)
+print(statistics.median(times) * 1e3)
+""",
+    "executorch": """
+import statistics, sys, time, torch
+from executorch.runtime import Runtime
+from executorch.extension.pybindings import portable_lib
+portable_lib._unsafe_reset_threadpool(int(sys.argv[2]))
+program = Runtime.get().load_program(sys.argv[1])
+method = program.load_method("forward")
+shape = method.metadata.input_tensor_meta(0).sizes()
+inputs = [torch.randn(*shape)]
+end = time.perf_counter() + 1.0
+while time.perf_counter() < end:
+    method.execute(inputs)
+times = []
+for _ in range(100):
+    t0 = time.perf_counter(); method.execute(inputs); times.append(time.perf_counter() - t0)
+print(statistics.median(times) * 1e3)
+""",
+    "onnxruntime": """
+import statistics, sys, time, numpy as np, onnxruntime as ort
+options = ort.SessionOptions()
+options.intra_op_num_threads = int(sys.argv[2])
+session = ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
+meta = session.get_inputs()[0]
+feed = {meta.name: np.random.randn(*meta.shape).astype(np.float32)}
+end = time.perf_counter() + 1.0
+while time.perf_counter() < end:
+    session.run(None, feed)
+times = []
+for _ in range(100):
+    t0 = time.perf_counter(); session.run(None, feed); times.append(time.perf_counter() - t0)
+print(statistics.median(times) * 1e3)
+""",
+}
+
+
+def artifact(arch: Arch, backend: str, folder: Path) -> Path:
+    """What the user's loop loads: the ARCH.json for torch, the exported program for the others."""
+    path = folder / f"{arch.name}.json"
+    path.write_text(arch.to_json())
+    if backend == "torch":
+        return path
+    from profilers.targets import ArchTarget
+
+    if backend == "executorch":
+        from profilers.backends.executorch_cpu import export_program
+
+        out, data = folder / f"{arch.name}.pte", export_program(ArchTarget(arch))
+    else:
+        from profilers.backends.onnxruntime_cpu import export_onnx
+
+        out, data = folder / f"{arch.name}.onnx", export_onnx(ArchTarget(arch))
+    out.write_bytes(data)
+    return out
+
+
+def user_loop_ms(backend: str, path: Path, threads: int) -> float:
+    """The user's loop in a fresh process with the default environment."""
+    result = subprocess.run(
+        [sys.executable, "-c", USER_LOOPS[backend], str(path), str(threads)],
+        env=DEFAULT.process_env(os.environ),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def sampled(n: int, seed: int) -> list[Arch]:
+    """n architectures from the spaces around f4, f1 and l1 (half, a quarter, a quarter)."""
+    counts = {"fbnetv2_f4": n - 2 * (n // 4), "fbnetv2_f1": n // 4, "fbnetv2_l1": n // 4}
+    return [arch for name, k in counts.items() if k for arch in get_space(name).sampled_archs(k, seed)]
+
+
+def _metrics(rows: list[dict[str, Any]], column: str) -> dict[str, Any]:
+    return error_metrics(np.array([r[column] for r in rows]), np.array([r["user_ms"] for r in rows]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", default="torch", choices=sorted(USER_LOOPS))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--deploy-env", default="default", help="where lut's end-to-end runs are taken")
+    parser.add_argument("--calibration", type=int, default=20, help="sampled architectures to calibrate on")
+    parser.add_argument("--validation", type=int, default=20, help="sampled architectures to check (and the family)")
+    parser.add_argument("--protocol", default="standard")
+    parser.add_argument("--db", default=str(RESULTS / "reference_check.sqlite"))
+    parser.add_argument("--out", type=Path, default=None, help="[default: results/reference_check-BACKEND-ENV.json]")
+    args = parser.parse_args()
+    env = DeployEnv.parse(args.deploy_env)
+    out = args.out or RESULTS / f"reference_check-{args.backend}-{env.name}.json"
+
+    calibration_set = sampled(args.calibration, seed=0)
+    family = family_archs(["all"])
+    family_names = {a.name for a in family}
+    check_set = family + sampled(args.validation, seed=1)
+    seen = {a.layers for a in calibration_set}
+    check_set = [a for a in check_set if a.layers not in seen]
+    conditions = Conditions("cpu", args.backend, args.threads)
+    common: dict[str, Any] = dict(conditions=conditions, protocol=args.protocol)
+    Path(args.db).parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with LutStore(args.db) as store, tempfile.TemporaryDirectory() as folder:
+        specs = list({s.key: s for a in calibration_set + check_set for s in a.specs()}.values())
+        blocks = profile_blocks(specs, store, **common)
+        print(f"blocks: {blocks.measured} measured, {blocks.already_present} already in the table", flush=True)
+        report = calibrate(store, calibration_set, **common, deploy_env=env)
+        print(f"calibrated on {report.runs} sampled architectures: {report.correction.model} correction", flush=True)
+        plain = Estimator(conditions, store=store, use_calibration=False)
+        calibrated = Estimator(conditions, store=store, deploy_env=env.name)
+        rows = []
+        for arch in check_set:
+            path = artifact(arch, args.backend, Path(folder))
+            user_before = user_loop_ms(args.backend, path, args.threads)
+            profile_archs([arch], store, **common, tag=TAG, force=True, deploy_env=env)
+            user_after = user_loop_ms(args.backend, path, args.threads)
+            run = latest_run(store.e2e_runs(conditions, tag=TAG, deploy_env=env.name), arch)
+            uncal_ms, cal_ms = plain.estimate(arch).latency_ms, calibrated.estimate(arch).latency_ms
+            row = {
+                "name": arch.name,
+                "family": arch.name in family_names,
+                "user_ms": statistics.mean([user_before, user_after]),
+                "user_runs_ms": [user_before, user_after],
+                "lut_run_ms": run.median_us / 1e3,
+                "canary_us": run.canary_us,
+                "uncalibrated_ms": uncal_ms,
+                "calibrated_ms": cal_ms,
+                "uncalibrated_then_ms": at_run_speed(uncal_ms, run, plain.table_canary_us),
+                "calibrated_then_ms": at_run_speed(cal_ms, run, calibrated.table_canary_us),
+            }
+            row["sum_over_user"] = uncal_ms / row["user_ms"]
+            rows.append(row)
+            print(
+                f"  {arch.name:28s} user {row['user_ms']:8.3f} ms  lut run {row['lut_run_ms']:8.3f}  "
+                f"uncalibrated {uncal_ms:8.3f}  calibrated {cal_ms:8.3f}",
+                flush=True,
+            )
+    seconds = time.monotonic() - started
+    columns = ("uncalibrated_ms", "uncalibrated_then_ms", "calibrated_ms", "calibrated_then_ms", "lut_run_ms")
+    family_rows = [r for r in rows if r["family"]]
+    canaries = [r["canary_us"] for r in rows if r["canary_us"]]
+    result = {
+        "machine": "this host's CPU",
+        "backend": args.backend,
+        "threads": args.threads,
+        "deploy_env": env.name,
+        "calibration_runs": report.runs,
+        "correction": report.correction.model,
+        "calibration_cv_rmspe": report.correction.metrics.get("cv_rmspe"),
+        "table_canary_us": plain.table_canary_us,
+        "canary_range_us": [min(canaries), max(canaries)] if canaries else None,
+        "all": {c: _metrics(rows, c) for c in columns},
+        "family": {c: _metrics(family_rows, c) for c in columns},
+        "seconds": round(seconds, 1),
+        "rows": rows,
+    }
+    print(f"\nagainst a user's loop ({args.backend}, {args.threads} thread(s), lut runs in '{env.name}'):")
+    print(f"{'estimate':24s}{'set':>8s}{'n':>4s}{'within 10%':>12s}{'RMSPE':>8s}{'tau':>7s}{'median err':>12s}")
+    for subset, chosen in (("family", family_rows), ("all", rows)):
+        for column in columns:
+            m = result[subset][column]
+            errors = [r[column] / r["user_ms"] - 1 for r in chosen]
+            tau = float("nan") if m["kendall_tau"] is None else m["kendall_tau"]
+            print(
+                f"{column:24s}{subset:>8s}{m['n']:>4d}{m['within_10pct']:>12.0%}{m['rmspe']:>8.1%}"
+                f"{tau:>7.3f}{float(np.median(errors)):>+12.1%}"
+            )
+    print(
+        "\nsum of blocks over the user's time, family: "
+        + ", ".join(f"{r['name']} {r['sum_over_user']:.2f}" for r in family_rows)
+    )
+    if canaries:
+        print(f"canary during the runs: {min(canaries):.0f}-{max(canaries):.0f} us (table {plain.table_canary_us:.0f})")
+    print(f"{seconds / 60:.1f} min")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

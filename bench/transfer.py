@@ -1,0 +1,137 @@
+"""A new device from a few runs: how good is the transferred table against the target's own?
+
+For each pair of conditions on this host (a real change of runtime or of threads: torch -> ExecuTorch,
+torch -> ONNX Runtime, 1 -> 2 threads), the source S's block table and whole-network runs on the target
+T: a training pool (the family, then architectures sampled from the space, seed 0) and held-out
+architectures (sampled, seed 1) that no fit sees. For N of the training runs (5, 10, 20, 40), three
+estimators of the held-out runs, each at T's speed (its runs' median canary):
+
+- transfer: `lut calibrate --device T --from S --runs N`'s fit (latency.estimate.transfer) over S's table;
+- flops:    T's time as a linear function of the network's multiply-adds, fitted on the same N runs;
+- own:      T's own block table (every block profiled on T) calibrated on the same N runs, the full cost.
+
+Within 10%, RMSPE and Kendall tau of each against T's held-out runs, as a table and JSON. Targets
+(issue 14, at N = 10): transfer at least 90% within 10% and tau >= 0.85 for torch -> ExecuTorch.
+
+    python bench/transfer.py [--pairs torch:executorch,torch:onnxruntime,t1:t2] [--runs 5,10,20,40]
+        [--held-out 20] [--space fbnetv2_f4] [--protocol standard] [--db FILE] [--out FILE.json]
+
+The table is kept (`--db`): a second run measures only what is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from latency.estimate.correction import Correction
+from latency.estimate.estimator import Estimator
+from latency.estimate.fitting import (
+    CalibrationError,
+    Sample,
+    at_table_speed,
+    error_metrics,
+    fit_correction,
+    samples_from_runs,
+)
+from latency.estimate.transfer import fit_transfer
+from latency.jobs.calibrate import run_archs
+from latency.jobs.profile import fill_missing, latest_run, profile_archs, profile_blocks
+from latency.jobs.transfer import runs_canary_us
+from latency.vocab.arch import Arch
+from latency.vocab.conditions import Conditions
+from lut_db import E2ERecord, LutStore
+
+RESULTS = Path(__file__).parent / "results"
+TRAIN_TAG, HELD_OUT_TAG = "bench-transfer", "bench-transfer-held-out"
+# name -> (source, target) on this host
+PAIRS = {
+    "torch:executorch": (Conditions("cpu", "torch"), Conditions("cpu", "executorch")),
+    "torch:onnxruntime": (Conditions("cpu", "torch"), Conditions("cpu", "onnxruntime")),
+    "t1:t2": (Conditions("cpu", "torch", threads=1), Conditions("cpu", "torch", threads=2)),
+}
+
+
+def measured(store: LutStore, archs: list[Arch], conditions: Conditions, tag: str, protocol: str) -> list[E2ERecord]:
+    """The newest run of each architecture on `conditions` under `tag`, measuring those without one."""
+    profile_archs(archs, store, conditions, tag, protocol)
+    runs = store.e2e_runs(conditions, tag=tag)
+    return [run for arch in archs if (run := latest_run(runs, arch)) is not None]
+
+
+def predict(correction: Correction, samples: list[Sample]) -> np.ndarray:
+    """Each network's estimate under the correction (its blocks' features are summed, the fit is linear)."""
+    return np.array([correction.block_ms(s.features) + correction.intercept for s in samples])
+
+
+def flops_fit(train: list[E2ERecord], test: list[E2ERecord], canary_us: float | None) -> np.ndarray:
+    def flops(run: E2ERecord) -> float:
+        return sum(s.flops_m for s in run.arch.specs(batch=run.batch, dtype=run.dtype))
+
+    x = np.array([flops(r) for r in train])
+    y = np.array([at_table_speed(r, canary_us) for r in train])
+    slope, intercept = np.polyfit(x, y, 1, w=1 / y)  # weighted toward relative error, as the others
+    return np.array([slope * flops(r) + intercept for r in test])
+
+
+def one_pair(store: LutStore, name: str, args: argparse.Namespace, sizes: list[int]) -> list[dict[str, Any]]:
+    source, target = PAIRS[name]
+    pool = run_archs(["all"], max(sizes), seed=0, space=args.space)[: max(sizes)]
+    held_out = run_archs([], args.held_out, seed=1, space=args.space)
+    specs = list({s.key: s for a in pool + held_out for s in a.specs()}.values())
+    for conditions in (source, target):  # S's table for the transfer, T's own for the baseline
+        profile_blocks(specs, store, conditions, args.protocol)
+    train_runs = measured(store, pool, target, TRAIN_TAG, args.protocol)
+    test_runs = measured(store, held_out, target, HELD_OUT_TAG, args.protocol)
+    canary_us = runs_canary_us(train_runs + test_runs)  # the speed all of T's times are brought to
+    from_source = Estimator(source, store=store, use_calibration=False)
+    own = Estimator(target, store=store, use_calibration=False)
+    fill_missing(from_source, pool + held_out, measure=False)
+    truth = np.array([s.measured_ms for s in samples_from_runs(test_runs, from_source, canary_us)])
+    rows = []
+    for n in sizes:
+        train = train_runs[:n]
+        estimates: dict[str, np.ndarray] = {"flops": flops_fit(train, test_runs, canary_us)}
+        try:
+            transfer = fit_transfer(samples_from_runs(train, from_source, canary_us), canary_us)
+            estimates["transfer"] = predict(transfer, samples_from_runs(test_runs, from_source, canary_us))
+            calibration = fit_correction(samples_from_runs(train, own, own.table_canary_us), own.table_canary_us)
+            at_target = own.table_canary_us / canary_us if own.table_canary_us and canary_us else 1.0
+            estimates["own"] = predict(calibration, samples_from_runs(test_runs, own, own.table_canary_us)) / at_target
+        except CalibrationError as exc:
+            print(f"{name}, N={n}: {exc}")
+        for method, values in estimates.items():
+            rows.append({"pair": name, "runs": n, "method": method, **error_metrics(values, truth)})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", default=",".join(PAIRS), help=f"comma-separated, of {', '.join(PAIRS)}")
+    parser.add_argument("--runs", default="5,10,20,40", help="training runs on the target, comma-separated")
+    parser.add_argument("--held-out", type=int, default=20)
+    parser.add_argument("--space", default="fbnetv2_f4")
+    parser.add_argument("--protocol", default="standard")
+    parser.add_argument("--db", default=str(RESULTS / "transfer.sqlite"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "transfer.json")
+    args = parser.parse_args()
+    sizes = sorted(int(n) for n in args.runs.split(","))
+    RESULTS.mkdir(exist_ok=True)
+    rows = []
+    with LutStore(args.db) as store:
+        for name in args.pairs.split(","):
+            rows += one_pair(store, name, args, sizes)
+    print(f"{'pair':<18} {'N':>3} {'method':<9} {'within 10%':>10} {'RMSPE':>7} {'tau':>6}")
+    for r in rows:
+        tau = "-" if r["kendall_tau"] is None else f"{r['kendall_tau']:.2f}"
+        print(f"{r['pair']:<18} {r['runs']:>3} {r['method']:<9} {r['within_10pct']:>10.0%} {r['rmspe']:>7.1%} {tau:>6}")
+    args.out.write_text(json.dumps({"space": args.space, "protocol": args.protocol, "rows": rows}, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from latency.cli.app import main
+
+main()

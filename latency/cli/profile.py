@@ -1,0 +1,142 @@
+"""`lut profile`: measure what the table lacks."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from latency.cli.common import (
+    BatchOpt,
+    DbOpt,
+    DeviceOpt,
+    DtypeOpt,
+    JsonOpt,
+    ProtocolOpt,
+    RichProgress,
+    RunnerOpt,
+    SerialOpt,
+    ThreadsOpt,
+    check_protocol,
+    console,
+    err_console,
+    finite,
+    open_store,
+    phone_options,
+    print_json,
+    split_items,
+    user_errors,
+)
+from latency.vocab.conditions import Conditions
+
+app = typer.Typer()
+
+
+@app.command()
+@user_errors
+def profile(
+    device: DeviceOpt = "cpu",
+    backend: Annotated[str | None, typer.Option(help="torch or onnxruntime [default: the device's first].")] = None,
+    models: Annotated[
+        str | None, typer.Option(help="Comma-separated model names, or 'all' [default: all, unless --arch is given].")
+    ] = None,
+    arch: Annotated[list[str] | None, typer.Option("--arch", help="An ARCH.json file (repeatable).")] = None,
+    threads: ThreadsOpt = 1,
+    batch: BatchOpt = 1,
+    dtype: DtypeOpt = "fp32",
+    force: Annotated[bool, typer.Option(help="Measure again blocks the table already has.")] = False,
+    space: Annotated[
+        str | None,
+        typer.Option(
+            help="Fill the table for a search space (a name or a space file NAME.json) instead: all corners, "
+            "then adaptive samples until --budget-min is spent, the rest predicted."
+        ),
+    ] = None,
+    budget_min: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            callback=finite,
+            help="Minutes of measuring for --space (the corners are always measured in full).",
+        ),
+    ] = 20.0,
+    serial: SerialOpt = None,
+    runner: RunnerOpt = None,
+    protocol: ProtocolOpt = "standard",
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure every block of the models asked for that the table lacks, and store each at once."""
+    from latency.jobs.profile import collect_specs, profile_blocks
+
+    check_protocol(protocol)
+    conditions = Conditions(device, backend, threads, batch, dtype)
+    if space is not None:
+        _profile_space(space, conditions, budget_min, protocol, db, as_json, phone_options(serial, runner))
+        return
+    model_names = split_items(models, "--models") or ([] if arch else ["all"])
+    specs = collect_specs(model_names, arch or [], batch=batch, dtype=dtype)
+    store = open_store(db)
+    with RichProgress(f"profiling on {device}") as bar:
+        summary = profile_blocks(
+            specs,
+            store,
+            conditions,
+            protocol,
+            force,
+            progress=bar,
+            device_options=phone_options(serial, runner),
+        )
+    if as_json:
+        print_json({**summary.to_dict(), "db": str(store.url)})
+    else:
+        console.print(
+            f"{summary.requested} blocks asked for on {summary.device} ({summary.backend} "
+            f"{summary.backend_version}, {summary.threads} thread(s)): {summary.measured} measured, "
+            f"{summary.already_present} already in the table, {len(summary.unstable)} unstable after "
+            f"re-measurement, {len(summary.failed)} failed; {summary.seconds:.1f} s."
+        )
+        console.print(f"table: {store.url}", highlight=False)
+        for key, error in summary.failed.items():
+            err_console.print(f"failed: {key}: {error}", highlight=False, soft_wrap=True)
+    if summary.interrupted:
+        err_console.print("interrupted: what was measured is stored; run the same command again to finish.")
+        raise typer.Exit(130)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def _profile_space(
+    name: str,
+    conditions: Conditions,
+    budget_min: float,
+    protocol: str,
+    db: str | None,
+    as_json: bool,
+    device_options: dict[str, str | None] | None,
+) -> None:
+    from latency.jobs.space_fill import profile_space
+    from latency.vocab.space import get_space
+
+    search_space = get_space(name)
+    store = open_store(db)
+    with RichProgress(f"profiling {name} on {conditions.device}") as bar:
+        summary = profile_space(
+            search_space, store, conditions, budget_min, protocol, bar, device_options=device_options
+        )
+    if as_json:
+        print_json({**summary.to_dict(), "db": str(store.url)})
+    else:
+        p = summary.predictor
+        console.print(
+            f"{name} on {conditions.device} ({summary.backend}): {summary.grid} block shapes; "
+            f"{summary.measured_before} measured before, {summary.measured_now} measured now ({summary.rounds} "
+            f"adaptive rounds), {summary.predicted} predicted; {summary.seconds / 60:.1f} min."
+        )
+        if p:
+            console.print(
+                f"predictor, 5-fold CV on {p['cv_blocks']} measured blocks: median error {p['cv_median_error']:.1%}, "
+                f"p90 {p['cv_p90_error']:.1%}, within 10%: {p['cv_within_10pct']:.0%}"
+            )
+    if summary.interrupted:
+        raise KeyboardInterrupt

@@ -1,0 +1,146 @@
+"""`lut search`: the channel/resolution DNAS against a latency target."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from latency.cli.common import (
+    BackendOpt,
+    DbOpt,
+    DeployEnvOpt,
+    DeviceOpt,
+    JsonOpt,
+    ProtocolOpt,
+    RichProgress,
+    SpaceOpt,
+    ThreadsOpt,
+    check_protocol,
+    check_writable,
+    console,
+    err_console,
+    finite,
+    open_store,
+    parse_deploy_env,
+    print_json,
+    split_items,
+    user_errors,
+)
+from latency.vocab.conditions import Conditions
+from latency.vocab.errors import LutError
+
+app = typer.Typer()
+
+
+@app.command()
+@user_errors
+def search(
+    target_ms: Annotated[float, typer.Option(callback=finite, help="The latency budget on the device (ms).")],
+    device: DeviceOpt = "cpu",
+    space: SpaceOpt = "fbnetv2_f4",
+    epochs: Annotated[int, typer.Option(min=1, help="Search epochs on the proxy task.")] = 16,
+    seed: Annotated[int, typer.Option(help="Seed of weights, data split and Gumbel noise.")] = 0,
+    loss: Annotated[
+        str, typer.Option(help="target: CE + w (log E[lat] - log T)^2; fbnet: CE * a * log(E[lat])^b.")
+    ] = "target",
+    out: Annotated[
+        Path | None, typer.Option(help="Where to write the found ARCH.json [default: search-<T>ms.json].")
+    ] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint to resume from [default: <out>.ckpt].")] = None,
+    profile_budget_min: Annotated[
+        float,
+        typer.Option(
+            min=0.0, callback=finite, help="Minutes to fill the space's table first, if it is not filled yet."
+        ),
+    ] = 10.0,
+    measure: Annotated[bool, typer.Option(help="Measure the found architecture end to end.")] = True,
+    proxy_resolutions: Annotated[
+        str, typer.Option(help="Proxy-task image sizes, one per resolution option of the space (comma-separated).")
+    ] = "16,20,24,28",
+    images: Annotated[int | None, typer.Option(min=50, help="Use only the first N digits (a smoke test).")] = None,
+    backend: BackendOpt = None,
+    threads: ThreadsOpt = 1,
+    protocol: ProtocolOpt = "standard",
+    deploy_env: DeployEnvOpt = "default",
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run FBNetV2's channel/resolution search against the table's latency cost; write the result."""
+    from latency.jobs.search import SearchRequest, run_search
+    from latency.vocab.space import get_space
+    from search_cost.search import SearchConfig, check_checkpoint
+
+    # Every option is checked here, before minutes of filling the table or training.
+    search_space = get_space(space)
+    sizes = _proxy_sizes(proxy_resolutions, len(search_space.resolutions), space)
+    out = out or Path(f"search-{target_ms:g}ms.json")
+    checkpoint = checkpoint or out.with_suffix(out.suffix + ".ckpt")
+    check_writable(out, "--out")
+    check_writable(checkpoint, "--checkpoint")
+    if checkpoint.exists():
+        check_checkpoint(checkpoint)  # a file that is no checkpoint is found now, not after the fill
+    try:
+        config = SearchConfig(
+            target_ms=target_ms, epochs=epochs, seed=seed, loss=loss, proxy_resolutions=sizes, images=images
+        )
+    except ValueError as exc:
+        raise LutError(f"{exc}.", exit_code=2) from None
+    request = SearchRequest(
+        space=search_space,
+        config=config,
+        out=out,
+        checkpoint=checkpoint,
+        conditions=Conditions(device, backend, threads),
+        profile_budget_min=profile_budget_min,
+        measure=measure,
+        protocol=check_protocol(protocol),
+        deploy_env=parse_deploy_env(deploy_env),
+    )
+
+    def report(log: Any) -> None:
+        err_console.print(
+            f"epoch {log.epoch + 1:3d}/{epochs}  temperature {log.temperature:.3f}  proxy accuracy "
+            f"{log.proxy_accuracy:6.1%}  expected latency {log.expected_latency_ms:8.3f} ms  ({log.seconds:.0f} s)",
+            highlight=False,
+            soft_wrap=True,  # one line per epoch in a log file too
+        )
+
+    def say(message: str) -> None:
+        err_console.print(message, highlight=False, soft_wrap=True)  # a path stays whole, in a log file too
+
+    found = run_search(request, open_store(db), RichProgress, say, report)
+    if as_json:
+        print_json(found.to_dict())
+        return
+    estimated, measured, estimated_then = found.estimated_ms, found.measured_ms, found.estimated_then_ms
+    console.print(
+        f"wrote {out}: {found.flops_m:.1f} M FLOPs, proxy accuracy "
+        f"{found.proxy_accuracy:.1%}" + (" (argmax projected onto the budget)" if found.projected else "")
+    )
+    console.print(
+        f"target {target_ms:.3f} ms | estimated {estimated:.3f} ms ({estimated / target_ms - 1:+.1%})"
+        + (f" | measured {measured:.3f} ms ({measured / estimated - 1:+.1%} from the estimate)" if measured else "")
+    )
+    if measured and estimated_then:
+        console.print(
+            f"the machine ran at {estimated_then / estimated:.0%} of the table's time during the measurement "
+            f"(canary): measured {measured / estimated_then - 1:+.1%} from the estimate at that speed "
+            f"({estimated_then:.3f} ms)"
+            + ("" if found.calibrated else "; uncalibrated: `lut calibrate` fits the block sum to end-to-end runs")
+        )
+
+
+def _proxy_sizes(text: str, count: int, space: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(v) for v in split_items(text, "--proxy-resolutions"))
+    except ValueError:
+        sizes = ()
+    if len(sizes) != count:
+        raise LutError(
+            f"--proxy-resolutions needs {count} whole numbers (pixels), one per resolution option of {space}; "
+            f"got '{text}'.",
+            exit_code=2,
+        )
+    return sizes

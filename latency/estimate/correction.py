@@ -1,0 +1,82 @@
+"""The calibrated correction from block sums to end-to-end latency, as plain data.
+
+Isolated blocks do not add up to the whole network (warm caches per block, per-call overheads,
+fused boundaries). The correction is linear in features that are sums over blocks, so it can be
+applied block by block: each block contributes `w . features(block)` and the network is the sum
+plus an intercept. That keeps the estimate, the vectorised `estimate_many` and the search's
+differentiable `LatencyCost` the very same function. Times are in milliseconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from latency.vocab.blocks import BlockSpec
+
+# Per-block features, all additive over blocks.
+FEATURES = ("latency_ms", "activations_m", "params_m", "blocks")
+# Candidate models (feature subsets); calibration keeps the one with the lowest cross-validated error.
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "scale": ("latency_ms",),
+    "per_block": ("latency_ms", "blocks"),
+    "traffic": ("latency_ms", "activations_m", "params_m", "blocks"),
+}
+
+
+def block_features(spec: BlockSpec, latency_ms: float) -> np.ndarray:
+    """[the block's table latency (ms), activations in and out (M elements), weights (M), 1]."""
+    activations = (np.prod(spec.input_shape) + np.prod(spec.output_shape)) / 1e6
+    return np.array([latency_ms, activations, spec.params_m, 1.0])
+
+
+@dataclass(frozen=True)
+class Correction:
+    """`network_ms = intercept + sum over blocks of coef . features[model]`.
+
+    `table_canary_us` records the canary's median in the table the fit was made on: comparing it
+    with the canary now tells how far the machine has drifted since.
+    """
+
+    model: str
+    coef: tuple[float, ...]
+    intercept: float
+    metrics: dict[str, float]
+    table_canary_us: float | None = None
+
+    @property
+    def weights(self) -> np.ndarray:
+        """Coefficients over all FEATURES (zero for those the model does not use)."""
+        full = np.zeros(len(FEATURES))
+        for name, value in zip(VARIANTS[self.model], self.coef, strict=True):
+            full[FEATURES.index(name)] = value
+        return full
+
+    def block_ms(self, features: np.ndarray) -> np.ndarray:
+        """Each block's corrected contribution (features: [..., len(FEATURES)])."""
+        return features @ self.weights
+
+    def to_params(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "features": list(VARIANTS[self.model]),
+            "coef": list(self.coef),
+            "intercept": self.intercept,
+            "table_canary_us": self.table_canary_us,
+        }
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], metrics: dict[str, Any]) -> Correction:
+        return cls(
+            model=params["model"],
+            coef=tuple(params["coef"]),
+            intercept=float(params["intercept"]),
+            metrics=dict(metrics),
+            table_canary_us=params.get("table_canary_us"),
+        )
+
+
+# The uncalibrated estimate: the plain sum of the blocks' table latencies.
+IDENTITY = Correction(model="scale", coef=(1.0,), intercept=0.0, metrics={})

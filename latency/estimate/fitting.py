@@ -1,0 +1,153 @@
+"""Fitting the correction from block sums to end-to-end runs (scikit-learn), with its cross-validated
+error; stored runs as training data, brought to the table's speed through the canary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from latency.estimate.correction import FEATURES, VARIANTS, Correction, block_features
+from latency.estimate.estimator import Estimator
+from latency.vocab.errors import LutError
+from lut_db import E2ERecord
+
+MIN_RUNS = 5
+
+
+class CalibrationError(LutError):
+    pass
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One architecture: its summed block features and its measured end-to-end time."""
+
+    name: str
+    features: np.ndarray  # summed over blocks, ordered as FEATURES
+    measured_ms: float
+
+
+def _run_over_table(run: E2ERecord, table_canary_us: float | None) -> float:
+    """How much slower the machine ran during `run` than when the table was measured: the machine
+    drifts as a whole, and the canary timed in the run's own trials says by how much (1: no canary)."""
+    return run.canary_us / table_canary_us if table_canary_us and run.canary_us else 1.0
+
+
+def at_table_speed(run: E2ERecord, table_canary_us: float | None) -> float:
+    """A run's time (ms) at the speed the table was measured at."""
+    return run.median_us / 1e3 / _run_over_table(run, table_canary_us)
+
+
+def at_run_speed(estimate_ms: float, run: E2ERecord, table_canary_us: float | None) -> float:
+    """An estimate (stated at the table's speed) at the machine's speed during `run`."""
+    return estimate_ms * _run_over_table(run, table_canary_us)
+
+
+def samples_from_runs(runs: list[E2ERecord], estimator: Estimator, canary_us: float | None) -> list[Sample]:
+    """Training rows: every run whose blocks are all in the estimator's table (others are skipped), its
+    features from that table, its time brought to the speed at which the canary took `canary_us` (the
+    table's own canary for a calibration; the target's for a transfer, whose blocks come from another
+    device's table)."""
+    samples = []
+    for run in runs:
+        specs = run.arch.specs(batch=run.batch, dtype=run.dtype)
+        entries = [estimator.entry(s) for s in specs]
+        if any(e is None for e in entries):
+            continue
+        features = np.sum([block_features(s, e.median_us / 1e3) for s, e in zip(specs, entries, strict=True)], axis=0)
+        samples.append(Sample(run.arch_name, features, at_table_speed(run, canary_us)))
+    return samples
+
+
+def design(samples: list[Sample], model: str) -> np.ndarray:
+    """The model's features, one row per architecture."""
+    columns = [FEATURES.index(f) for f in VARIANTS[model]]
+    return np.stack([s.features[columns] for s in samples])
+
+
+def _regression(model: str) -> Any:
+    from sklearn.linear_model import LinearRegression
+
+    return LinearRegression(fit_intercept=model != "scale")
+
+
+def _fit(x: np.ndarray, y: np.ndarray, model: str) -> tuple[np.ndarray, float]:
+    # Weights 1/y^2: least squares on relative errors, the metric that matters (RMSPE).
+    regression = _regression(model).fit(x, y, sample_weight=1.0 / y**2)
+    return regression.coef_, float(regression.intercept_) if model != "scale" else 0.0
+
+
+def _cross_validated(samples: list[Sample], model: str) -> np.ndarray:
+    """Leave-one-out predictions: each architecture predicted by a fit that never saw it."""
+    from sklearn.model_selection import LeaveOneOut, cross_val_predict
+
+    x, y = design(samples, model), np.array([s.measured_ms for s in samples])
+    return cross_val_predict(_regression(model), x, y, cv=LeaveOneOut(), params={"sample_weight": 1.0 / y**2})
+
+
+def error_metrics(estimated: np.ndarray, measured: np.ndarray) -> dict[str, float | None]:
+    """The field's accuracy metrics for estimates against measurements; every key always present, the rank
+    correlations None below 3 runs (undefined)."""
+    from scipy.stats import kendalltau, spearmanr
+
+    relative = (estimated - measured) / measured
+    metrics = {
+        "n": len(measured),
+        "within_10pct": float(np.mean(np.abs(relative) <= 0.10)),
+        "rmspe": float(np.sqrt(np.mean(relative**2))),
+        "mape": float(np.mean(np.abs(relative))),
+        "kendall_tau": None,
+        "spearman_rho": None,
+    }
+    if len(measured) >= 3:
+        metrics["kendall_tau"] = float(kendalltau(estimated, measured).statistic)
+        metrics["spearman_rho"] = float(spearmanr(estimated, measured).statistic)
+    return metrics
+
+
+def held_out_metrics(predictions: np.ndarray, measured: np.ndarray) -> dict[str, float | None]:
+    """A fit's metrics from its leave-one-out predictions: the field's metrics (cv_*) and the interval of
+    the estimate (where the measured time fell around held-out predictions, relative)."""
+    relative = (predictions - measured) / measured
+    measured_over = -relative / (1 + relative)
+    return {
+        **{f"cv_{k}": v for k, v in error_metrics(predictions, measured).items()},
+        "residual_q05": float(np.quantile(measured_over, 0.05)),
+        "residual_q95": float(np.quantile(measured_over, 0.95)),
+    }
+
+
+def fit_correction(samples: list[Sample], table_canary_us: float | None = None) -> Correction:
+    """Choose the model with the lowest leave-one-out RMSPE, refit it on all runs."""
+    if len(samples) < MIN_RUNS:
+        raise CalibrationError(
+            f"Calibration needs at least {MIN_RUNS} end-to-end runs whose blocks are all in the table; "
+            f"found {len(samples)}."
+        )
+    measured = np.array([s.measured_ms for s in samples])
+    best: tuple[float, str, np.ndarray] | None = None
+    candidates = {}
+    for model in VARIANTS:
+        if len(samples) <= len(VARIANTS[model]) + 2:
+            continue
+        predictions = _cross_validated(samples, model)
+        rmspe = float(np.sqrt(np.mean(((predictions - measured) / measured) ** 2)))
+        candidates[model] = rmspe
+        if best is None or rmspe < best[0]:
+            best = (rmspe, model, predictions)
+    assert best is not None
+    _, model, predictions = best
+    coef, intercept = _fit(design(samples, model), measured, model)
+    metrics = {
+        **held_out_metrics(predictions, measured),
+        **{f"cv_rmspe_{name}": value for name, value in candidates.items()},
+    }
+    return Correction(
+        model=model,
+        coef=tuple(float(c) for c in coef),
+        intercept=intercept,
+        table_canary_us=table_canary_us,
+        metrics=metrics,
+    )

@@ -1,0 +1,42 @@
+"""The measurement conditions: everything a latency depends on besides the network itself.
+
+Every row of the table, every end-to-end run and every fit is stored under one set of conditions, and
+every job that measures, estimates or fits works under one; this is the value they pass around.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """Device, backend, threads, batch and dtype. `backend=None` leaves the backend to be resolved: the
+    device's default when measuring, the backend with the most rows when estimating, any in a query."""
+
+    device: str = "cpu"
+    backend: str | None = None
+    threads: int = 1
+    batch: int = 1
+    dtype: str = "fp32"
+
+    @classmethod
+    def of(cls, conditions: Conditions | str) -> Conditions:
+        """A device name stands for that device under the default conditions."""
+        return cls(device=conditions) if isinstance(conditions, str) else conditions
+
+    def with_backend(self, backend: str) -> Conditions:
+        return replace(self, backend=backend)
+
+    def columns(self) -> dict[str, Any]:
+        """The five as the table's columns (a record's keyword arguments); the backend must be resolved."""
+        if self.backend is None:
+            raise ValueError("conditions without a backend cannot be stored; resolve it first")
+        return {
+            "device": self.device,
+            "backend": self.backend,
+            "threads": self.threads,
+            "batch": self.batch,
+            "dtype": self.dtype,
+        }

@@ -1,0 +1,163 @@
+"""Transfer calibration: the fit and the job on made-up devices with known relations (no measuring here)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import numpy as np
+import pytest
+
+from latency.estimate.correction import block_features
+from latency.estimate.estimator import Estimator
+from latency.estimate.fitting import CalibrationError, Sample, error_metrics
+from latency.estimate.transfer import fit_transfer
+from latency.jobs.transfer import TRANSFER_TAG, transfer_from_runs
+from latency.vocab.conditions import Conditions
+from latency.vocab.space import get_space
+from lut_db import E2ERecord, LutStore
+from search_cost import LatencyCost
+from tests.cli import TINY_SPACE, lut
+from tests.test_estimate import fake_latency_us, fill
+
+SPACE = get_space("fbnetv2_f4")
+TINY_SEARCH_SPACE = get_space(str(TINY_SPACE))
+
+
+def source_ms(spec) -> float:
+    return fake_latency_us(spec) / 1e3
+
+
+def target_ms(specs, rng: np.random.Generator, noise: float) -> float:
+    """A device 1.8x slower per unit of the source's time, with a per-block and a per-network cost the
+    source does not have, and run-to-run noise."""
+    exact = sum(1.8 * source_ms(s) + 0.5 for s in specs) + 3.0
+    return exact * (1 + noise * rng.standard_normal())
+
+
+def networks(n: int, seed: int) -> list[list]:
+    """The blocks of `n` architectures sampled from the space."""
+    return [arch.specs() for arch in SPACE.sampled_archs(n, seed=seed)]
+
+
+def samples(nets, times) -> list[Sample]:
+    out = []
+    for i, (specs, time_ms) in enumerate(zip(nets, times, strict=True)):
+        features = np.sum([block_features(s, source_ms(s)) for s in specs], axis=0)
+        out.append(Sample(f"net{i}", features, time_ms))
+    return out
+
+
+def held_out_metrics(correction, nets, times) -> dict:
+    estimates = np.array([correction.intercept + correction.block_ms(s.features) for s in samples(nets, times)])
+    return error_metrics(estimates, np.array(times))
+
+
+def test_ten_runs_carry_a_table_to_another_device() -> None:
+    rng = np.random.default_rng(0)
+    fit_nets, check_nets = networks(10, seed=1), networks(30, seed=2)
+    correction = fit_transfer(samples(fit_nets, [target_ms(n, rng, 0.01) for n in fit_nets]))
+    metrics = held_out_metrics(correction, check_nets, [target_ms(n, rng, 0.01) for n in check_nets])
+    assert metrics["within_10pct"] == 1.0 and metrics["rmspe"] < 0.03 and metrics["kendall_tau"] >= 0.85
+    assert correction.metrics["cv_n"] == 10 and correction.metrics["cv_rmspe"] < 0.05
+    # the plain ratio of the source would be off by the per-block cost it does not know of
+    plain = 1.8 * np.array([sum(source_ms(s) for s in n) for n in check_nets])
+    truth = np.array([target_ms(n, rng, 0.0) for n in check_nets])
+    assert np.sqrt(np.mean((plain / truth - 1) ** 2)) > 2 * metrics["rmspe"]
+
+
+def test_a_device_that_is_only_slower_keeps_the_prior() -> None:
+    rng = np.random.default_rng(3)
+    nets = networks(5, seed=4)
+    times = [2.5 * sum(source_ms(s) for s in n) * (1 + 0.005 * rng.standard_normal()) for n in nets]
+    correction = fit_transfer(samples(nets, times))
+    assert correction.model == "scale"
+    assert correction.coef[0] == pytest.approx(2.5, rel=0.02)
+    assert abs(correction.intercept) < 0.02 * np.mean(times)
+
+
+def test_too_few_runs_are_refused() -> None:
+    with pytest.raises(CalibrationError, match="at least 3 end-to-end runs"):
+        fit_transfer(samples(networks(2, seed=5), [10.0, 12.0]))
+
+
+# ---- the job: a target's table from the source's table and its stored runs (no measuring here) -------
+TARGET = Conditions("board", "executorch")
+SOURCE = Conditions("cpu", "torch")
+TARGET_CANARY_US = 40.0
+
+
+def put_runs(store: LutStore, archs, rng: np.random.Generator, slowdown: float = 1.0) -> None:
+    """The target's transfer runs, as profile_archs stores them; `slowdown`: the target's machine ran that
+    much slower during the run, and its canary says so."""
+    store.get_or_create_device(TARGET.device, "android", {"model": "Board"}, {"model": "Board"})
+    for arch in archs:
+        time_us = target_ms(arch.specs(), rng, 0.01) * 1e3 * slowdown
+        store.put_e2e_run(
+            E2ERecord(
+                arch_name=arch.name,
+                arch_json=arch.to_json(),
+                **TARGET.columns(),
+                backend_version="1.5.1",
+                median_us=time_us,
+                p10_us=time_us * 0.98,
+                p90_us=time_us * 1.03,
+                iqr_us=time_us * 0.02,
+                mean_us=time_us,
+                std_us=time_us * 0.01,
+                min_us=time_us * 0.97,
+                n=30,
+                trials=3,
+                canary_ratio=None,
+                canary_us=TARGET_CANARY_US * slowdown,
+                tag=TRANSFER_TAG,
+                protocol={},
+                environment={},
+                measured_at=datetime.now(timezone.utc),
+                stable=True,
+            )
+        )
+
+
+def test_a_transfer_writes_the_targets_table_and_estimates_say_so(tmp_path) -> None:
+    rng = np.random.default_rng(7)
+    fit_archs, check_archs = SPACE.sampled_archs(10, seed=11), SPACE.sampled_archs(20, seed=12)
+    db = str(tmp_path / "lut.sqlite")
+    with LutStore(db) as store:
+        # the source: a table of the networks' blocks and of the test space (LatencyCost needs a whole space)
+        fill(store, [s for a in fit_archs + check_archs for s in a.specs()] + TINY_SEARCH_SPACE.all_specs())
+        put_runs(store, fit_archs[:5], rng)
+        put_runs(store, fit_archs[5:], rng, slowdown=1.2)  # the target ran slower for half of its runs
+        report = transfer_from_runs(store, TARGET, [SOURCE])
+        assert report.runs == 10 and report.rows == len(store.measured_keys(SOURCE))
+        rows = store.measurements(TARGET)
+        assert {r.source for r in rows} == {"transferred"} and len(rows) == report.rows
+        assert all(r.expected_error > 0 and r.p10_us <= r.median_us <= r.p90_us for r in rows)
+        target = Estimator(TARGET, store=store)
+        assert target.table_canary_us == pytest.approx(TARGET_CANARY_US * 1.1)  # the runs' median canary
+        estimates = [target.estimate(a) for a in check_archs]
+    # at the target's own speed (its table's canary), the held-out networks are where the device puts them
+    speed = target.table_canary_us / TARGET_CANARY_US
+    truth = np.array([target_ms(a.specs(), rng, 0.0) * speed for a in check_archs])
+    metrics = error_metrics(np.array([e.latency_ms for e in estimates]), truth)
+    assert metrics["within_10pct"] == 1.0 and metrics["rmspe"] < 0.03 and metrics["kendall_tau"] >= 0.85
+    assert estimates[0].calibration["transferred_from"] == "cpu/torch, 1 thread(s)"
+    assert estimates[0].calibration["transfer_runs"] == 10
+    assert all(b.source == "transferred" for b in estimates[0].blocks)
+    space = TINY_SEARCH_SPACE
+    cost = LatencyCost(space, conditions=TARGET, db=db)  # the search's cost is the same function
+    point = space.sample(1, seed=13)[0]
+    expected = Estimator(TARGET, db=db).estimate(space.arch(point)).latency_ms
+    assert cost(*cost.one_hot(point)).item() == pytest.approx(expected, rel=1e-6)
+    arch = tmp_path / "arch.json"
+    arch.write_text(space.arch(point).to_json())
+    shown = lut("estimate", str(arch), "--device", "board", "--backend", "executorch", "--no-profile", "--db", db)
+    assert shown.returncode == 0, shown.stderr
+    assert "transferred from cpu/torch, 1 thread(s) on 10 end-to-end runs of board" in " ".join(shown.stdout.split())
+
+
+def test_a_transfer_without_runs_says_how_to_take_them(tmp_path) -> None:
+    with LutStore(str(tmp_path / "lut.sqlite")) as store:
+        fill(store, SPACE.arch(SPACE.sample(1, seed=0)[0]).specs())
+        store.get_or_create_device(TARGET.device, "android", {}, {"model": "Board"})
+        with pytest.raises(CalibrationError, match="lut calibrate --device board --from SOURCE --runs N"):
+            transfer_from_runs(store, TARGET, [SOURCE])
