@@ -39,6 +39,12 @@ class SearchError(LutError):
 MIN_PROXY_SIZE, MAX_PROXY_SIZE = 8, 256
 
 
+def default_proxy_resolutions(count: int) -> tuple[int, ...]:
+    """Proxy-task image sizes for a space with `count` resolution options: 16, 20, 24, ... pixels, in the
+    order of the options (the digits are 8x8: larger sizes only cost time)."""
+    return tuple(16 + 4 * i for i in range(count))
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     target_ms: float

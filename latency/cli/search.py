@@ -57,8 +57,12 @@ def search(
     ] = 10.0,
     measure: Annotated[bool, typer.Option(help="Measure the found architecture end to end.")] = True,
     proxy_resolutions: Annotated[
-        str, typer.Option(help="Proxy-task image sizes, one per resolution option of the space (comma-separated).")
-    ] = "16,20,24,28",
+        str | None,
+        typer.Option(
+            help="Proxy-task image sizes, one per resolution option of the space (comma-separated) "
+            "[default: 16,20,24,... one per option]."
+        ),
+    ] = None,
     images: Annotated[int | None, typer.Option(min=50, help="Use only the first N digits (a smoke test).")] = None,
     backend: BackendOpt = None,
     threads: ThreadsOpt = 1,
@@ -70,11 +74,14 @@ def search(
     """Run FBNetV2's channel/resolution search against the table's latency cost; write the result."""
     from latency.jobs.search import SearchRequest, run_search
     from latency.vocab.space import get_space
-    from search_cost.search import SearchConfig, check_checkpoint
+    from search_cost.search import SearchConfig, check_checkpoint, default_proxy_resolutions
 
     # Every option is checked here, before minutes of filling the table or training.
     search_space = get_space(space)
-    sizes = _proxy_sizes(proxy_resolutions, len(search_space.resolutions), space)
+    count = len(search_space.resolutions)
+    sizes = default_proxy_resolutions(count)
+    if proxy_resolutions is not None:
+        sizes = _proxy_sizes(proxy_resolutions, count, space)
     out = out or Path(f"search-{target_ms:g}ms.json")
     checkpoint = checkpoint or out.with_suffix(out.suffix + ".ckpt")
     check_writable(out, "--out")
