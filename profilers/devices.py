@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -31,6 +32,11 @@ class Device:
 
     def fingerprint(self) -> dict[str, Any]:
         return host_fingerprint()
+
+    def unit(self) -> str:
+        """The physical unit measured (one job at a time on each, whatever number of farm workers point at it):
+        this host's CPU, one GPU of it, one phone."""
+        return f"{socket.gethostname()}/{self.name}"
 
     def identity(self) -> dict[str, Any]:
         return host_identity()
@@ -160,7 +166,11 @@ class AndroidDevice(Device):
     def environment(self) -> dict[str, Any]:
         from profilers.android import thermal
 
-        return thermal(self._connection[0])
+        adb, phone = self._connection
+        return {"serial": phone.serial, **thermal(adb)}  # units of one model share a table: which one ran it
+
+    def unit(self) -> str:
+        return self._connection[1].serial
 
     @property
     def host_process(self) -> bool:
