@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from latency.cli import calibrate, estimate, family, profile, search, space, table
+from latency.cli import calibrate, estimate, family, farm, profile, search, space, table
 
 app = typer.Typer(
     name="lut",
@@ -20,6 +20,8 @@ for group in (family, profile, table, estimate, calibrate, space):
     app.add_typer(group.app)
 app.add_typer(space.group, name="space")
 app.add_typer(search.app)
+app.add_typer(farm.app)
+app.add_typer(farm.jobs, name="jobs")
 
 
 def main() -> None:

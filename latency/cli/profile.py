@@ -27,7 +27,9 @@ from latency.cli.common import (
     split_items,
     user_errors,
 )
+from latency.vocab.blocks import BlockSpec
 from latency.vocab.conditions import Conditions
+from latency.vocab.errors import LutError
 
 app = typer.Typer()
 
@@ -63,6 +65,18 @@ def profile(
     serial: SerialOpt = None,
     runner: RunnerOpt = None,
     protocol: ProtocolOpt = "standard",
+    queue: Annotated[
+        bool,
+        typer.Option(
+            "--queue",
+            help="Queue the missing blocks as jobs for the device farm's workers (`lut worker`) instead of "
+            "measuring them here; needs a PostgreSQL table.",
+        ),
+    ] = False,
+    job_size: Annotated[
+        int | None,
+        typer.Option(min=1, help="Blocks per queued job [default: the protocol's group of blocks, 12]."),
+    ] = None,
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -71,11 +85,16 @@ def profile(
 
     check_protocol(protocol)
     conditions = Conditions(device, backend, threads, batch, dtype)
+    if queue and (space is not None or force):
+        raise LutError("--queue queues the blocks of --models and --arch; not with --space or --force.", exit_code=2)
     if space is not None:
         _profile_space(space, conditions, budget_min, protocol, db, as_json, phone_options(serial, runner))
         return
     model_names = split_items(models, "--models") or ([] if arch else ["all"])
     specs = collect_specs(model_names, arch or [], batch=batch, dtype=dtype)
+    if queue:
+        _queue(specs, conditions, protocol, job_size, db, as_json)
+        return
     store = open_store(db)
     with RichProgress(f"profiling on {device}") as bar:
         summary = profile_blocks(
@@ -104,6 +123,23 @@ def profile(
         raise typer.Exit(130)
     if summary.failed:
         raise typer.Exit(1)
+
+
+def _queue(
+    specs: list[BlockSpec], conditions: Conditions, protocol: str, job_size: int | None, db: str | None, as_json: bool
+) -> None:
+    from latency.jobs.farm import enqueue_blocks
+
+    store = open_store(db)
+    summary = enqueue_blocks(store, conditions, specs, protocol, job_size)
+    if as_json:
+        print_json({**summary.to_dict(), "db": str(store.url)})
+        return
+    console.print(
+        f"{summary.requested} blocks asked for on {summary.device} ({summary.backend}, {summary.threads} thread(s)): "
+        f"{summary.queued_blocks} queued in {len(summary.jobs)} job(s), {summary.already_present} already in the "
+        f"table, {summary.already_queued} already queued; `lut worker --device {summary.device}` measures them."
+    )
 
 
 def _profile_space(

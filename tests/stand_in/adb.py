@@ -1,7 +1,7 @@
 """A stand-in for `adb` that emulates phones: `devices -l`, `-s SERIAL shell|push`.
 
 Configured by the JSON file in $FAKE_ADB_CONFIG: {"root": DIR, "log": FILE, "devices": [{"serial",
-"state", "model", "product", "props": {...}, "max_freqs_khz": [...], "thermal": [statuses...]}]}.
+"state", "model", "product", "props": {...}, "max_freqs_khz": [...], "thermal": [statuses...], "speed": 1.0, "sleep": false}]}.
 A phone's shell runs the command with /bin/sh in DIR/SERIAL, where /data/local/tmp and /sys map to
 folders there and getprop, dumpsys and taskset are small scripts; so whatever lut pushes (the
 runner, the .pte files) really runs, on this host. Every invocation is logged.
@@ -90,7 +90,13 @@ def main(argv: list[str]) -> int:
         print(f"{argv[1]}: 1 file pushed, 0 skipped.")
         return 0
     if argv[:1] == ["shell"]:
-        env = {**os.environ, "PATH": f"{root / 'bin'}:{os.environ['PATH']}", "PHONE_ROOT": str(root)}
+        env = {
+            **os.environ,
+            "PATH": f"{root / 'bin'}:{os.environ['PATH']}",
+            "PHONE_ROOT": str(root),
+            "PHONE_SPEED": str(device.get("speed", 1.0)),  # a slower unit of the same model: 1.3
+            "PHONE_SLEEP": "1" if device.get("sleep") else "",  # busy for the time it reports (a farm's bench)
+        }
         return subprocess.run(["/bin/sh", "-c", mapped(root, " ".join(argv[1:]))], env=env, check=False).returncode
     print(f"adb: unknown command {argv}", file=sys.stderr)
     return 1

@@ -2,7 +2,8 @@
 ExecuTorch program and logs like the real one (`Iteration i of N: X ms`, then the total).
 
 The phone is what this replaces, so the times are the stand-in phone's own: a fixed cost plus one
-proportional to the program's size, with a small deterministic jitter. It imports nothing heavy: the
+proportional to the program's size (times the phone's $PHONE_SPEED), with a small deterministic jitter;
+with $PHONE_SLEEP it is busy for that time. It imports nothing heavy: the
 real runner is a native binary that starts in milliseconds, and one that loaded torch for every call
 made the end-to-end test take half an hour on a slow CI machine. That the exported programs run in
 ExecuTorch's runtime is tested on the host (tests/test_cli_profile.py, the executorch backend).
@@ -48,17 +49,23 @@ def main(argv: list[str]) -> int:
     if program[4:8] != PROGRAM_ID:
         log("E", f"{model} is not an ExecuTorch program (identifier {program[4:8]!r})")
         return 1
-    base_ms = 0.05 + len(program) / 20_000
+    base_ms = (0.05 + len(program) / 20_000) * float(os.environ.get("PHONE_SPEED") or 1.0)
     phase = zlib.crc32(model.encode()) % 97
-    if "PHONE_ROOT" in os.environ:  # what this phone ran, for the tests to compare with what lut stored
-        with open(Path(os.environ["PHONE_ROOT"]) / "runs.log", "a") as runs:
-            runs.write(f"{Path(model).name} {base_ms!r}\n")
+    started = time.time()
     total = 0.0
     for i in range(executions):
         elapsed = base_ms * (1.0 + 0.01 * math.sin(phase + i))
         total += elapsed
         log("I", f"Iteration {i + 1} of {executions}: {elapsed:f} ms")
+    if os.environ.get("PHONE_SLEEP"):
+        time.sleep(total / 1e3)
     log("I", f"Model executed successfully {executions} time(s) in {total:f} ms.")
+    if "PHONE_ROOT" in os.environ:  # what this phone ran and when, for the tests to compare with what lut stored
+        root = Path(os.environ["PHONE_ROOT"])
+        with open(root / "runs.log", "a") as runs:
+            runs.write(f"{Path(model).name} {base_ms!r}\n")
+        with open(root / "spans.log", "a") as spans:
+            spans.write(f"{started!r} {time.time()!r} {Path(model).name}\n")
     return 0
 
 

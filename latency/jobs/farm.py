@@ -1,0 +1,438 @@
+"""The device farm: profiling work shared by many devices through one PostgreSQL table.
+
+The queue is procrastinate's (README, "Device farm": why), in the table's own database, one queue per
+device name. `lut profile --queue` defers one job per group of blocks the table lacks and no queued job
+holds; `lut worker` on each host with a device attached takes its device's jobs one at a time, measures
+them with the same protocol and backends as `lut profile` (each block stored the moment it is final) and
+keeps going. One physical unit runs one job at a time however many workers point at it (a PostgreSQL
+advisory lock per unit, held while the worker lives); a worker that dies (SIGKILL, an unplugged phone)
+stops its heartbeat, and the others put its job back in the queue; a retried job measures only what is
+still missing, so nothing is stored twice. A job whose blocks fail is retried a bounded number of times,
+then fails with the runner's output kept in the farm's ledger (lut_db.farm).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+
+from latency.jobs.profile import profile_blocks
+from latency.vocab.blocks import BlockSpec
+from latency.vocab.conditions import Conditions
+from latency.vocab.errors import LutError
+from lut_db import LutStore
+from lut_db.farm import FarmLedger
+from profilers.devices import resolve_device
+from profilers.protocol import PROTOCOLS
+
+TASK_NAME = "lut.measure_blocks"
+MAX_ATTEMPTS = 3  # a job whose blocks keep failing is tried this often (by any unit), then fails
+HEARTBEAT_S = 10.0  # a worker silent for three heartbeats is gone: its job goes back to the queue
+_UNIT_LOCK = 0x6C7574  # first half of the advisory lock key of a unit ("lut"); the second is the unit's hash
+NEEDS_POSTGRES = (
+    "A device farm needs one table that every host reaches: point --db (or LUT_DB_URL) at a PostgreSQL "
+    "database, postgresql+psycopg://USER@HOST/DB, on each host that queues or measures; the default SQLite "
+    "table is this machine's alone."
+)
+
+
+def queue_of(device: str) -> str:
+    return f"lut:{device}"
+
+
+def _require_postgres(store: LutStore) -> URL:
+    if store.url.get_backend_name() != "postgresql":
+        raise LutError(NEEDS_POSTGRES, exit_code=2)
+    try:
+        import procrastinate  # noqa: F401
+    except ImportError:
+        raise LutError("The device farm needs its job queue, procrastinate: pip install 'lut[farm]'.") from None
+    return store.url
+
+
+def _conninfo(url: URL) -> str:
+    """The libpq form of a SQLAlchemy URL (procrastinate speaks psycopg directly)."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _app(url: URL, asynchronous: bool) -> Any:
+    import procrastinate
+
+    conninfo = _conninfo(url)
+    if asynchronous:
+        return procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo))
+    return procrastinate.App(connector=procrastinate.SyncPsycopgConnector(conninfo=conninfo))
+
+
+def _ensure_queue(store: LutStore) -> None:
+    """procrastinate's tables in the table's database, created once (serialised between hosts)."""
+    from procrastinate.schema import SchemaManager
+
+    with store.engine.begin() as conn:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:a, 0)"), {"a": _UNIT_LOCK})
+        if conn.execute(text("SELECT to_regclass('procrastinate_jobs')")).scalar() is None:
+            # many statements in one: psycopg runs a query without parameters as it is
+            conn.connection.driver_connection.execute(SchemaManager.get_schema())
+
+
+def _job_args(conditions: Conditions, protocol: str, keys: Sequence[str]) -> dict[str, Any]:
+    return {**conditions.columns(), "protocol": protocol, "keys": list(keys)}
+
+
+def _same_conditions(args: dict[str, Any], conditions: Conditions) -> bool:
+    return all(args.get(name) == value for name, value in conditions.columns().items())
+
+
+# ---- queueing ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class QueueSummary:
+    device: str
+    backend: str
+    threads: int
+    requested: int = 0
+    already_present: int = 0
+    already_queued: int = 0
+    queued_blocks: int = 0
+    jobs: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _active_keys(store: LutStore, conditions: Conditions) -> set[str]:
+    """Blocks that a queued or running job under `conditions` already holds."""
+    stmt = text(
+        "SELECT args FROM procrastinate_jobs "
+        "WHERE queue_name = :q AND task_name = :t AND status::text IN ('todo', 'doing')"
+    )
+    with store.engine.connect() as conn:
+        rows = conn.execute(stmt, {"q": queue_of(conditions.device), "t": TASK_NAME}).scalars().all()
+    return {key for args in rows if _same_conditions(args, conditions) for key in args["keys"]}
+
+
+def enqueue_blocks(
+    store: LutStore,
+    conditions: Conditions,
+    specs: Sequence[BlockSpec],
+    protocol: str = "standard",
+    job_size: int | None = None,
+) -> QueueSummary:
+    """Defer a job per `job_size` blocks (default: the protocol's group) that neither the table nor a
+    queued job holds."""
+    from procrastinate.exceptions import AlreadyEnqueued
+
+    _require_postgres(store)
+    _ensure_queue(store)
+    backend = conditions.backend or resolve_device(conditions.device).default_backend  # reaches no device
+    conditions = replace(conditions, backend=backend)
+    summary = QueueSummary(conditions.device, backend, conditions.threads, requested=len(specs))
+    present = store.measured_keys(conditions)
+    queued = _active_keys(store, conditions)
+    unique = list({s.key: s for s in specs}.values())
+    todo = [s.key for s in unique if s.key not in present and s.key not in queued]
+    summary.already_present = sum(s.key in present for s in unique)
+    summary.already_queued = sum(s.key in queued and s.key not in present for s in unique)
+    size = job_size or PROTOCOLS[protocol].group_size
+    app = _app(store.url, asynchronous=False)
+    with app.open():
+        for start in range(0, len(todo), size):
+            keys = todo[start : start + size]
+            digest = hashlib.sha256("|".join([*map(str, conditions.columns().values()), *keys]).encode())
+            deferrer = app.configure_task(
+                TASK_NAME, queue=queue_of(conditions.device), queueing_lock=digest.hexdigest()[:32]
+            )
+            try:
+                summary.jobs.append(deferrer.defer(**_job_args(conditions, protocol, keys)))
+                summary.queued_blocks += len(keys)
+            except AlreadyEnqueued:  # another host queued the same group a moment ago
+                summary.already_queued += len(keys)
+    return summary
+
+
+# ---- the worker --------------------------------------------------------------------------------------
+
+
+class BlocksFailed(Exception):
+    """Blocks of a job failed on a unit: the job is retried, then fails."""
+
+
+@dataclass
+class WorkerSummary:
+    device: str
+    unit: str
+    jobs_done: int = 0
+    jobs_failed: int = 0
+    blocks_measured: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "seconds": round(self.seconds, 2)}
+
+
+@dataclass
+class _WorkerState:
+    summary: WorkerSummary
+    job_id: int | None = None
+    stop: bool = False
+
+
+def run_worker(
+    store: LutStore,
+    device: str,
+    device_options: dict[str, Any] | None = None,
+    say: Callable[[str], None] = print,
+    drain: bool = False,
+    heartbeat_s: float = HEARTBEAT_S,
+) -> WorkerSummary:
+    """Take `device`'s jobs one at a time until stopped (Ctrl-C ends after the job at hand; with `drain`,
+    also when the device's queue is empty), measuring each on one unit of the device."""
+    import psycopg
+
+    _require_postgres(store)
+    _ensure_queue(store)
+    ledger = FarmLedger(store.engine)
+    target = resolve_device(device, **(device_options or {}))
+    unit = target.unit()  # a phone: reaches it over adb now, and fails in one sentence when it is absent
+    options = {**(device_options or {}), "serial": unit} if target.kind == "android" else device_options
+    started = time.monotonic()
+    state = _WorkerState(WorkerSummary(device, unit))
+    with psycopg.connect(_conninfo(store.url), autocommit=True) as lock:
+        key = (_UNIT_LOCK, unit)
+        if not lock.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", key).fetchone()[0]:
+            say(f"waiting: another worker is measuring on {unit}")
+            lock.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", key)
+        ledger.start(unit, device, socket.gethostname(), os.getpid())
+        say(f"worker on {device} ({unit}): taking jobs from queue {queue_of(device)}")
+        try:
+            asyncio.run(_serve(store, ledger, device, unit, options, state, say, drain, heartbeat_s))
+        finally:
+            ledger.stop(unit, os.getpid())
+    state.summary.seconds = time.monotonic() - started
+    return state.summary
+
+
+def _measure_job(
+    store: LutStore,
+    ledger: FarmLedger,
+    unit: str,
+    device_options: dict[str, Any] | None,
+    state: _WorkerState,
+    say: Callable[[str], None],
+    job_id: int,
+    args: dict[str, Any],
+) -> None:
+    conditions = Conditions(args["device"], args["backend"], args["threads"], args["batch"], args["dtype"])
+    specs = [BlockSpec.from_key(key) for key in args["keys"]]
+    state.job_id = job_id
+    ledger.beat(unit, conditions.device, socket.gethostname(), os.getpid(), job_id)
+    try:
+        summary = profile_blocks(specs, store, conditions, args["protocol"], device_options=device_options)
+    finally:
+        state.job_id = None
+    state.summary.blocks_measured += summary.measured
+    say(
+        f"job {job_id} on {unit}: {summary.measured} measured, {summary.already_present} already in the table"
+        + (f", {len(summary.failed)} failed" if summary.failed else "")
+    )
+    if summary.failed:
+        for key, message in summary.failed.items():
+            ledger.record_failure(job_id, conditions.device, unit, key, message)
+        first, message = next(iter(summary.failed.items()))
+        raise BlocksFailed(f"{len(summary.failed)} block(s) failed on {unit}, first {first}: {message}")
+
+
+async def _serve(
+    store: LutStore,
+    ledger: FarmLedger,
+    device: str,
+    unit: str,
+    device_options: dict[str, Any] | None,
+    state: _WorkerState,
+    say: Callable[[str], None],
+    drain: bool,
+    heartbeat_s: float,
+) -> None:
+    import procrastinate
+
+    app = _app(store.url, asynchronous=True)
+
+    @app.task(name=TASK_NAME, retry=procrastinate.RetryStrategy(max_attempts=MAX_ATTEMPTS - 1), pass_context=True)
+    def measure_blocks(context: Any, **args: Any) -> None:
+        try:
+            _measure_job(store, ledger, unit, device_options, state, say, context.job.id, args)
+        except BlocksFailed:
+            state.summary.jobs_failed += 1
+            raise
+        state.summary.jobs_done += 1
+
+    async with app.open_async():
+        worker = asyncio.create_task(
+            app.run_worker_async(
+                queues=[queue_of(device)],
+                name=unit,
+                concurrency=1,  # one job at a time on the unit
+                update_heartbeat_interval=heartbeat_s,
+                stalled_worker_timeout=3 * heartbeat_s,
+                fetch_job_polling_interval=min(heartbeat_s, 5.0),
+                shutdown_graceful_timeout=None,  # Ctrl-C: the job at hand finishes
+            )
+        )
+        keeper = asyncio.create_task(_housekeeping(app, store, ledger, device, unit, state, worker, drain, heartbeat_s))
+        # A worker without its heartbeat would look dead to the others: it stops when the keeper fails.
+        keeper.add_done_callback(lambda task: task.cancelled() or task.exception() is None or worker.cancel())
+        try:
+            with contextlib.suppress(asyncio.CancelledError):  # a drained queue stops the worker so
+                await worker
+        finally:
+            keeper.cancel()
+        if not keeper.cancelled() and keeper.done() and keeper.exception() is not None:
+            raise keeper.exception()
+
+
+async def _housekeeping(
+    app: Any,
+    store: LutStore,
+    ledger: FarmLedger,
+    device: str,
+    unit: str,
+    state: _WorkerState,
+    worker: asyncio.Task[None],
+    drain: bool,
+    heartbeat_s: float,
+) -> None:
+    """Every heartbeat: say this unit is alive, put the jobs of workers gone silent back in the queue, and
+    (`drain`) stop once the device's queue is empty."""
+    from procrastinate.exceptions import ConnectorException
+
+    host, pid = socket.gethostname(), os.getpid()
+    while not worker.done():
+        await asyncio.sleep(heartbeat_s)
+        await asyncio.to_thread(ledger.beat, unit, device, host, pid, state.job_id)
+        stalled = await app.job_manager.get_stalled_jobs(
+            queue=queue_of(device), task_name=TASK_NAME, seconds_since_heartbeat=3 * heartbeat_s
+        )
+        for job in stalled:  # back in the queue; the retry measures only what is missing
+            with contextlib.suppress(ConnectorException):  # another worker put it back first
+                await app.job_manager.retry_job(job)
+        if drain and state.job_id is None and not await asyncio.to_thread(_queue_active, store, device):
+            worker.cancel()  # a graceful stop: no job is running
+            return
+
+
+def _queue_active(store: LutStore, device: str) -> int:
+    stmt = text("SELECT count(*) FROM procrastinate_jobs WHERE queue_name = :q AND status::text IN ('todo', 'doing')")
+    with store.engine.connect() as conn:
+        return int(conn.execute(stmt, {"q": queue_of(device)}).scalar() or 0)
+
+
+# ---- the farm's state --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeviceJobs:
+    device: str
+    jobs: dict[str, int]  # status -> jobs
+    blocks: dict[str, int]  # status -> blocks
+    blocks_per_min: float | None  # over the last ten minutes
+    eta_min: float | None
+    workers: list[dict[str, Any]]
+    failures: list[dict[str, Any]]  # failed jobs: their last failure, with the runner's output
+
+
+STATUSES = ("todo", "doing", "succeeded", "failed", "cancelled", "aborted")
+_NAMES = {"todo": "queued", "doing": "running", "succeeded": "done"}
+
+
+def farm_status(store: LutStore, device: str | None = None, window_min: float = 10.0) -> list[DeviceJobs]:
+    """Jobs and blocks per state, live workers, throughput and ETA, per device (one or all)."""
+    _require_postgres(store)
+    _ensure_queue(store)
+    ledger = FarmLedger(store.engine)
+    where = "task_name = :t" + ("" if device is None else " AND queue_name = :q")
+    params = {"t": TASK_NAME, "q": queue_of(device or "")}
+    with store.engine.connect() as conn:
+        jobs = conn.execute(
+            text(f"SELECT id, queue_name, status::text, args FROM procrastinate_jobs WHERE {where}"), params
+        ).all()
+        recent = conn.execute(
+            text(
+                "SELECT j.queue_name, j.args, e.at "
+                "FROM procrastinate_events e JOIN procrastinate_jobs j ON j.id = e.job_id "
+                f"WHERE e.type::text = 'succeeded' AND e.at > now() - make_interval(secs => :w) AND {where}"
+            ),
+            {**params, "w": window_min * 60},
+        ).all()
+        now = conn.execute(text("SELECT now()")).scalar()
+    by_device: dict[str, list[Any]] = {}
+    for job in jobs:
+        by_device.setdefault(job.queue_name.removeprefix("lut:"), []).append(job)
+    alive_s = 3 * HEARTBEAT_S
+    result = []
+    for name in sorted(by_device if device is None else {device} | set(by_device)):
+        mine = by_device.get(name, [])
+        counts = {_NAMES.get(s, s): sum(j.status == s for j in mine) for s in STATUSES}
+        blocks = {_NAMES.get(s, s): sum(len(j.args["keys"]) for j in mine if j.status == s) for s in STATUSES}
+        done_recent = [r for r in recent if r.queue_name == queue_of(name)]
+        rate = None
+        if done_recent:
+            span_min = max((now - min(r.at for r in done_recent)).total_seconds() / 60, 1 / 60)
+            rate = sum(len(r.args["keys"]) for r in done_recent) / min(span_min, window_min)
+        left = blocks["queued"] + blocks["running"]
+        workers = [
+            {
+                "unit": w.unit,
+                "host": w.host,
+                "pid": w.pid,
+                "job": w.job_id,
+                "heartbeat_s_ago": round((now - w.heartbeat_at).total_seconds(), 1),
+                "alive": (now - w.heartbeat_at).total_seconds() < alive_s,
+            }
+            for w in ledger.workers(name)
+        ]
+        failed_ids = [j.id for j in mine if j.status == "failed"]
+        last: dict[int, Any] = {f.job_id: f for f in ledger.failures(failed_ids)}
+        failures = [
+            {"job": i, "block": last[i].block_key, "unit": last[i].unit, "message": last[i].message}
+            for i in failed_ids
+            if i in last
+        ]
+        eta = left / rate if rate else (0.0 if left == 0 else None)
+        result.append(DeviceJobs(name, counts, blocks, rate, eta, workers, failures))
+    return result
+
+
+def retry_failed(store: LutStore, device: str) -> int:
+    """Put `device`'s failed jobs back in the queue with fresh attempts; how many."""
+    _require_postgres(store)
+    _ensure_queue(store)
+    stmt = text(
+        "UPDATE procrastinate_jobs j SET status = 'todo', attempts = 0, scheduled_at = NULL "
+        "WHERE j.queue_name = :q AND j.task_name = :t AND j.status = 'failed' AND NOT EXISTS ("
+        "SELECT 1 FROM procrastinate_jobs o WHERE o.queueing_lock = j.queueing_lock AND o.status = 'todo')"
+    )
+    with store.engine.begin() as conn:
+        return conn.execute(stmt, {"q": queue_of(device), "t": TASK_NAME}).rowcount
+
+
+def cancel_queued(store: LutStore, device: str) -> int:
+    """Cancel `device`'s queued jobs (running ones finish); how many."""
+    _require_postgres(store)
+    _ensure_queue(store)
+    stmt = text("SELECT id FROM procrastinate_jobs WHERE queue_name = :q AND task_name = :t AND status = 'todo'")
+    with store.engine.connect() as conn:
+        ids = conn.execute(stmt, {"q": queue_of(device), "t": TASK_NAME}).scalars().all()
+    app = _app(store.url, asynchronous=False)
+    with app.open():
+        return sum(bool(app.job_manager.cancel_job_by_id(job_id)) for job_id in ids)

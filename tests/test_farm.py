@@ -1,0 +1,207 @@
+"""The device farm (latency.jobs.farm): workers on stand-in phones and on this CPU sharing one PostgreSQL
+table's queue. The workers are real `lut worker` processes; the phones are the adb stand-in (several
+serials, one unit slower); the server is a real PostgreSQL (tests/pg.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from latency.estimate.estimator import Estimator
+from latency.vocab.conditions import Conditions
+from latency.vocab.family import blocks_of
+from lut_db import LutStore
+from lut_db.farm import FarmLedger
+from profilers.protocol import canary_spec
+from tests.cli import lut
+from tests.test_android import HAS_EXECUTORCH, PIXEL, fake_adb, runner_binary  # noqa: F401  (a fixture)
+
+LUT = [sys.executable, "-m", "latency.cli"]
+PHONE = Conditions("pixel", "executorch")
+MODELS = [  # two small networks sharing their stem and classifier
+    {
+        "resolution": 32,
+        "blocks": [
+            {"op": "conv_k3_hs", "c_out": 8, "stride": 2},
+            {"op": "ir_k5", "c_out": 8, "mid": 8},
+            {"op": "ir_k3", "c_out": 16, "mid": 32, "stride": 2},
+            {"op": "ir_pool_hs", "c_out": 64, "mid": 48},
+            {"op": "fc", "c_out": 10},
+        ],
+    },
+    {
+        "resolution": 32,
+        "blocks": [
+            {"op": "conv_k3_hs", "c_out": 8, "stride": 2},
+            {"op": "ir_k3", "c_out": 8, "mid": 24},
+            {"op": "ir_k5", "c_out": 16, "mid": 32, "stride": 2},
+            {"op": "ir_pool_hs", "c_out": 64, "mid": 48},
+            {"op": "fc", "c_out": 10},
+        ],
+    },
+]
+
+
+def program(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:20] + ".pte"
+
+
+def unit(serial: str, **extra: object) -> dict:
+    return {**PIXEL, "serial": serial, **extra}
+
+
+def worker(url: str, *args: str, env: dict | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*LUT, "worker", "--heartbeat-s", "1", "--db", url, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 240) -> tuple[str, str]:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"{' '.join(proc.args[3:])} did not stop: {err[-3000:]}") from None
+    assert proc.returncode == 0, err
+    return out, err
+
+
+def job_states(url: str) -> dict[int, str]:
+    with LutStore(url) as store, store.engine.connect() as conn:
+        return dict(conn.execute(text("SELECT id, status::text FROM procrastinate_jobs")).all())
+
+
+def spans(phones: Path, serial: str) -> list[tuple[float, float]]:
+    path = phones / serial / "spans.log"
+    return sorted((float(a), float(b)) for a, b, _ in (line.split() for line in path.read_text().splitlines()))
+
+
+@pytest.mark.skipif(not HAS_EXECUTORCH, reason="executorch is not installed (pip install 'lut[executorch]')")
+def test_three_phones_share_the_jobs_survive_a_kill_and_agree_after_the_canary(
+    fake_adb,  # noqa: F811
+    pg_store_url: str,
+    tmp_path: Path,
+) -> None:
+    # unit A is slow and busy for the time it reports (so it is killed mid-job), C is 1.5x slower than B
+    fake_adb(unit("UNITA", speed=20.0, sleep=True), unit("UNITB"), unit("UNITC", speed=1.5))
+    phones, runner = tmp_path / "phones", str(runner_binary(tmp_path))
+    archs = []
+    for i, model in enumerate(MODELS):
+        archs += ["--arch", str(tmp_path / f"m{i}.json")]
+        (tmp_path / f"m{i}.json").write_text(json.dumps(model))
+    specs = {s.key: s for m in MODELS for s in blocks_of(m)}
+    crash = program(blocks_of(MODELS[1])[2].key)[:20]  # this block aborts the runner on every unit
+    queue = ["profile", "--device", "pixel", *archs, "--queue", "--job-size", "2", "--protocol", "quick"]
+    queued = json.loads(lut(*queue, "--db", pg_store_url, "--json", check=True).stdout)
+    assert queued["queued_blocks"] == len(specs) and len(queued["jobs"]) == -(-len(specs) // 2)
+    again = json.loads(lut(*queue, "--db", pg_store_url, "--json", check=True).stdout)
+    assert again["queued_blocks"] == 0 and again["already_queued"] == len(specs)  # never queued twice
+
+    env = {"FAKE_RUNNER_CRASH": crash}
+    with LutStore(pg_store_url) as store:
+        ledger = FarmLedger(store.engine)
+        doomed = worker(pg_store_url, "--device", "pixel", "--serial", "UNITA", "--runner", runner, env=env)
+        deadline = time.monotonic() + 300
+        killed_job = None
+        while time.monotonic() < deadline and doomed.poll() is None:
+            busy = [w.job_id for w in ledger.workers("pixel") if w.unit == "UNITA" and w.job_id]
+            if busy and (phones / "UNITA" / "spans.log").exists():  # mid-job: it has run the phone
+                killed_job = busy[0]
+                break
+            time.sleep(0.05)
+        assert killed_job is not None, doomed.communicate(timeout=5)[1]
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait()
+        assert job_states(pg_store_url)[killed_job] == "doing"  # taken, its worker gone
+        drainers = [
+            worker(pg_store_url, "--device", "pixel", "--serial", serial, "--runner", runner, "--drain", env=env)
+            for serial in ("UNITB", "UNITB", "UNITC")  # two workers on one unit: they take turns
+        ]
+        outputs = [finish(p) for p in drainers]
+        assert any("another worker is measuring on UNITB" in err for _, err in outputs)
+
+        states = job_states(pg_store_url)
+        assert states[killed_job] == "succeeded"  # put back in the queue when A's heartbeat lapsed, finished
+        assert sorted(states.values()).count("failed") == 1 and "todo" not in states.values()
+        rows = store.measurements(PHONE)
+        keys = [r.block_key for r in rows]
+        crashed = next(k for k in specs if program(k).startswith(crash))
+        assert sorted(keys) == sorted(set(specs) - {crashed})  # every block once; the crashing one failed
+        status = json.loads(lut("jobs", "--device", "pixel", "--db", pg_store_url, "--json", check=True).stdout)
+        (pixel,) = status
+        assert pixel["jobs"]["failed"] == 1 and pixel["jobs"]["queued"] == pixel["jobs"]["running"] == 0
+        (failure,) = pixel["failures"]
+        assert failure["block"] == crashed and "Aborted" in failure["message"]
+
+        for serial in ("UNITA", "UNITB", "UNITC"):  # one job at a time on each unit, from the runner's own clock
+            ran = spans(phones, serial)
+            assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(ran))
+
+        # Each unit's own times, speed-free: a block's run over the canary's run on the same phone.
+        by_unit = {r.environment["serial"]: [] for r in rows}
+        for r in rows:
+            by_unit[r.environment["serial"]].append(r)
+        assert {"UNITB", "UNITC"} <= set(by_unit)
+        ratio = {}
+        for serial in by_unit:
+            ran = dict(line.split() for line in (phones / serial / "runs.log").read_text().splitlines())
+            canary = float(ran[program(canary_spec().key)])
+            ratio.update({r.block_key: float(ran[program(r.block_key)]) / canary for r in by_unit[serial]})
+        slow, fast = (sum(r.canary_us for r in by_unit[s]) / len(by_unit[s]) for s in ("UNITC", "UNITB"))
+        assert slow / fast == pytest.approx(1.5, rel=0.05)  # the units really differ
+        estimator = Estimator(PHONE, store=store, use_calibration=False)
+        for r in rows:  # after the canary the table does not depend on which unit took which job
+            entry = estimator.entry(specs[r.block_key])
+            assert entry.median_us / estimator.table_canary_us == pytest.approx(ratio[r.block_key], rel=0.03)
+
+
+def test_a_cpu_worker_and_a_phone_worker_drain_their_own_jobs(fake_adb, pg_store_url: str, tmp_path: Path) -> None:  # noqa: F811
+    fake_adb(unit("UNITB"))
+    model = tmp_path / "m.json"
+    model.write_text(json.dumps(MODELS[0]))
+    for device in ("cpu", "pixel"):
+        lut(
+            "profile",
+            "--device",
+            device,
+            "--arch",
+            str(model),
+            "--queue",
+            "--protocol",
+            "quick",
+            "--db",
+            pg_store_url,
+            check=True,
+        )
+    runner = str(runner_binary(tmp_path))
+    phone_worker = worker(pg_store_url, "--device", "pixel", "--runner", runner, "--drain", "--json")
+    cpu_worker = worker(pg_store_url, "--device", "cpu", "--drain", "--json")
+    phone, cpu = (json.loads(finish(p)[0]) for p in (phone_worker, cpu_worker))
+    assert phone["unit"] == "UNITB" and cpu["unit"].endswith("/cpu")
+    assert phone["blocks_measured"] == cpu["blocks_measured"] == len(blocks_of(MODELS[0]))
+    with LutStore(pg_store_url) as store:
+        assert {r.backend for r in store.measurements(Conditions("cpu"))} == {"torch"}
+        assert len(store.measurements(PHONE)) == len(blocks_of(MODELS[0]))
+
+
+def test_a_farm_needs_a_shared_table(tmp_path: Path) -> None:
+    db = str(tmp_path / "lut.sqlite")
+    for args in (["worker", "--device", "cpu"], ["profile", "--models", "dmasking_f1", "--queue"]):
+        ran = lut(*args, "--db", db)
+        assert ran.returncode == 2 and "needs one table that every host reaches" in ran.stderr
+        assert "postgresql+psycopg://" in ran.stderr and "Traceback" not in ran.stderr
