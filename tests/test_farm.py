@@ -18,12 +18,14 @@ import pytest
 from sqlalchemy import text
 
 from latency.estimate.estimator import Estimator
+from latency.jobs.space_fill import corner_specs
 from latency.vocab.conditions import Conditions
 from latency.vocab.family import blocks_of
+from latency.vocab.space import get_space
 from lut_db import LutStore
 from lut_db.farm import FarmLedger
 from profilers.protocol import canary_spec
-from tests.cli import lut
+from tests.cli import TINY_SPACE, lut
 from tests.test_android import HAS_EXECUTORCH, PIXEL, fake_adb, runner_binary  # noqa: F401  (a fixture)
 
 LUT = [sys.executable, "-m", "latency.cli"]
@@ -147,6 +149,11 @@ def test_three_phones_share_the_jobs_survive_a_kill_and_agree_after_the_canary(
         assert pixel["jobs"]["failed"] == 1 and pixel["jobs"]["queued"] == pixel["jobs"]["running"] == 0
         (failure,) = pixel["failures"]
         assert failure["block"] == crashed and "Aborted" in failure["message"]
+        retried = lut("jobs", "retry", "--device", "pixel", "--db", pg_store_url, "--json", check=True)
+        assert json.loads(retried.stdout)["retried"] == 1 and "todo" in job_states(pg_store_url).values()
+        cancelled = lut("jobs", "cancel", "--device", "pixel", "--db", pg_store_url, check=True)
+        assert "1 queued job(s) of pixel cancelled" in cancelled.stdout
+        assert sorted(job_states(pg_store_url).values()).count("cancelled") == 1
 
         for serial in ("UNITA", "UNITB", "UNITC"):  # one job at a time on each unit, from the runner's own clock
             ran = spans(phones, serial)
@@ -197,6 +204,10 @@ def test_a_cpu_worker_and_a_phone_worker_drain_their_own_jobs(fake_adb, pg_store
     with LutStore(pg_store_url) as store:
         assert {r.backend for r in store.measurements(Conditions("cpu"))} == {"torch"}
         assert len(store.measurements(PHONE)) == len(blocks_of(MODELS[0]))
+        present = store.measured_keys(Conditions("cpu", "torch"))
+    corners = {s.key for s in corner_specs(get_space(str(TINY_SPACE)))}
+    space = lut("profile", "--space", str(TINY_SPACE), "--queue", "--db", pg_store_url, "--json", check=True)
+    assert json.loads(space.stdout)["queued_blocks"] == len(corners - present)  # a space: its corners
 
 
 def test_a_farm_needs_a_shared_table(tmp_path: Path) -> None:

@@ -70,7 +70,7 @@ def profile(
         typer.Option(
             "--queue",
             help="Queue the missing blocks as jobs for the device farm's workers (`lut worker`) instead of "
-            "measuring them here; needs a PostgreSQL table.",
+            "measuring them here (with --space: its corners); needs a PostgreSQL table.",
         ),
     ] = False,
     job_size: Annotated[
@@ -85,8 +85,14 @@ def profile(
 
     check_protocol(protocol)
     conditions = Conditions(device, backend, threads, batch, dtype)
-    if queue and (space is not None or force):
-        raise LutError("--queue queues the blocks of --models and --arch; not with --space or --force.", exit_code=2)
+    if queue and force:
+        raise LutError("--queue queues what the table lacks; --force cannot go with it.", exit_code=2)
+    if queue and space is not None:  # the corners, which a space fill always measures in full
+        from latency.jobs.space_fill import corner_specs
+        from latency.vocab.space import get_space
+
+        _queue(corner_specs(get_space(space), batch, dtype), conditions, protocol, job_size, db, as_json)
+        return
     if space is not None:
         _profile_space(space, conditions, budget_min, protocol, db, as_json, phone_options(serial, runner))
         return
