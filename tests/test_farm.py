@@ -195,12 +195,19 @@ def test_a_cpu_worker_and_a_phone_worker_drain_their_own_jobs(fake_adb, pg_store
             pg_store_url,
             check=True,
         )
+    calibration = ["calibrate", "--device", "cpu", "--models", "none", "--random", "2", "--space", str(TINY_SPACE)]
+    calibration += ["--protocol", "quick", "--queue", "--db", pg_store_url, "--json"]
+    queued = json.loads(lut(*calibration, check=True).stdout)
+    assert queued["queued_networks"] == 2 and queued["blocks"]["queued_blocks"] > 0  # the networks and their blocks
     runner = str(runner_binary(tmp_path))
     phone_worker = worker(pg_store_url, "--device", "pixel", "--runner", runner, "--drain", "--json")
     cpu_worker = worker(pg_store_url, "--device", "cpu", "--drain", "--json")
     phone, cpu = (json.loads(finish(p)[0]) for p in (phone_worker, cpu_worker))
     assert phone["unit"] == "UNITB" and cpu["unit"].endswith("/cpu")
-    assert phone["blocks_measured"] == cpu["blocks_measured"] == len(blocks_of(MODELS[0]))
+    assert phone["measured"] == len(blocks_of(MODELS[0]))
+    assert cpu["measured"] == len(blocks_of(MODELS[0])) + queued["blocks"]["queued_blocks"] + 2
+    again = json.loads(lut(*calibration, check=True).stdout)  # `lut calibrate` without --queue now fits on these
+    assert again["already_present"] == 2 and again["queued_networks"] == again["blocks"]["queued_blocks"] == 0
     with LutStore(pg_store_url) as store:
         assert {r.backend for r in store.measurements(Conditions("cpu"))} == {"torch"}
         assert len(store.measurements(PHONE)) == len(blocks_of(MODELS[0]))

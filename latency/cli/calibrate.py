@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -34,6 +34,11 @@ from latency.cli.common import (
 )
 from latency.vocab.conditions import Conditions
 from latency.vocab.errors import LutError
+
+if TYPE_CHECKING:
+    from latency.vocab.arch import Arch
+    from latency.vocab.deploy_env import DeployEnv
+    from lut_db import LutStore
 
 app = typer.Typer()
 
@@ -69,6 +74,14 @@ def calibrate(
     ] = 10,
     serial: SerialOpt = None,
     runner: RunnerOpt = None,
+    queue: Annotated[
+        bool,
+        typer.Option(
+            "--queue",
+            help="Queue the whole networks (and, without --from, their missing blocks) as jobs for the device "
+            "farm's workers; once they are done, the same command without --queue fits. Needs a PostgreSQL table.",
+        ),
+    ] = False,
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -94,6 +107,9 @@ def calibrate(
         ]
         archs = transfer_archs(runs, seed, space, split_items(models, "--models"))
         title = f"running {len(archs)} networks on {device}"
+    if queue:
+        _queue(store, conditions, archs, from_devices is None, env, check_protocol(protocol), as_json)
+        return
     with RichProgress(title) as bar:
         if from_devices is None:
             report = run_calibration(
@@ -107,6 +123,32 @@ def calibrate(
         print_json(report.to_dict())
         return
     console.print(report.summary())
+
+
+def _queue(
+    store: LutStore,
+    conditions: Conditions,
+    archs: list[Arch],
+    calibrating: bool,
+    env: DeployEnv,
+    protocol: str,
+    as_json: bool,
+) -> None:
+    from latency.jobs.farm import enqueue_runs
+    from latency.jobs.transfer import TRANSFER_TAG
+
+    tag = "calibration" if calibrating else TRANSFER_TAG
+    summary = enqueue_runs(store, conditions, archs, tag, env, protocol, with_blocks=calibrating)
+    if as_json:
+        print_json(summary.to_dict())
+        return
+    blocks = summary.blocks
+    console.print(
+        f"{summary.requested} networks for {summary.device} ({summary.backend}): {summary.queued_networks} queued, "
+        f"{summary.already_present} already run, {summary.already_queued} already queued"
+        + (f"; blocks: {blocks.queued_blocks} queued, {blocks.already_present} in the table" if blocks else "")
+        + f". Once `lut jobs --device {summary.device}` shows them done, run this command without --queue to fit."
+    )
 
 
 @app.command()

@@ -60,7 +60,8 @@ def worker(
     else:
         console.print(
             f"worker on {summary.device} ({summary.unit}) stopped: {summary.jobs_done} job(s) done, "
-            f"{summary.jobs_failed} failed, {summary.blocks_measured} block(s) measured in {summary.seconds:.0f} s."
+            f"{summary.jobs_failed} failed, {summary.measured} block(s) or network(s) measured in "
+            f"{summary.seconds:.0f} s."
         )
 
 
@@ -84,7 +85,8 @@ def show(ctx: typer.Context, device: DeviceFilter = None, db: DbOpt = None, as_j
         counts = ", ".join(f"{n} {state}" for state, n in s.jobs.items() if n)
         console.print(
             f"{s.device}: {counts or 'no jobs'} (blocks: {s.blocks['queued']} queued, {s.blocks['running']} "
-            f"running, {s.blocks['done']} done); {rate}; ETA {eta}",
+            f"running, {s.blocks['done']} done; whole networks: {s.networks['queued']} queued, "
+            f"{s.networks['running']} running, {s.networks['done']} done); {rate}; ETA {eta}",
             highlight=False,
         )
         for w in s.workers:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import socket
 import time
@@ -26,16 +27,18 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 
-from latency.jobs.profile import profile_blocks
+from latency.jobs.profile import profile_archs, profile_blocks
+from latency.vocab.arch import Arch
 from latency.vocab.blocks import BlockSpec
 from latency.vocab.conditions import Conditions
+from latency.vocab.deploy_env import DEFAULT, DeployEnv
 from latency.vocab.errors import LutError
-from lut_db import LutStore
+from lut_db import LutStore, arch_hash
 from lut_db.farm import FarmLedger
 from profilers.devices import resolve_device
 from profilers.protocol import PROTOCOLS
 
-TASK_NAME = "lut.measure_blocks"
+TASK_NAME = "lut.measure"  # a job: a group of blocks (`keys`) or one whole network (`archs`)
 MAX_ATTEMPTS = 3  # a job whose blocks keep failing is tried this often (by any unit), then fails
 HEARTBEAT_S = 10.0  # a worker silent for three heartbeats is gone: its job goes back to the queue
 _UNIT_LOCK = 0x6C7574  # first half of the advisory lock key of a unit ("lut"); the second is the unit's hash
@@ -89,6 +92,11 @@ def _job_args(conditions: Conditions, protocol: str, keys: Sequence[str]) -> dic
     return {**conditions.columns(), "protocol": protocol, "keys": list(keys)}
 
 
+def _size(args: dict[str, Any], kind: str) -> int:
+    """The blocks (`keys`) or whole networks (`archs`) a job holds."""
+    return len(args.get(kind) or ())
+
+
 def _same_conditions(args: dict[str, Any], conditions: Conditions) -> bool:
     return all(args.get(name) == value for name, value in conditions.columns().items())
 
@@ -119,7 +127,7 @@ def _active_keys(store: LutStore, conditions: Conditions) -> set[str]:
     )
     with store.engine.connect() as conn:
         rows = conn.execute(stmt, {"q": queue_of(conditions.device), "t": TASK_NAME}).scalars().all()
-    return {key for args in rows if _same_conditions(args, conditions) for key in args["keys"]}
+    return {key for args in rows if _same_conditions(args, conditions) for key in args.get("keys", ())}
 
 
 def enqueue_blocks(
@@ -131,8 +139,6 @@ def enqueue_blocks(
 ) -> QueueSummary:
     """Defer a job per `job_size` blocks (default: the protocol's group) that neither the table nor a
     queued job holds."""
-    from procrastinate.exceptions import AlreadyEnqueued
-
     _require_postgres(store)
     _ensure_queue(store)
     backend = conditions.backend or resolve_device(conditions.device).default_backend  # reaches no device
@@ -145,19 +151,103 @@ def enqueue_blocks(
     summary.already_present = sum(s.key in present for s in unique)
     summary.already_queued = sum(s.key in queued and s.key not in present for s in unique)
     size = job_size or PROTOCOLS[protocol].group_size
+    groups = [todo[start : start + size] for start in range(0, len(todo), size)]
+    ids = _defer(store, conditions, [_job_args(conditions, protocol, keys) for keys in groups])
+    for keys, job_id in zip(groups, ids, strict=True):
+        if job_id is None:  # another host queued the same group a moment ago
+            summary.already_queued += len(keys)
+        else:
+            summary.jobs.append(job_id)
+            summary.queued_blocks += len(keys)
+    return summary
+
+
+def _defer(store: LutStore, conditions: Conditions, jobs: list[dict[str, Any]]) -> list[int | None]:
+    """Each job's id, or None where the same job is queued already (procrastinate's queueing lock)."""
+    from procrastinate.exceptions import AlreadyEnqueued
+
+    ids: list[int | None] = []
     app = _app(store.url, asynchronous=False)
     with app.open():
-        for start in range(0, len(todo), size):
-            keys = todo[start : start + size]
-            digest = hashlib.sha256("|".join([*map(str, conditions.columns().values()), *keys]).encode())
-            deferrer = app.configure_task(
-                TASK_NAME, queue=queue_of(conditions.device), queueing_lock=digest.hexdigest()[:32]
-            )
+        for args in jobs:
+            digest = hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:32]
+            deferrer = app.configure_task(TASK_NAME, queue=queue_of(conditions.device), queueing_lock=digest)
             try:
-                summary.jobs.append(deferrer.defer(**_job_args(conditions, protocol, keys)))
-                summary.queued_blocks += len(keys)
-            except AlreadyEnqueued:  # another host queued the same group a moment ago
-                summary.already_queued += len(keys)
+                ids.append(deferrer.defer(**args))
+            except AlreadyEnqueued:
+                ids.append(None)
+    return ids
+
+
+@dataclass
+class RunsQueueSummary:
+    device: str
+    backend: str
+    tag: str
+    requested: int = 0
+    already_present: int = 0
+    already_queued: int = 0
+    queued_networks: int = 0
+    blocks: QueueSummary | None = None  # their blocks, for a calibration (a transfer needs none)
+    jobs: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def enqueue_runs(
+    store: LutStore,
+    conditions: Conditions,
+    archs: Sequence[Arch],
+    tag: str,
+    deploy_env: DeployEnv = DEFAULT,
+    protocol: str = "standard",
+    with_blocks: bool = True,
+) -> RunsQueueSummary:
+    """Defer one job per whole network that has no run under `tag` yet and no queued job (and, with
+    `with_blocks`, the networks' missing blocks): what `lut calibrate` measures, for the farm. Once the
+    workers are done, `lut calibrate` with the same options measures nothing and fits."""
+    _require_postgres(store)
+    _ensure_queue(store)
+    backend = conditions.backend or resolve_device(conditions.device).default_backend
+    conditions = replace(conditions, backend=backend)
+    summary = RunsQueueSummary(conditions.device, backend, tag, requested=len(archs))
+    if with_blocks:
+        specs = [s for a in archs for s in a.specs(conditions.batch, conditions.dtype)]
+        summary.blocks = enqueue_blocks(store, conditions, specs, protocol)
+    present = {r.arch_hash for r in store.e2e_runs(conditions, tag=tag, deploy_env=deploy_env.name)}
+    stmt = text(
+        "SELECT args FROM procrastinate_jobs "
+        "WHERE queue_name = :q AND task_name = :t AND status::text IN ('todo', 'doing')"
+    )
+    with store.engine.connect() as conn:
+        active = conn.execute(stmt, {"q": queue_of(conditions.device), "t": TASK_NAME}).scalars().all()
+    queued = {
+        arch_hash(text_)
+        for args in active
+        if _same_conditions(args, conditions) and args.get("tag") == tag
+        for text_ in args.get("archs", ())
+    }
+    unique = list({arch_hash(a.to_json()): a for a in archs}.items())
+    todo = [a for h, a in unique if h not in present and h not in queued]
+    summary.already_present = sum(h in present for h, _ in unique)
+    summary.already_queued = sum(h in queued and h not in present for h, _ in unique)
+    jobs = [
+        {
+            **conditions.columns(),
+            "protocol": protocol,
+            "tag": tag,
+            "deploy_env": deploy_env.name,
+            "archs": [a.to_json()],
+        }
+        for a in todo
+    ]
+    for job_id in _defer(store, conditions, jobs):
+        if job_id is None:
+            summary.already_queued += 1
+        else:
+            summary.jobs.append(job_id)
+            summary.queued_networks += 1
     return summary
 
 
@@ -165,7 +255,7 @@ def enqueue_blocks(
 
 
 class BlocksFailed(Exception):
-    """Blocks of a job failed on a unit: the job is retried, then fails."""
+    """Blocks (or the network) of a job failed on a unit: the job is retried, then fails."""
 
 
 @dataclass
@@ -174,7 +264,7 @@ class WorkerSummary:
     unit: str
     jobs_done: int = 0
     jobs_failed: int = 0
-    blocks_measured: int = 0
+    measured: int = 0  # blocks and whole networks
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -234,14 +324,21 @@ def _measure_job(
     args: dict[str, Any],
 ) -> None:
     conditions = Conditions(args["device"], args["backend"], args["threads"], args["batch"], args["dtype"])
-    specs = [BlockSpec.from_key(key) for key in args["keys"]]
     state.job_id = job_id
     ledger.beat(unit, conditions.device, socket.gethostname(), os.getpid(), job_id)
     try:
-        summary = profile_blocks(specs, store, conditions, args["protocol"], device_options=device_options)
+        if "archs" in args:  # whole networks, as `lut calibrate` runs them
+            archs = [Arch.from_json_text(text_, "a queued job") for text_ in args["archs"]]
+            env = DeployEnv.parse(args["deploy_env"])
+            summary = profile_archs(
+                archs, store, conditions, args["tag"], args["protocol"], device_options=device_options, deploy_env=env
+            )
+        else:
+            specs = [BlockSpec.from_key(key) for key in args["keys"]]
+            summary = profile_blocks(specs, store, conditions, args["protocol"], device_options=device_options)
     finally:
         state.job_id = None
-    state.summary.blocks_measured += summary.measured
+    state.summary.measured += summary.measured
     say(
         f"job {job_id} on {unit}: {summary.measured} measured, {summary.already_present} already in the table"
         + (f", {len(summary.failed)} failed" if summary.failed else "")
@@ -250,7 +347,7 @@ def _measure_job(
         for key, message in summary.failed.items():
             ledger.record_failure(job_id, conditions.device, unit, key, message)
         first, message = next(iter(summary.failed.items()))
-        raise BlocksFailed(f"{len(summary.failed)} block(s) failed on {unit}, first {first}: {message}")
+        raise BlocksFailed(f"{len(summary.failed)} failed on {unit}, first {first}: {message}")
 
 
 async def _serve(
@@ -345,6 +442,7 @@ class DeviceJobs:
     device: str
     jobs: dict[str, int]  # status -> jobs
     blocks: dict[str, int]  # status -> blocks
+    networks: dict[str, int]  # status -> whole networks
     blocks_per_min: float | None  # over the last ten minutes
     eta_min: float | None
     workers: list[dict[str, Any]]
@@ -383,12 +481,13 @@ def farm_status(store: LutStore, device: str | None = None, window_min: float = 
     for name in sorted(by_device if device is None else {device} | set(by_device)):
         mine = by_device.get(name, [])
         counts = {_NAMES.get(s, s): sum(j.status == s for j in mine) for s in STATUSES}
-        blocks = {_NAMES.get(s, s): sum(len(j.args["keys"]) for j in mine if j.status == s) for s in STATUSES}
+        blocks = {_NAMES.get(s, s): sum(_size(j.args, "keys") for j in mine if j.status == s) for s in STATUSES}
+        networks = {_NAMES.get(s, s): sum(_size(j.args, "archs") for j in mine if j.status == s) for s in STATUSES}
         done_recent = [r for r in recent if r.queue_name == queue_of(name)]
         rate = None
         if done_recent:
             span_min = max((now - min(r.at for r in done_recent)).total_seconds() / 60, 1 / 60)
-            rate = sum(len(r.args["keys"]) for r in done_recent) / min(span_min, window_min)
+            rate = sum(_size(r.args, "keys") for r in done_recent) / min(span_min, window_min)
         left = blocks["queued"] + blocks["running"]
         workers = [
             {
@@ -409,7 +508,7 @@ def farm_status(store: LutStore, device: str | None = None, window_min: float = 
             if i in last
         ]
         eta = left / rate if rate else (0.0 if left == 0 else None)
-        result.append(DeviceJobs(name, counts, blocks, rate, eta, workers, failures))
+        result.append(DeviceJobs(name, counts, blocks, networks, rate, eta, workers, failures))
     return result
 
 

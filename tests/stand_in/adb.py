@@ -1,7 +1,8 @@
 """A stand-in for `adb` that emulates phones: `devices -l`, `-s SERIAL shell|push`.
 
 Configured by the JSON file in $FAKE_ADB_CONFIG: {"root": DIR, "log": FILE, "devices": [{"serial",
-"state", "model", "product", "props": {...}, "max_freqs_khz": [...], "thermal": [statuses...], "speed": 1.0, "sleep": false}]}.
+"state", "model", "product", "props": {...}, "max_freqs_khz": [...], "thermal": [statuses...],
+"speed": 1.0, "sleep": false}]}.
 A phone's shell runs the command with /bin/sh in DIR/SERIAL, where /data/local/tmp and /sys map to
 folders there and getprop, dumpsys and taskset are small scripts; so whatever lut pushes (the
 runner, the .pte files) really runs, on this host. Every invocation is logged.
