@@ -27,6 +27,7 @@ from latency.vocab.arch import Arch
 from latency.vocab.errors import LutError
 from latency.vocab.space import Space, SpacePoint
 from search_cost.cost import LatencyCost
+from search_cost.data import DigitsData, FolderData
 from search_cost.supernet import DMaskingSupernet
 
 
@@ -62,6 +63,10 @@ class SearchConfig:
     final_temperature: float = 0.2
     proxy_resolutions: tuple[int, ...] = (16, 20, 24, 28)
     images: int | None = None  # use only the first N digits (smoke tests); None: all 1797
+    data: str | None = None  # an image folder (search_cost.data) instead of the digits
+    # Where and how the supernet trains: not part of what is searched (a checkpoint resumes on another).
+    workers: int = field(default=0, compare=False)
+    train_device: str = field(default="cpu", compare=False)
 
     def __post_init__(self) -> None:
         if self.loss not in ("target", "fbnet"):
@@ -80,7 +85,10 @@ class SearchConfig:
         return self.initial_temperature * (self.final_temperature / self.initial_temperature) ** (epoch / span)
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        searched = {k: v for k, v in asdict(self).items() if k not in ("workers", "train_device")}
+        if self.data is None:
+            del searched["data"]  # digests of digits searches stay those of earlier checkpoints
+        return hashlib.sha256(json.dumps(searched, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -91,6 +99,7 @@ class EpochLog:
     proxy_accuracy: float
     expected_latency_ms: float
     seconds: float
+    images_per_s: float = 0.0  # training images through the supernet (weight and architecture steps)
 
 
 @dataclass
@@ -103,36 +112,27 @@ class SearchResult:
     history: list[EpochLog] = field(default_factory=list)
 
 
-def digits_data(
-    seed: int, size: int, limit: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """scikit-learn's 8x8 digits as 3-channel `size` x `size` images, split 80/20 (train / arch)."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = torch.tensor(digits.images[:limit], dtype=torch.float32)[:, None] / 16.0
-    images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
-    images = ((images - images.mean()) / images.std()).repeat(1, 3, 1, 1)
-    labels = torch.tensor(digits.target[:limit], dtype=torch.long)
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-    cut = int(0.8 * len(labels))
-    train, held = order[:cut], order[cut:]
-    return images[train], labels[train], images[held], labels[held]
-
-
 class Search:
     """One search; `run()` resumes from `checkpoint` when it holds a search of the same config."""
 
     def __init__(self, space: Space, cost: LatencyCost, config: SearchConfig, checkpoint: Path | None = None) -> None:
         self.space, self.cost, self.config, self.checkpoint = space, cost, config, checkpoint
+        self.device = torch.device(config.train_device)
+        size = max(config.proxy_resolutions)
+        if config.data is None:
+            self.source: DigitsData | FolderData = DigitsData(config.seed, size, config.images)
+        else:
+            self.source = FolderData(Path(config.data), config.seed, size, config.workers)
         torch.manual_seed(config.seed)
-        self.net = DMaskingSupernet(space, num_classes=10, proxy_resolutions=config.proxy_resolutions)
-        self.alphas = {name: torch.zeros(n, requires_grad=True) for name, n in space.dimensions}
+        self.net = DMaskingSupernet(
+            space, num_classes=self.source.num_classes, proxy_resolutions=config.proxy_resolutions
+        ).to(self.device)
+        self.cost = cost.to(self.device)
+        self.alphas = {name: torch.zeros(n, device=self.device, requires_grad=True) for name, n in space.dimensions}
         self.weight_opt = torch.optim.SGD(
             self.net.parameters(), lr=config.weight_lr, momentum=0.9, weight_decay=4e-5, nesterov=True
         )
         self.arch_opt = torch.optim.Adam(self.alphas.values(), lr=config.arch_lr, betas=(0.5, 0.999))
-        self.data = digits_data(config.seed, max(config.proxy_resolutions), config.images)
         self.epoch = 0
         self.history: list[EpochLog] = []
         self.generator = torch.Generator().manual_seed(config.seed + 1)
@@ -142,7 +142,7 @@ class Search:
     def _gumbel_weights(self, temperature: float) -> dict[str, torch.Tensor]:
         weights = {}
         for name, alpha in self.alphas.items():
-            uniform = torch.rand(alpha.shape, generator=self.generator).clamp_(1e-9, 1 - 1e-9)
+            uniform = torch.rand(alpha.shape, generator=self.generator).clamp_(1e-9, 1 - 1e-9).to(self.device)
             gumbel = -torch.log(-torch.log(uniform))
             weights[name] = torch.softmax((alpha + gumbel) / temperature, dim=-1)
         return weights
@@ -172,52 +172,59 @@ class Search:
         resolutions, which the one-hot network never sees (the usual supernet pitfall)."""
         point = point or self.point()
         one_hot = {
-            name: F.one_hot(torch.tensor(v), n).float()
+            name: F.one_hot(torch.tensor(v, device=self.device), n).float()
             for v, (name, n) in zip(point.row, self.space.dimensions, strict=True)
         }
-        _, _, x, y = self.data
         saved = {k: v.clone() for k, v in self.net.state_dict().items() if "running" in k or "num_batches" in k}
         self.net.train()
+        correct = 0
         with torch.no_grad():
-            correct = sum(
-                int((self.net(x[i : i + 512], one_hot).argmax(1) == y[i : i + 512]).sum())
-                for i in range(0, len(y), 512)
-            )
+            for x, y in self.source.held_out():
+                x, y = x.to(self.device), y.to(self.device)
+                with self._autocast():
+                    correct += int((self.net(x, one_hot).argmax(1) == y).sum())
         self.net.load_state_dict(saved, strict=False)  # evaluation leaves the running statistics alone
-        return correct / len(y)
+        return correct / self.source.held_out_count
+
+    def _autocast(self) -> Any:
+        """Mixed precision (bfloat16) for the supernet on a GPU; full precision on the CPU."""
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
 
     # ---- the loop -------------------------------------------------------------------------------
     def run_epoch(self) -> EpochLog:
         started = time.monotonic()
         config = self.config
         temperature = config.temperature(self.epoch)
-        train_x, train_y, held_x, held_y = self.data
-        order = torch.randperm(len(train_y), generator=self.generator)
-        held_order = torch.randperm(len(held_y), generator=self.generator)
         search_arch = self.epoch >= config.warmup_epochs
         losses = []
+        images = 0
         self.net.train()
-        for step, start in enumerate(range(0, len(order), config.batch)):
+        for train_x, train_y, held_x, held_y in self.source.epoch(self.generator, config.batch):
             if search_arch:  # architecture step on the held-out split
-                pick = held_order[(step * config.batch) % len(held_order) :][: config.batch]
+                held_x, held_y = held_x.to(self.device), held_y.to(self.device)
                 weights = self._gumbel_weights(temperature)
-                ce = F.cross_entropy(self.net(held_x[pick], weights), held_y[pick])
+                with self._autocast():
+                    ce = F.cross_entropy(self.net(held_x, weights), held_y).float()
                 loss = self._latency_loss(ce, self.expected_latency(weights))
                 self.arch_opt.zero_grad()
                 loss.backward()
                 self.arch_opt.step()
-            batch = order[start : start + config.batch]
+                images += len(held_y)
+            train_x, train_y = train_x.to(self.device), train_y.to(self.device)
             weights = {k: v.detach() for k, v in self._gumbel_weights(temperature).items()}
-            loss = F.cross_entropy(self.net(train_x[batch], weights), train_y[batch])
+            with self._autocast():
+                loss = F.cross_entropy(self.net(train_x, weights), train_y).float()
             self.weight_opt.zero_grad()
             loss.backward()
             self.weight_opt.step()
             losses.append(loss.item())
+            images += len(train_y)
         probs = self.probabilities()
         with torch.no_grad():
             expected = self.expected_latency(probs).item()
+        seconds = time.monotonic() - started
         log = EpochLog(
-            self.epoch, temperature, float(np.mean(losses)), self.proxy_accuracy(), expected, time.monotonic() - started
+            self.epoch, temperature, float(np.mean(losses)), self.proxy_accuracy(), expected, seconds, images / seconds
         )
         self.history.append(log)
         self.epoch += 1

@@ -88,7 +88,7 @@ def test_a_narrow_mask_zeroes_the_channels_beyond_its_width() -> None:
 def test_gradients_reach_the_architecture_through_both_terms(cost: LatencyCost) -> None:
     search = Search(SPACE, cost, SearchConfig(target_ms=50.0, epochs=1, proxy_resolutions=TINY))
     weights = search._gumbel_weights(temperature=1.0)
-    x, y = search.data[0][:16], search.data[1][:16]
+    x, y = search.source.tensors[0][:16], search.source.tensors[1][:16]
     ce = F.cross_entropy(search.net(x, weights), y)
     ce.backward(retain_graph=True)
     task = {k: v.grad.clone() for k, v in search.alphas.items()}
@@ -131,7 +131,7 @@ def test_a_tiny_search_moves_toward_the_target_and_resumes(table: str, tmp_path:
     assert abs(result.expected_latency_ms - target) < abs(start - target)  # moved toward the budget
     # the accuracy reported is that of the architecture returned (within 2 held-out images: BN's batch
     # statistics are summed in threads, so a near tie may flip)
-    held_out = len(resumed.data[3])
+    held_out = resumed.source.held_out_count
     assert abs(result.proxy_accuracy - resumed.proxy_accuracy(result.point)) <= 2 / held_out
     other_config = SearchConfig(target_ms=target * 2, epochs=3, proxy_resolutions=(12,), images=480)
     other = Search(space, cost, other_config, checkpoint)
