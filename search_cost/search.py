@@ -35,9 +35,23 @@ class SearchError(LutError):
     """A search that cannot start or go on (its checkpoint, say), in one sentence."""
 
 
-# The proxy images are 8x8 digits resized: below 8 nothing is left to see, above 256 the supernet's
-# activations outgrow a laptop's memory.
+# Below 8 pixels nothing is left to see; above 256 the supernet's activations outgrow a GPU's memory.
 MIN_PROXY_SIZE, MAX_PROXY_SIZE = 8, 256
+
+
+def pick_train_device(name: str | None) -> str:
+    """Where the supernet trains: `name`, checked, or the first GPU when there is one."""
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SearchError(f"--train-device '{name}' is not a device: use cpu, cuda or cuda:N.", exit_code=2) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SearchError(f"--train-device {name}: this machine has no CUDA GPU (use cpu).", exit_code=2)
+    if device.type not in ("cpu", "cuda"):
+        raise SearchError(f"--train-device '{name}' is not supported: use cpu, cuda or cuda:N.", exit_code=2)
+    return str(device)
 
 
 def default_proxy_resolutions(count: int) -> tuple[int, ...]:

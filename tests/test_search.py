@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,6 +15,7 @@ from latency.vocab.family import get_arch
 from latency.vocab.space import get_space
 from lut_db import LutStore
 from search_cost import LatencyCost
+from search_cost.data import FolderData, scan_folder
 from search_cost.search import Search, SearchConfig, fit_to_budget
 from search_cost.supernet import DMaskingSupernet, mixed_mask, prefix_masks
 from tests.cli import QUICK, TINY_SPACE, Ran
@@ -198,3 +200,74 @@ def test_search_command_writes_an_architecture_the_rest_of_lut_accepts(table: st
     estimate = lut("estimate", str(out), "--no-profile", "--json", db=table)
     assert estimate.returncode == 0, estimate.stderr
     assert json.loads(estimate.stdout)["latency_ms"] == pytest.approx(payload["estimated_ms"])
+
+
+def image_folder(root: Path, classes: int = 3, per_class: int = 10, val: bool = True) -> Path:
+    """A tiny image folder: each class a colour, with noise, as PNG files of varying sizes."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    splits = {"train": per_class, "val": per_class // 2} if val else {"train": per_class}
+    for split, count in splits.items():
+        for c in range(classes):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                size = (20 + i % 3 * 4, 18 + i % 2 * 6)
+                pixels = np.clip(rng.normal(60 + 60 * c, 30, (*size[::-1], 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+def test_an_image_folder_is_split_and_loaded_as_the_search_expects(tmp_path: Path) -> None:
+    classes, train, held = scan_folder(image_folder(tmp_path / "with_val"))
+    assert classes == ["class0", "class1", "class2"] and len(train.paths) == 30 and len(held.paths) == 15
+    classes, train, held = scan_folder(image_folder(tmp_path / "no_val", val=False), seed=3)
+    assert len(train.paths) == 24 and len(held.paths) == 6 and not set(train.paths) & set(held.paths)
+    assert scan_folder(tmp_path / "no_val", seed=3)[2] == held  # the split is seeded
+    data = FolderData(tmp_path / "with_val", seed=0, size=16)
+    x, y, hx, hy = next(data.epoch(torch.Generator().manual_seed(0), batch=8))
+    assert set(hy.tolist()) <= {0, 1, 2}
+    assert x.shape == (8, 3, 16, 16) and hx.shape == (8, 3, 16, 16) and y.dtype == torch.long
+    again = next(data.epoch(torch.Generator().manual_seed(0), batch=8))
+    torch.testing.assert_close(again[0], x)  # the same crops from the same seed (a resumed epoch)
+    assert sum(len(b[1]) for b in data.held_out(batch=4)) == 15
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda root: None, "does not exist"),
+        (lambda root: (root / "train" / "cat").mkdir(parents=True), "has no images in class folders"),
+        (lambda root: image_folder(root, classes=1), "has one class (class0): a classifier needs at least two"),
+        (
+            lambda root: (image_folder(root) / "train" / "class1" / "bad.png").write_bytes(b"not a png"),
+            "bad.png is not",
+        ),
+    ],
+)
+def test_folders_the_search_cannot_use_are_refused_before_training(
+    make, message: str, table: str, tmp_path: Path
+) -> None:
+    root = tmp_path / "data"
+    make(root)
+    out = tmp_path / "found.json"
+    proc = lut(
+        "search", "--space", str(TINY_SPACE), "--target-ms", "1", "--data", str(root), "--out", str(out), db=table
+    )
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not Path(f"{out}.ckpt").exists()  # before any epoch
+
+
+def test_a_search_on_an_image_folder(table: str, tmp_path: Path) -> None:
+    out = tmp_path / "found.json"
+    args = ["search", "--space", str(TINY_SPACE), "--target-ms", "1", "--data", str(image_folder(tmp_path / "data"))]
+    args += ["--epochs", "1", "--batch-size", "8", "--workers", "0", "--train-device", "cpu", "--out", str(out)]
+    proc = lut(*args, "--no-measure", "--json", db=table)
+    assert proc.returncode == 0, proc.stderr
+    payload = json.loads(proc.stdout)
+    assert out.is_file() and payload["plot"] == str(out.with_suffix(".png"))
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # accuracy and latency over epochs
+    assert "images/s" in proc.stderr and 0 <= payload["proxy_accuracy"] <= 1
+    refused = lut(*args[:-2], "--train-device", "tpu", db=table)
+    assert refused.returncode == 2 and "--train-device" in refused.stderr

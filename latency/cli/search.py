@@ -60,10 +60,23 @@ def search(
         str | None,
         typer.Option(
             help="Proxy-task image sizes, one per resolution option of the space (comma-separated) "
-            "[default: 16,20,24,... one per option]."
+            "[default: the space's resolutions with --data, else 16,20,24,... one per option]."
         ),
     ] = None,
     images: Annotated[int | None, typer.Option(min=50, help="Use only the first N digits (a smoke test).")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="An image folder to search on (train/<class>/*.jpg, val/<class>/*.jpg; without val/ a seeded fifth "
+            "of train/ is held out) [default: scikit-learn's digits]."
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per step (weights and architecture).")] = 64,
+    workers: Annotated[int, typer.Option(min=0, help="Processes loading the image folder's images.")] = 4,
+    train_device: Annotated[
+        str | None,
+        typer.Option(help="Where the supernet trains: cpu, cuda or cuda:N (mixed precision) [default: cuda if any]."),
+    ] = None,
     backend: BackendOpt = None,
     threads: ThreadsOpt = 1,
     protocol: ProtocolOpt = "standard",
@@ -74,12 +87,14 @@ def search(
     """Run FBNetV2's channel/resolution search against the table's latency cost; write the result."""
     from latency.jobs.search import SearchRequest, run_search
     from latency.vocab.space import get_space
-    from search_cost.search import SearchConfig, check_checkpoint, default_proxy_resolutions
+    from search_cost.data import scan_folder
+    from search_cost.search import SearchConfig, check_checkpoint, default_proxy_resolutions, pick_train_device
 
     # Every option is checked here, before minutes of filling the table or training.
     search_space = get_space(space)
     count = len(search_space.resolutions)
-    sizes = default_proxy_resolutions(count)
+    # On the user's images the search trains at the space's own resolutions; the digits are upsampled 8x8.
+    sizes = tuple(search_space.resolutions) if data is not None else default_proxy_resolutions(count)
     if proxy_resolutions is not None:
         sizes = _proxy_sizes(proxy_resolutions, count, space)
     out = out or Path(f"search-{target_ms:g}ms.json")
@@ -88,9 +103,20 @@ def search(
     check_writable(checkpoint, "--checkpoint")
     if checkpoint.exists():
         check_checkpoint(checkpoint)  # a file that is no checkpoint is found now, not after the fill
+    if data is not None:
+        scan_folder(data, seed)  # a folder the search cannot use is refused now, in one sentence
     try:
         config = SearchConfig(
-            target_ms=target_ms, epochs=epochs, seed=seed, loss=loss, proxy_resolutions=sizes, images=images
+            target_ms=target_ms,
+            epochs=epochs,
+            seed=seed,
+            loss=loss,
+            proxy_resolutions=sizes,
+            images=images,
+            batch=batch_size,
+            data=None if data is None else str(data),
+            workers=workers,
+            train_device=pick_train_device(train_device),
         )
     except ValueError as exc:
         raise LutError(f"{exc}.", exit_code=2) from None
@@ -109,7 +135,8 @@ def search(
     def report(log: Any) -> None:
         err_console.print(
             f"epoch {log.epoch + 1:3d}/{epochs}  temperature {log.temperature:.3f}  proxy accuracy "
-            f"{log.proxy_accuracy:6.1%}  expected latency {log.expected_latency_ms:8.3f} ms  ({log.seconds:.0f} s)",
+            f"{log.proxy_accuracy:6.1%}  expected latency {log.expected_latency_ms:8.3f} ms  ({log.seconds:.0f} s, "
+            f"{log.images_per_s:.0f} images/s)",
             highlight=False,
             soft_wrap=True,  # one line per epoch in a log file too
         )

@@ -118,3 +118,22 @@ def plot_ranking(ranking: Any, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_search(history: Sequence[Any], target_ms: float, title: str, path: Path) -> None:
+    """Proxy accuracy and expected latency on the target device over the search's epochs."""
+    plt = _pyplot()
+    fig, accuracy_ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    epochs = [log.epoch + 1 for log in history]
+    accuracy_ax.plot(epochs, [100 * log.proxy_accuracy for log in history], color="tab:blue", marker="o")
+    accuracy_ax.set_xlabel("epoch")
+    accuracy_ax.set_ylabel("proxy accuracy (%)", color="tab:blue")
+    latency_ax = accuracy_ax.twinx()
+    latency_ax.plot(epochs, [log.expected_latency_ms for log in history], color="tab:red", marker="s")
+    latency_ax.axhline(target_ms, color="tab:red", linestyle="--", linewidth=1)
+    latency_ax.set_ylabel("expected latency (ms); target dashed", color="tab:red")
+    accuracy_ax.set_title(title, fontsize=9)
+    accuracy_ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

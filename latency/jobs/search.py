@@ -12,6 +12,7 @@ from typing import Any
 from latency.estimate.estimator import Estimator, MissingBlocksError
 from latency.estimate.fitting import at_run_speed
 from latency.jobs.profile import Progress, latest_run, profile_archs
+from latency.jobs.report import plot_search
 from latency.jobs.space_fill import profile_space
 from latency.vocab.conditions import Conditions
 from latency.vocab.deploy_env import DEFAULT, DeployEnv
@@ -46,6 +47,7 @@ class SearchOutcome:
     proxy_accuracy: float
     projected: bool  # the argmax missed the budget and was projected onto it
     arch: str
+    plot: str  # accuracy and expected latency over the epochs, beside the architecture
     calibrated: bool
     flops_m: float
 
@@ -99,6 +101,8 @@ def run_search(
         say(f"resuming from {request.checkpoint} at epoch {resumed_at}")
     result = runner.run(on_epoch=on_epoch)
     request.out.write_text(result.arch.to_json())
+    plot = request.out.with_suffix(".png")
+    plot_search(result.history, target_ms, f"search for {target_ms:g} ms on {device} ({space.name})", plot)
     estimated = estimator.estimate(result.arch).latency_ms
     measured = estimated_then = None
     if request.measure:
@@ -127,6 +131,7 @@ def run_search(
         proxy_accuracy=result.proxy_accuracy,
         projected=result.point != result.argmax,
         arch=str(request.out),
+        plot=str(plot),
         calibrated=estimator.calibrated,
         flops_m=sum(s.flops_m for s in result.arch.specs()),
     )
