@@ -20,15 +20,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset
 
 from latency.vocab.errors import LutError
+from search_cost.distributed import ONE_PROCESS, Ranks, rank_slice
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".gif", ".tif", ".tiff"})
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet's, as every torchvision recipe
 HELD_OUT = 0.2  # of each class, when the folder has no val/
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # train x, y; held-out x, y
+# This process's slice of a step's training batch (x, y) and held-out batch, and the global batches' sizes.
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, int]
 
 
 class DataError(LutError):
@@ -59,15 +61,17 @@ class DigitsData:
         train, held = order[:cut], order[cut:]
         self.tensors = (images[train], labels[train], images[held], labels[held])
 
-    def epoch(self, generator: torch.Generator, batch: int) -> Iterator[Batch]:
-        """One pass over the training split; each step with a held-out batch for the architecture."""
+    def epoch(self, generator: torch.Generator, batch: int, ranks: Ranks = ONE_PROCESS) -> Iterator[Batch]:
+        """One pass over the training split in global batches of `batch` (this process's slice of each);
+        each step with a held-out batch for the architecture."""
         train_x, train_y, held_x, held_y = self.tensors
         order = torch.randperm(len(train_y), generator=generator)
         held_order = torch.randperm(len(held_y), generator=generator)
         for step, start in enumerate(range(0, len(order), batch)):
             pick = held_order[(step * batch) % len(held_order) :][:batch]
             chosen = order[start : start + batch]
-            yield train_x[chosen], train_y[chosen], held_x[pick], held_y[pick]
+            mine, held = rank_slice(chosen, ranks), rank_slice(pick, ranks)
+            yield train_x[mine], train_y[mine], held_x[held], held_y[held], len(chosen), len(pick)
 
     def held_out(self, batch: int = 512) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         _, _, x, y = self.tensors
@@ -211,23 +215,27 @@ class FolderData:
     def held_out_count(self) -> int:
         return len(self.held_images)
 
-    def _loader(self, images: FolderImages, batch: int, seed: int | None) -> DataLoader:
-        images.seed = seed or 0
-        sampler = None if seed is None else RandomSampler(images, generator=torch.Generator().manual_seed(seed))
-        return DataLoader(images, batch_size=batch, sampler=sampler, num_workers=self.workers)
+    def _loader(self, images: FolderImages, batches: list[torch.Tensor], seed: int) -> DataLoader:
+        images.seed = seed
+        return DataLoader(images, batch_sampler=[b.tolist() for b in batches], num_workers=self.workers)
 
-    def epoch(self, generator: torch.Generator, batch: int) -> Iterator[Batch]:
-        # Seeds drawn from the search's generator: an epoch's order and crops follow from its checkpoint.
+    def epoch(self, generator: torch.Generator, batch: int, ranks: Ranks = ONE_PROCESS) -> Iterator[Batch]:
+        # Seeds drawn from the search's generator: an epoch's order and crops follow from its checkpoint,
+        # and are the same in every process, which loads only its slice of each global batch.
         train_seed, held_seed = (int(v) for v in torch.randint(0, 2**62, (2,), generator=generator))
-        held = self._loader(self.held_images, batch, held_seed)
-        held_batches = iter(held)
-        for x, y in self._loader(self.train_images, batch, train_seed):
-            try:
-                hx, hy = next(held_batches)
-            except StopIteration:  # the held-out split is smaller: go round it again
-                held_batches = iter(held)
-                hx, hy = next(held_batches)
-            yield x, y, hx, hy
+        order = torch.randperm(len(self.train_images), generator=torch.Generator().manual_seed(train_seed))
+        held_order = torch.randperm(len(self.held_images), generator=torch.Generator().manual_seed(held_seed))
+        train = [order[start : start + batch] for start in range(0, len(order), batch)]
+        held = [held_order[(step * batch) % len(held_order) :][:batch] for step in range(len(train))]
+        train_mine, held_mine = [rank_slice(b, ranks) for b in train], [rank_slice(b, ranks) for b in held]
+        loaded = zip(
+            self._loader(self.train_images, train_mine, train_seed),
+            self._loader(self.held_images, held_mine, held_seed),
+            strict=True,
+        )
+        for ((x, y), (hx, hy)), chosen, pick in zip(loaded, train, held, strict=True):
+            yield x, y, hx, hy, len(chosen), len(pick)
 
     def held_out(self, batch: int = 256) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        yield from self._loader(self.held_images, batch, None)
+        everything = torch.arange(len(self.held_images))
+        yield from self._loader(self.held_images, list(everything.split(batch)), 0)

@@ -28,6 +28,7 @@ from latency.vocab.errors import LutError
 from latency.vocab.space import Space, SpacePoint
 from search_cost.cost import LatencyCost
 from search_cost.data import DigitsData, FolderData
+from search_cost.distributed import ONE_PROCESS, Ranks, average_gradients, global_batch_norm, global_sum
 from search_cost.supernet import DMaskingSupernet
 
 
@@ -129,8 +130,15 @@ class SearchResult:
 class Search:
     """One search; `run()` resumes from `checkpoint` when it holds a search of the same config."""
 
-    def __init__(self, space: Space, cost: LatencyCost, config: SearchConfig, checkpoint: Path | None = None) -> None:
-        self.space, self.cost, self.config, self.checkpoint = space, cost, config, checkpoint
+    def __init__(
+        self,
+        space: Space,
+        cost: LatencyCost,
+        config: SearchConfig,
+        checkpoint: Path | None = None,
+        ranks: Ranks = ONE_PROCESS,
+    ) -> None:
+        self.space, self.cost, self.config, self.checkpoint, self.ranks = space, cost, config, checkpoint, ranks
         self.device = torch.device(config.train_device)
         size = max(config.proxy_resolutions)
         if config.data is None:
@@ -141,6 +149,13 @@ class Search:
         self.net = DMaskingSupernet(
             space, num_classes=self.source.num_classes, proxy_resolutions=config.proxy_resolutions
         ).to(self.device)
+        # Training goes through `model`: the supernet itself, or under torchrun DDP over its weights with
+        # batch statistics over the global batch (search_cost.distributed).
+        self.model: torch.nn.Module = self.net
+        if ranks.world > 1:
+            self.net = global_batch_norm(self.net, config.train_device)
+            ids = [self.device] if self.device.type == "cuda" else None
+            self.model = torch.nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
         self.cost = cost.to(self.device)
         self.alphas = {name: torch.zeros(n, device=self.device, requires_grad=True) for name, n in space.dimensions}
         self.weight_opt = torch.optim.SGD(
@@ -200,6 +215,15 @@ class Search:
         self.net.load_state_dict(saved, strict=False)  # evaluation leaves the running statistics alone
         return correct / self.source.held_out_count
 
+    def _cross_entropy(
+        self, x: torch.Tensor, y: torch.Tensor, weights: dict[str, torch.Tensor], global_n: int
+    ) -> torch.Tensor:
+        """This process's share of the global batch's mean cross-entropy, scaled so that the average over
+        processes (DDP's, and the architecture gradients') is the global batch's mean."""
+        with self._autocast():
+            logits = self.model(x, weights)
+        return F.cross_entropy(logits.float(), y, reduction="sum") * (self.ranks.world / global_n)
+
     def _autocast(self) -> Any:
         """Mixed precision (bfloat16) for the supernet on a GPU; full precision on the CPU."""
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
@@ -213,26 +237,26 @@ class Search:
         losses = []
         images = 0
         self.net.train()
-        for train_x, train_y, held_x, held_y in self.source.epoch(self.generator, config.batch):
+        batches = self.source.epoch(self.generator, config.batch, self.ranks)
+        for train_x, train_y, held_x, held_y, train_n, held_n in batches:
             if search_arch:  # architecture step on the held-out split
                 held_x, held_y = held_x.to(self.device), held_y.to(self.device)
                 weights = self._gumbel_weights(temperature)
-                with self._autocast():
-                    ce = F.cross_entropy(self.net(held_x, weights), held_y).float()
+                ce = self._cross_entropy(held_x, held_y, weights, held_n)
                 loss = self._latency_loss(ce, self.expected_latency(weights))
                 self.arch_opt.zero_grad()
                 loss.backward()
+                average_gradients(list(self.alphas.values()), self.ranks)
                 self.arch_opt.step()
-                images += len(held_y)
+                images += held_n
             train_x, train_y = train_x.to(self.device), train_y.to(self.device)
             weights = {k: v.detach() for k, v in self._gumbel_weights(temperature).items()}
-            with self._autocast():
-                loss = F.cross_entropy(self.net(train_x, weights), train_y).float()
+            loss = self._cross_entropy(train_x, train_y, weights, train_n)
             self.weight_opt.zero_grad()
             loss.backward()
             self.weight_opt.step()
-            losses.append(loss.item())
-            images += len(train_y)
+            losses.append(global_sum(loss.item(), self.ranks) / self.ranks.world)
+            images += train_n
         probs = self.probabilities()
         with torch.no_grad():
             expected = self.expected_latency(probs).item()
@@ -279,7 +303,7 @@ class Search:
         }
 
     def _save(self) -> None:
-        if self.checkpoint is None:
+        if self.checkpoint is None or not self.ranks.main:  # one writer; every process resumes from it
             return
         self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
         partial = self.checkpoint.with_suffix(self.checkpoint.suffix + ".partial")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -226,9 +229,9 @@ def test_an_image_folder_is_split_and_loaded_as_the_search_expects(tmp_path: Pat
     assert len(train.paths) == 24 and len(held.paths) == 6 and not set(train.paths) & set(held.paths)
     assert scan_folder(tmp_path / "no_val", seed=3)[2] == held  # the split is seeded
     data = FolderData(tmp_path / "with_val", seed=0, size=16)
-    x, y, hx, hy = next(data.epoch(torch.Generator().manual_seed(0), batch=8))
+    x, y, hx, hy, n, held_n = next(data.epoch(torch.Generator().manual_seed(0), batch=8))
     assert set(hy.tolist()) <= {0, 1, 2}
-    assert x.shape == (8, 3, 16, 16) and hx.shape == (8, 3, 16, 16) and y.dtype == torch.long
+    assert x.shape == (8, 3, 16, 16) and hx.shape == (8, 3, 16, 16) and y.dtype == torch.long and n == held_n == 8
     again = next(data.epoch(torch.Generator().manual_seed(0), batch=8))
     torch.testing.assert_close(again[0], x)  # the same crops from the same seed (a resumed epoch)
     assert sum(len(b[1]) for b in data.held_out(batch=4)) == 15
@@ -271,3 +274,30 @@ def test_a_search_on_an_image_folder(table: str, tmp_path: Path) -> None:
     assert "images/s" in proc.stderr and 0 <= payload["proxy_accuracy"] <= 1
     refused = lut(*args[:-2], "--train-device", "tpu", db=table)
     assert refused.returncode == 2 and "--train-device" in refused.stderr
+
+
+def test_two_processes_under_torchrun_search_as_one_with_the_same_global_batch(table: str, tmp_path: Path) -> None:
+    space, estimator = TINY_SEARCH_SPACE, Estimator("cpu", db=table)
+    rows = ([0 for _ in space.dimensions], [n - 1 for _, n in space.dimensions])
+    ends = [estimator.estimate(space.arch(space.point_from_row(row))) for row in rows]
+    target = f"{sum(e.latency_ms for e in ends) / 2:.3f}"
+    common = ["search", "--space", str(TINY_SPACE), "--target-ms", target, "--epochs", "4", "--images", "200"]
+    common += ["--batch-size", "30", "--proxy-resolutions", "12", "--train-device", "cpu", "--no-measure"]
+    one = lut(*common, "--out", str(tmp_path / "one.json"), db=table)  # warm-up 3 epochs, then one searching
+    assert one.returncode == 0, one.stderr
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    two_args = [*torchrun, "-m", "latency.cli", *common, "--out", str(tmp_path / "two.json"), "--db", table]
+    env = {**os.environ, **QUICK, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run(two_args, capture_output=True, text=True, env=env, timeout=900, check=False)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("wrote ") == 1  # one process reports
+    first, second = (torch.load(tmp_path / f"{n}.json.ckpt", weights_only=True) for n in ("one", "two"))
+    assert first["epoch"] == second["epoch"] == 4
+    assert all(logits.abs().sum() > 0 for logits in first["alphas"].values() if len(logits) > 1)  # they moved
+    for name, logits in first["alphas"].items():  # and alike
+        torch.testing.assert_close(second["alphas"][name], logits, atol=1e-4, rtol=1e-3)
+    for name, weights in first["net"].items():
+        torch.testing.assert_close(second["net"][name], weights, atol=1e-4, rtol=1e-3)
+    assert (tmp_path / "two.json").read_text() == (tmp_path / "one.json").read_text()
+    again = subprocess.run(two_args, capture_output=True, text=True, env=env, timeout=900, check=False)
+    assert again.returncode == 0 and f"resuming from {tmp_path / 'two.json'}.ckpt at epoch 4" in again.stderr

@@ -145,6 +145,8 @@ def search(
         err_console.print(message, highlight=False, soft_wrap=True)  # a path stays whole, in a log file too
 
     found = run_search(request, open_store(db), RichProgress, say, report)
+    if found is None:  # another process of a torchrun search: the first one reports
+        return
     if as_json:
         print_json(found.to_dict())
         return

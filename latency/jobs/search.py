@@ -5,7 +5,7 @@ end to end and state the estimate at the machine's speed during that run."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from latency.vocab.space import Space
 from lut_db import LutStore
 from profilers.devices import is_local
 from search_cost.cost import LatencyCost
+from search_cost.distributed import barrier, init_from_env
 from search_cost.search import EpochLog, Search, SearchConfig
 
 
@@ -57,6 +58,10 @@ class SearchOutcome:
         return payload
 
 
+def _silent(*_: Any) -> None:
+    pass
+
+
 def space_estimator(
     request: SearchRequest, store: LutStore, progress: Progress, say: Callable[[str], None]
 ) -> Estimator:
@@ -85,9 +90,17 @@ def run_search(
     progress: Progress,
     say: Callable[[str], None],
     on_epoch: Callable[[EpochLog], None],
-) -> SearchOutcome:
+) -> SearchOutcome | None:
+    """The search, in this process or (under torchrun) in each of several: the first fills the table if
+    needed, then all train; only the first writes, measures and reports (the others return None)."""
     space, device, target_ms = request.space, request.conditions.device, request.config.target_ms
-    estimator = space_estimator(request, store, progress, say)
+    ranks, train_device = init_from_env(request.config.train_device)
+    if ranks.main:
+        estimator = space_estimator(request, store, progress, say)
+    barrier(ranks)
+    if not ranks.main:
+        say = on_epoch = _silent  # one voice: the first process
+        estimator = Estimator(request.conditions, store=store, deploy_env=request.deploy_env.name)
     fastest = estimator.estimate(space.arch(space.point_from_row([0] * len(space.dimensions)))).latency_ms
     if target_ms < fastest:
         raise LutError(
@@ -96,10 +109,13 @@ def run_search(
             exit_code=2,
         )
     cost = LatencyCost(space, estimator=estimator)  # after the check: building it costs seconds on a big space
-    runner = Search(space, cost, request.config, request.checkpoint)
+    config = replace(request.config, train_device=train_device)
+    runner = Search(space, cost, config, request.checkpoint, ranks)
     if resumed_at := runner.resume():
         say(f"resuming from {request.checkpoint} at epoch {resumed_at}")
     result = runner.run(on_epoch=on_epoch)
+    if not ranks.main:
+        return None
     request.out.write_text(result.arch.to_json())
     plot = request.out.with_suffix(".png")
     plot_search(result.history, target_ms, f"search for {target_ms:g} ms on {device} ({space.name})", plot)
