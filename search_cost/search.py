@@ -82,6 +82,7 @@ class SearchConfig:
     # Where and how the supernet trains: not part of what is searched (a checkpoint resumes on another).
     workers: int = field(default=0, compare=False)
     train_device: str = field(default="cpu", compare=False)
+    mixed_precision: bool = field(default=True, compare=False)  # bfloat16 autocast, on a GPU only
 
     def __post_init__(self) -> None:
         if self.loss not in ("target", "fbnet"):
@@ -100,7 +101,7 @@ class SearchConfig:
         return self.initial_temperature * (self.final_temperature / self.initial_temperature) ** (epoch / span)
 
     def digest(self) -> str:
-        searched = {k: v for k, v in asdict(self).items() if k not in ("workers", "train_device")}
+        searched = {k: v for k, v in asdict(self).items() if k not in ("workers", "train_device", "mixed_precision")}
         if self.data is None:
             del searched["data"]  # digests of digits searches stay those of earlier checkpoints
         return hashlib.sha256(json.dumps(searched, sort_keys=True).encode()).hexdigest()[:16]
@@ -226,7 +227,8 @@ class Search:
 
     def _autocast(self) -> Any:
         """Mixed precision (bfloat16) for the supernet on a GPU; full precision on the CPU."""
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        enabled = self.config.mixed_precision and self.device.type == "cuda"
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     # ---- the loop -------------------------------------------------------------------------------
     def run_epoch(self) -> EpochLog:

@@ -77,6 +77,9 @@ def search(
         str | None,
         typer.Option(help="Where the supernet trains: cpu, cuda or cuda:N (mixed precision) [default: cuda if any]."),
     ] = None,
+    mixed_precision: Annotated[
+        bool, typer.Option(help="bfloat16 autocast for the supernet on a GPU (the CPU trains in float32).")
+    ] = True,
     backend: BackendOpt = None,
     threads: ThreadsOpt = 1,
     protocol: ProtocolOpt = "standard",
@@ -117,6 +120,7 @@ def search(
             data=None if data is None else str(data),
             workers=workers,
             train_device=pick_train_device(train_device),
+            mixed_precision=mixed_precision,
         )
     except ValueError as exc:
         raise LutError(f"{exc}.", exit_code=2) from None
