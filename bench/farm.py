@@ -5,6 +5,10 @@ its own stand-in phone (tests/stand_in: the runner is busy for the time it repor
 emulated device time, not this host, bounds the farm). Blocks per minute from the first worker's start
 to the last one's exit, start-up included; each device count on a fresh queue and table.
 
+Units of one model at different speeds (1, 1.15, 1.3 times): each block's stored time against what its
+own unit's runner reported (speed-free: over that unit's canary), raw and as estimates read it (at the
+table's speed through each row's canary).
+
 Overhead: jobs of one block each, for blocks the table already holds, drained by one `cpu` worker: each
 job is fetched, opens its device session, finds nothing to measure and finishes, so the wall time per
 job is what the queue and the job's handling cost beside measuring. Enqueueing per job is timed too.
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import subprocess
@@ -33,10 +38,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from latency.estimate.estimator import Estimator  # noqa: E402
 from latency.jobs.farm import enqueue_blocks  # noqa: E402
 from latency.jobs.profile import collect_specs, profile_blocks  # noqa: E402
 from latency.vocab.conditions import Conditions  # noqa: E402
 from lut_db import LutStore  # noqa: E402
+from profilers.protocol import canary_spec  # noqa: E402
 from tests.pg import fresh_schema_url, postgres_url  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -50,8 +57,8 @@ PIXEL_PROPS = {
 }
 
 
-def stand_in_phones(folder: Path, count: int, speed: float) -> tuple[dict[str, str], str]:
-    """An environment whose `adb` serves `count` stand-in Pixels, and the stand-in runner's path."""
+def stand_in_phones(folder: Path, speeds: list[float]) -> tuple[dict[str, str], str]:
+    """An environment whose `adb` serves one stand-in Pixel per speed, and the stand-in runner's path."""
     bin_dir = folder / "bin"
     bin_dir.mkdir(parents=True)
     (bin_dir / "adb").write_text(f'#!/bin/sh\nexec "{sys.executable}" "{STAND_IN / "adb.py"}" "$@"\n')
@@ -70,7 +77,7 @@ def stand_in_phones(folder: Path, count: int, speed: float) -> tuple[dict[str, s
             "speed": speed,
             "sleep": True,
         }
-        for i in range(count)
+        for i, speed in enumerate(speeds)
     ]
     config = folder / "adb.json"
     config.write_text(json.dumps({"root": str(folder / "phones"), "log": str(folder / "adb.log"), "devices": devices}))
@@ -91,24 +98,49 @@ def drain(url: str, workers: list[list[str]], env: dict[str, str]) -> float:
     return time.monotonic() - started
 
 
-def throughput(server: str, devices: int, args: argparse.Namespace) -> dict[str, Any]:
+def farm_run(server: str, speeds: list[float], args: argparse.Namespace) -> dict[str, Any]:
+    """The model's blocks for a phone drained by one worker per stand-in unit of these speeds."""
     specs = collect_specs([args.model])
+    phone = Conditions("pixel", "executorch")
     with fresh_schema_url(server) as url, tempfile.TemporaryDirectory() as tmp:
-        env, runner = stand_in_phones(Path(tmp), devices, args.speed)
+        env, runner = stand_in_phones(Path(tmp), speeds)
         with LutStore(url) as store:
-            enqueue_blocks(store, Conditions("pixel", "executorch"), specs, "quick", job_size=args.job_size)
-        seconds = drain(
-            url, [["--device", "pixel", "--serial", f"UNIT{i}", "--runner", runner] for i in range(devices)], env
-        )
+            enqueue_blocks(store, phone, specs, "quick", job_size=args.job_size)
+        units = [["--device", "pixel", "--serial", f"UNIT{i}", "--runner", runner] for i in range(len(speeds))]
+        seconds = drain(url, units, env)
         with LutStore(url) as store:
-            measured = len(store.measurements(Conditions("pixel", "executorch")))
-    assert measured == len(specs), f"{measured} of {len(specs)} blocks stored"
+            rows = store.measurements(phone)
+            estimator = Estimator(phone, store=store, use_calibration=False)
+            # What each unit's runner reported, speed-free: a block's time over the canary's on that phone.
+            truth = {}
+            for i in range(len(speeds)):
+                log = Path(tmp) / "phones" / f"UNIT{i}" / "runs.log"
+                ran = dict(line.split() for line in log.read_text().splitlines()) if log.exists() else {}
+                canary = ran.get(program(canary_spec().key))
+                truth.update(
+                    {s.key: float(ran[program(s.key)]) / float(canary) for s in specs if program(s.key) in ran}
+                )
+            table_us = estimator.table_canary_us or 1.0
+            by_key = {s.key: s for s in specs}
+            raw = [abs(r.median_us / (truth[r.block_key] * table_us) - 1) for r in rows]
+            scaled = [
+                abs(estimator.entry(by_key[r.block_key]).median_us / (truth[r.block_key] * table_us) - 1) for r in rows
+            ]
+    assert len(rows) == len(specs), f"{len(rows)} of {len(specs)} blocks stored"
     return {
-        "devices": devices,
-        "blocks": measured,
+        "devices": len(speeds),
+        "speeds": speeds,
+        "units_used": len({r.environment["serial"] for r in rows}),
+        "blocks": len(rows),
         "seconds": round(seconds, 1),
-        "blocks_per_min": measured / seconds * 60,
+        "blocks_per_min": len(rows) / seconds * 60,
+        "max_error_raw": max(raw),
+        "max_error_after_canary": max(scaled),
     }
+
+
+def program(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:20] + ".pte"
 
 
 def overhead(server: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -146,7 +178,8 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     with contextlib.ExitStack() as stack:
         server = args.db or stack.enter_context(postgres_url())
-        rows = [throughput(server, n, args) for n in (1, 2, 3)]
+        rows = [farm_run(server, [args.speed] * n, args) for n in (1, 2, 3)]
+        spread = farm_run(server, [args.speed, args.speed * 1.15, args.speed * 1.3], args)
         cost = overhead(server, args)
     one = rows[0]["blocks_per_min"]
     print(f"{'devices':>7} {'blocks':>6} {'seconds':>8} {'blocks/min':>10} {'speed-up':>8}")
@@ -156,11 +189,18 @@ def main() -> None:
             f"{r['devices']:>7} {r['blocks']:>6} {r['seconds']:>8.1f} {r['blocks_per_min']:>10.1f} {r['speedup']:>8.2f}"
         )
     print(
+        f"units of speeds 1, 1.15, 1.3 ({spread['units_used']} took jobs): each block against its unit's own "
+        f"runner, at the table's speed; worst error {spread['max_error_raw']:.1%} raw, "
+        f"{spread['max_error_after_canary']:.1%} after the canary"
+    )
+    print(
         f"overhead: {cost['jobs']} one-block jobs, enqueue {cost['enqueue_ms_per_job']:.1f} ms/job, "
         f"handling {cost['handling_ms_per_job']:.1f} ms/job beyond a worker's start-up ({cost['worker_start_s']:.1f} s)"
     )
     args.out.write_text(
-        json.dumps({"model": args.model, "speed": args.speed, "throughput": rows, "overhead": cost}, indent=2)
+        json.dumps(
+            {"model": args.model, "speed": args.speed, "throughput": rows, "units": spread, "overhead": cost}, indent=2
+        )
     )
     print(f"wrote {args.out}")
 
