@@ -22,3 +22,20 @@ def table_canary_us(rows: Iterable[Any]) -> float | None:
     cold = [r.canary_us for r in measured if "cold_heap" in r.protocol]
     canaries = cold or [r.canary_us for r in measured]
     return float(np.median(canaries)) if canaries else None
+
+
+def unit_speeds(rows: Iterable[Any], table_canary_us: float | None) -> dict[str | None, float]:
+    """Per physical unit that measured rows (a phone's serial; None: the host), the factor that states its
+    rows at the table's speed: the table's canary median over the unit's own. Units of one phone model
+    differ in speed by several percent (a farm: latency.jobs.farm); within a unit, rows are used as
+    measured (dividing each by its own trial's canary added more per-process noise than it removed), so
+    a table measured on one unit is read exactly as before."""
+    rows = list(rows)
+    measured = [r for r in rows if r.source == "measured" and r.canary_us]
+    cold = [r for r in measured if "cold_heap" in r.protocol]
+    canaries: dict[str | None, list[float]] = {}
+    for r in cold or measured:  # the kind of canary the table's median is of (table_canary_us)
+        canaries.setdefault(r.environment.get("serial"), []).append(r.canary_us)
+    if not table_canary_us or len(canaries) < 2:
+        return {}
+    return {unit: table_canary_us / float(np.median(values)) for unit, values in canaries.items()}

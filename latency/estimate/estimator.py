@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from latency.estimate.canary import table_canary_us
+from latency.estimate.canary import table_canary_us, unit_speeds
 from latency.estimate.correction import FEATURES, IDENTITY, Correction, block_features
 from latency.vocab.arch import Arch
 from latency.vocab.blocks import BlockSpec
@@ -80,15 +80,6 @@ class Entry:
     expected_error: float | None
 
 
-def _to_table_speed(rec: Any, table_canary_us: float | None, table_cold: bool) -> float:
-    """The factor that states a measured row at the table's speed: table canary over the row's own. Rows
-    measured while the machine drifted, or on another unit of the same phone model (a farm), then agree;
-    a row whose canary is of another kind than the table's (warm heap) is taken as it is."""
-    if not (table_canary_us and rec.source == "measured" and rec.canary_us):
-        return 1.0
-    return table_canary_us / rec.canary_us if ("cold_heap" in rec.protocol) == table_cold else 1.0
-
-
 class Estimator:
     """Estimates under one set of conditions (device, backend, threads, batch, dtype), from one table.
 
@@ -140,10 +131,10 @@ class Estimator:
             other = self.store.get_fit(self.conditions, "calibration", deploy_env=None)
             self.other_calibrations = (other.deploy_env,) if other is not None else ()
         self.table_canary_us = table_canary_us(rows.values())
-        cold = any(r.source == "measured" and r.canary_us and "cold_heap" in r.protocol for r in rows.values())
+        speeds = unit_speeds(rows.values(), self.table_canary_us)
         self._entries = {}
         for key, rec in rows.items():
-            speed = _to_table_speed(rec, self.table_canary_us, cold)
+            speed = speeds.get(rec.environment.get("serial"), 1.0) if rec.source == "measured" else 1.0
             self._entries[key] = Entry(
                 rec.median_us * speed, rec.source, rec.p10_us * speed, rec.p90_us * speed, rec.expected_error
             )
