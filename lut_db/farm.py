@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import DateTime, Integer, String, Text, delete, select
+from sqlalchemy import DateTime, Float, Integer, String, Text, delete, select
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 
@@ -30,6 +30,7 @@ class FarmWorkerRow(FarmBase):
     pid: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    heartbeat_s: Mapped[float] = mapped_column(Float)  # its own interval: silent for three, it is gone
     job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
@@ -53,6 +54,7 @@ class FarmWorker:
     pid: int
     started_at: datetime
     heartbeat_at: datetime
+    heartbeat_s: float
     job_id: int | None
 
 
@@ -75,21 +77,32 @@ class FarmLedger:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        FarmBase.metadata.create_all(engine)  # checkfirst: a no-op once they exist
 
-    def beat(self, unit: str, device: str, host: str, pid: int, job_id: int | None) -> None:
+    @staticmethod
+    def create(conn: Connection) -> None:
+        """The ledger's tables, on a connection that holds the farm's set-up lock (a no-op once they exist)."""
+        FarmBase.metadata.create_all(conn)
+
+    def beat(self, unit: str, device: str, host: str, pid: int, job_id: int | None, heartbeat_s: float) -> None:
         """A worker's heartbeat: it drives `unit` and runs `job_id` (None: idle)."""
         now = _now()
-        values = {"device": device, "host": host, "pid": pid, "heartbeat_at": now, "job_id": job_id}
+        values = {
+            "device": device,
+            "host": host,
+            "pid": pid,
+            "heartbeat_at": now,
+            "heartbeat_s": heartbeat_s,
+            "job_id": job_id,
+        }
         stmt = insert(FarmWorkerRow).values(unit=unit, started_at=now, **values)
         with Session(self._engine) as session, session.begin():
             session.execute(stmt.on_conflict_do_update(index_elements=["unit"], set_=values))
 
-    def start(self, unit: str, device: str, host: str, pid: int) -> None:
+    def start(self, unit: str, device: str, host: str, pid: int, heartbeat_s: float) -> None:
         """A worker took `unit` (the unit's lock is held): its row starts afresh."""
         with Session(self._engine) as session, session.begin():
             session.execute(delete(FarmWorkerRow).where(FarmWorkerRow.unit == unit))
-        self.beat(unit, device, host, pid, None)
+        self.beat(unit, device, host, pid, None, heartbeat_s)
 
     def stop(self, unit: str, pid: int) -> None:
         with Session(self._engine) as session, session.begin():
@@ -101,7 +114,7 @@ class FarmLedger:
             stmt = stmt.where(FarmWorkerRow.device == device)
         with Session(self._engine) as session:
             return [
-                FarmWorker(r.unit, r.device, r.host, r.pid, r.started_at, r.heartbeat_at, r.job_id)
+                FarmWorker(r.unit, r.device, r.host, r.pid, r.started_at, r.heartbeat_at, r.heartbeat_s, r.job_id)
                 for r in session.scalars(stmt)
             ]
 

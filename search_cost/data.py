@@ -226,7 +226,11 @@ class FolderData:
         order = torch.randperm(len(self.train_images), generator=torch.Generator().manual_seed(train_seed))
         held_order = torch.randperm(len(self.held_images), generator=torch.Generator().manual_seed(held_seed))
         train = [order[start : start + batch] for start in range(0, len(order), batch)]
-        held = [held_order[(step * batch) % len(held_order) :][:batch] for step in range(len(train))]
+        if ranks.world > 1 and len(train[-1]) < ranks.world:  # a last batch some process would get none of
+            train = train[:-1]
+        # held-out batches go round the split, so that each is whole and every process gets some of it
+        cycled = held_order.repeat(-(-batch * (len(train) + 1) // max(len(held_order), 1)))
+        held = [cycled[step * batch : (step + 1) * batch] for step in range(len(train))]
         train_mine, held_mine = [rank_slice(b, ranks) for b in train], [rank_slice(b, ranks) for b in held]
         loaded = zip(
             self._loader(self.train_images, train_mine, train_seed),

@@ -83,11 +83,13 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         from torch.distributed.nn.functional import all_reduce
 
         channels = x.shape[1]
-        count = torch.tensor([x.numel() / channels], dtype=x.dtype, device=x.device)
-        packed = all_reduce(torch.cat([x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3)), count]))
+        wide = x.double()  # E[x^2] - E[x]^2 in float64: no cancellation when the mean is large
+        count = torch.tensor([x.numel() / channels], dtype=wide.dtype, device=x.device)
+        packed = all_reduce(torch.cat([wide.sum(dim=(0, 2, 3)), (wide * wide).sum(dim=(0, 2, 3)), count]))
         n = packed[-1]
         mean = packed[:channels] / n
         var = (packed[channels : 2 * channels] / n - mean * mean).clamp_min(0)
+        mean, var, n = mean.to(x.dtype), var.to(x.dtype), n.to(x.dtype)
         if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
             with torch.no_grad():
                 momentum = self.momentum if self.momentum is not None else 0.1

@@ -140,6 +140,10 @@ class Search:
         ranks: Ranks = ONE_PROCESS,
     ) -> None:
         self.space, self.cost, self.config, self.checkpoint, self.ranks = space, cost, config, checkpoint, ranks
+        if config.batch < ranks.world:
+            raise SearchError(
+                f"--batch-size {config.batch} is the global batch: give each of {ranks.world} processes one."
+            )
         self.device = torch.device(config.train_device)
         size = max(config.proxy_resolutions)
         if config.data is None:

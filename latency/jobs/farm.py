@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import math
 import os
 import socket
 import time
@@ -36,6 +37,7 @@ from latency.vocab.errors import LutError
 from lut_db import LutStore, arch_hash
 from lut_db.farm import FarmLedger
 from profilers.devices import resolve_device
+from profilers.errors import ProfilerError
 from profilers.protocol import PROTOCOLS
 
 TASK_NAME = "lut.measure"  # a job: a group of blocks (`keys`) or one whole network (`archs`)
@@ -86,6 +88,7 @@ def _ensure_queue(store: LutStore) -> None:
         if conn.execute(text("SELECT to_regclass('procrastinate_jobs')")).scalar() is None:
             # many statements in one: psycopg runs a query without parameters as it is
             conn.connection.driver_connection.execute(SchemaManager.get_schema())
+        FarmLedger.create(conn)
 
 
 def _job_args(conditions: Conditions, protocol: str, keys: Sequence[str]) -> dict[str, Any]:
@@ -274,8 +277,9 @@ class WorkerSummary:
 @dataclass
 class _WorkerState:
     summary: WorkerSummary
+    heartbeat_s: float
     job_id: int | None = None
-    stop: bool = False
+    unit_error: str | None = None  # the unit itself failed (a phone unplugged): the worker stops
 
 
 def run_worker(
@@ -297,19 +301,21 @@ def run_worker(
     unit = target.unit()  # a phone: reaches it over adb now, and fails in one sentence when it is absent
     options = {**(device_options or {}), "serial": unit} if target.kind == "android" else device_options
     started = time.monotonic()
-    state = _WorkerState(WorkerSummary(device, unit))
+    state = _WorkerState(WorkerSummary(device, unit), heartbeat_s)
     with psycopg.connect(_conninfo(store.url), autocommit=True) as lock:
         key = (_UNIT_LOCK, unit)
         if not lock.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", key).fetchone()[0]:
             say(f"waiting: another worker is measuring on {unit}")
             lock.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", key)
-        ledger.start(unit, device, socket.gethostname(), os.getpid())
+        ledger.start(unit, device, socket.gethostname(), os.getpid(), heartbeat_s)
         say(f"worker on {device} ({unit}): taking jobs from queue {queue_of(device)}")
         try:
             asyncio.run(_serve(store, ledger, device, unit, options, state, say, drain, heartbeat_s))
         finally:
             ledger.stop(unit, os.getpid())
     state.summary.seconds = time.monotonic() - started
+    if state.unit_error:
+        raise LutError(f"The worker on {unit} stopped: {state.unit_error}; its job went back to the queue.")
     return state.summary
 
 
@@ -325,7 +331,7 @@ def _measure_job(
 ) -> None:
     conditions = Conditions(args["device"], args["backend"], args["threads"], args["batch"], args["dtype"])
     state.job_id = job_id
-    ledger.beat(unit, conditions.device, socket.gethostname(), os.getpid(), job_id)
+    ledger.beat(unit, conditions.device, socket.gethostname(), os.getpid(), job_id, state.heartbeat_s)
     try:
         if "archs" in args:  # whole networks, as `lut calibrate` runs them
             archs = [Arch.from_json_text(text_, "a queued job") for text_ in args["archs"]]
@@ -365,12 +371,23 @@ async def _serve(
 
     app = _app(store.url, asynchronous=True)
 
-    @app.task(name=TASK_NAME, retry=procrastinate.RetryStrategy(max_attempts=MAX_ATTEMPTS - 1), pass_context=True)
+    # A failed job waits two heartbeats before its next try, so that another idle unit takes it first.
+    retry = procrastinate.RetryStrategy(max_attempts=MAX_ATTEMPTS - 1, wait=math.ceil(2 * heartbeat_s))
+
+    @app.task(name=TASK_NAME, retry=retry, pass_context=True)
     def measure_blocks(context: Any, **args: Any) -> None:
+        job_id = context.job.id
         try:
-            _measure_job(store, ledger, unit, device_options, state, say, context.job.id, args)
+            _measure_job(store, ledger, unit, device_options, state, say, job_id, args)
         except BlocksFailed:
             state.summary.jobs_failed += 1
+            raise
+        except ProfilerError as exc:  # the unit, not the job: stop taking jobs; this one is tried elsewhere
+            ledger.record_failure(job_id, device, unit, "(the unit)", str(exc))
+            state.unit_error = str(exc)
+            raise
+        except Exception as exc:
+            ledger.record_failure(job_id, device, unit, "(the job)", f"{type(exc).__name__}: {exc}")
             raise
         state.summary.jobs_done += 1
 
@@ -381,7 +398,9 @@ async def _serve(
                 name=unit,
                 concurrency=1,  # one job at a time on the unit
                 update_heartbeat_interval=heartbeat_s,
-                stalled_worker_timeout=3 * heartbeat_s,
+                # procrastinate's own pruning only for the long dead: who is silent is judged by each
+                # worker's own heartbeat in the ledger (_requeue_stalled), whatever the others' intervals
+                stalled_worker_timeout=max(3600.0, 3 * heartbeat_s),
                 fetch_job_polling_interval=min(heartbeat_s, 5.0),
                 shutdown_graceful_timeout=None,  # Ctrl-C: the job at hand finishes
             )
@@ -411,21 +430,37 @@ async def _housekeeping(
 ) -> None:
     """Every heartbeat: say this unit is alive, put the jobs of workers gone silent back in the queue, and
     (`drain`) stop once the device's queue is empty."""
-    from procrastinate.exceptions import ConnectorException
-
     host, pid = socket.gethostname(), os.getpid()
     while not worker.done():
         await asyncio.sleep(heartbeat_s)
-        await asyncio.to_thread(ledger.beat, unit, device, host, pid, state.job_id)
-        stalled = await app.job_manager.get_stalled_jobs(
-            queue=queue_of(device), task_name=TASK_NAME, seconds_since_heartbeat=3 * heartbeat_s
-        )
-        for job in stalled:  # back in the queue; the retry measures only what is missing
-            with contextlib.suppress(ConnectorException):  # another worker put it back first
-                await app.job_manager.retry_job(job)
+        await asyncio.to_thread(ledger.beat, unit, device, host, pid, state.job_id, heartbeat_s)
+        await asyncio.to_thread(_requeue_stalled, store, device, heartbeat_s)
+        if state.unit_error:
+            worker.cancel()
+            return
         if drain and state.job_id is None and not await asyncio.to_thread(_queue_active, store, device):
             worker.cancel()  # a graceful stop: no job is running
             return
+
+
+# Running jobs that no live worker holds, back to the queue in one statement (so that two workers sweeping
+# at once cannot put back a job another has just taken), without using up one of their tries: a worker
+# is live while its last heartbeat is within three of its own intervals; a job just taken has a grace.
+_REQUEUE_STALLED = text(
+    "UPDATE procrastinate_jobs j SET status = 'todo', scheduled_at = NULL, worker_id = NULL "
+    "WHERE j.queue_name = :q AND j.task_name = :t AND j.status = 'doing' "
+    "AND NOT EXISTS (SELECT 1 FROM lut_farm_workers w WHERE w.job_id = j.id "
+    "  AND w.heartbeat_at > now() - make_interval(secs => 3 * w.heartbeat_s)) "
+    "AND NOT EXISTS (SELECT 1 FROM procrastinate_events e WHERE e.job_id = j.id AND e.type::text = 'started' "
+    "  AND e.at > now() - make_interval(secs => :grace)) "
+    "RETURNING j.id"
+)
+
+
+def _requeue_stalled(store: LutStore, device: str, heartbeat_s: float) -> list[int]:
+    with store.engine.begin() as conn:
+        params = {"q": queue_of(device), "t": TASK_NAME, "grace": 3 * heartbeat_s}
+        return list(conn.execute(_REQUEUE_STALLED, params).scalars())
 
 
 def _queue_active(store: LutStore, device: str) -> int:
@@ -466,7 +501,8 @@ def farm_status(store: LutStore, device: str | None = None, window_min: float = 
         ).all()
         recent = conn.execute(
             text(
-                "SELECT j.queue_name, j.args, e.at "
+                "SELECT j.queue_name, j.args, e.at, (SELECT max(s.at) FROM procrastinate_events s "
+                "  WHERE s.job_id = j.id AND s.type::text = 'started') AS started_at "
                 "FROM procrastinate_events e JOIN procrastinate_jobs j ON j.id = e.job_id "
                 f"WHERE e.type::text = 'succeeded' AND e.at > now() - make_interval(secs => :w) AND {where}"
             ),
@@ -476,7 +512,6 @@ def farm_status(store: LutStore, device: str | None = None, window_min: float = 
     by_device: dict[str, list[Any]] = {}
     for job in jobs:
         by_device.setdefault(job.queue_name.removeprefix("lut:"), []).append(job)
-    alive_s = 3 * HEARTBEAT_S
     result = []
     for name in sorted(by_device if device is None else {device} | set(by_device)):
         mine = by_device.get(name, [])
@@ -486,7 +521,9 @@ def farm_status(store: LutStore, device: str | None = None, window_min: float = 
         done_recent = [r for r in recent if r.queue_name == queue_of(name)]
         rate = None
         if done_recent:
-            span_min = max((now - min(r.at for r in done_recent)).total_seconds() / 60, 1 / 60)
+            # from the start of the first of them: their own measuring time counts
+            first = min(r.started_at or r.at for r in done_recent)
+            span_min = max((now - first).total_seconds() / 60, 1 / 60)
             rate = sum(_size(r.args, "keys") for r in done_recent) / min(span_min, window_min)
         left = blocks["queued"] + blocks["running"]
         workers = [
@@ -496,7 +533,7 @@ def farm_status(store: LutStore, device: str | None = None, window_min: float = 
                 "pid": w.pid,
                 "job": w.job_id,
                 "heartbeat_s_ago": round((now - w.heartbeat_at).total_seconds(), 1),
-                "alive": (now - w.heartbeat_at).total_seconds() < alive_s,
+                "alive": (now - w.heartbeat_at).total_seconds() < 3 * w.heartbeat_s,
             }
             for w in ledger.workers(name)
         ]
@@ -507,7 +544,9 @@ def farm_status(store: LutStore, device: str | None = None, window_min: float = 
             for i in failed_ids
             if i in last
         ]
-        eta = left / rate if rate else (0.0 if left == 0 else None)
+        networks_left = networks["queued"] + networks["running"]
+        # blocks per minute give an ETA for blocks; whole networks take their own time (none given)
+        eta = None if networks_left else (left / rate if rate else (0.0 if left == 0 else None))
         result.append(DeviceJobs(name, counts, blocks, networks, rate, eta, workers, failures))
     return result
 
@@ -516,10 +555,12 @@ def retry_failed(store: LutStore, device: str) -> int:
     """Put `device`'s failed jobs back in the queue with fresh attempts; how many."""
     _require_postgres(store)
     _ensure_queue(store)
-    stmt = text(
+    stmt = text(  # the newest failed job of each group, unless the group is queued or running again
         "UPDATE procrastinate_jobs j SET status = 'todo', attempts = 0, scheduled_at = NULL "
-        "WHERE j.queue_name = :q AND j.task_name = :t AND j.status = 'failed' AND NOT EXISTS ("
-        "SELECT 1 FROM procrastinate_jobs o WHERE o.queueing_lock = j.queueing_lock AND o.status = 'todo')"
+        "WHERE j.id IN (SELECT max(id) FROM procrastinate_jobs WHERE queue_name = :q AND task_name = :t "
+        "  AND status = 'failed' GROUP BY queueing_lock) "
+        "AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs o WHERE o.queueing_lock = j.queueing_lock "
+        "  AND o.status IN ('todo', 'doing'))"
     )
     with store.engine.begin() as conn:
         return conn.execute(stmt, {"q": queue_of(device), "t": TASK_NAME}).rowcount
