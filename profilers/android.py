@@ -116,7 +116,9 @@ class Adb:
     def _run(self, args: list[str], timeout: float = ADB_TIMEOUT_S, check: bool = True) -> str:
         command = [self.binary, *(["-s", self.serial] if self.serial else []), *args]
         try:
-            proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+            proc = subprocess.run(  # in a session of its own: Ctrl-C is lut's to handle, not the phone's run's
+                command, capture_output=True, text=True, timeout=timeout, check=False, start_new_session=True
+            )
         except subprocess.TimeoutExpired:
             raise ProfilerError(f"adb {' '.join(args[:2])} did not answer in {timeout:.0f} s.") from None
         if check and proc.returncode != 0:

@@ -47,6 +47,8 @@ def start_python(code: str, fd: int, args: list[str], env: dict[str, str], log: 
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=log,
+        # Ctrl-C is lut's to handle (store what is final, or finish a farm job), not the workers' to die of
+        start_new_session=True,
     )
 
 

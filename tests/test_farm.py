@@ -69,6 +69,7 @@ def worker(url: str, *args: str, env: dict | None = None) -> subprocess.Popen[st
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, **(env or {})},
+        start_new_session=True,  # its own process group, as a terminal's command is
     )
 
 
@@ -223,3 +224,21 @@ def test_a_farm_needs_a_shared_table(tmp_path: Path) -> None:
         ran = lut(*args, "--db", db)
         assert ran.returncode == 2 and "needs one table that every host reaches" in ran.stderr
         assert "postgresql+psycopg://" in ran.stderr and "Traceback" not in ran.stderr
+
+
+def test_ctrl_c_lets_the_job_at_hand_finish(pg_store_url: str, tmp_path: Path) -> None:
+    model = tmp_path / "m.json"
+    model.write_text(json.dumps(MODELS[0]))
+    lut("profile", "--arch", str(model), "--queue", "--protocol", "quick", "--db", pg_store_url, check=True)
+    proc = worker(pg_store_url, "--device", "cpu", "--json")
+    with LutStore(pg_store_url) as store:
+        ledger = FarmLedger(store.engine)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any(w.job_id for w in ledger.workers("cpu")):
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C does: to the whole process group
+        summary = json.loads(finish(proc)[0])
+        assert summary["jobs_done"] == 1 and summary["jobs_failed"] == 0
+        assert set(job_states(pg_store_url).values()) == {"succeeded"}
+        assert len(store.measurements(Conditions("cpu"))) == len(blocks_of(MODELS[0]))
+        assert ledger.workers("cpu") == []  # it signed off
