@@ -315,7 +315,7 @@ def run_worker(
             ledger.stop(unit, os.getpid())
     state.summary.seconds = time.monotonic() - started
     if state.unit_error:
-        raise LutError(f"The worker on {unit} stopped: {state.unit_error}; its job went back to the queue.")
+        raise LutError(f"The worker on {unit} stopped: {state.unit_error}; its job is tried again by another unit.")
     return state.summary
 
 
