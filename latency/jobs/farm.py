@@ -122,15 +122,15 @@ class QueueSummary:
         return asdict(self)
 
 
-def _active_keys(store: LutStore, conditions: Conditions) -> set[str]:
-    """Blocks that a queued or running job under `conditions` already holds."""
+def _active_args(store: LutStore, conditions: Conditions) -> list[dict[str, Any]]:
+    """The arguments of the queued and running jobs under `conditions`."""
     stmt = text(
         "SELECT args FROM procrastinate_jobs "
         "WHERE queue_name = :q AND task_name = :t AND status::text IN ('todo', 'doing')"
     )
     with store.engine.connect() as conn:
         rows = conn.execute(stmt, {"q": queue_of(conditions.device), "t": TASK_NAME}).scalars().all()
-    return {key for args in rows if _same_conditions(args, conditions) for key in args.get("keys", ())}
+    return [args for args in rows if _same_conditions(args, conditions)]
 
 
 def enqueue_blocks(
@@ -148,7 +148,7 @@ def enqueue_blocks(
     conditions = replace(conditions, backend=backend)
     summary = QueueSummary(conditions.device, backend, conditions.threads, requested=len(specs))
     present = store.measured_keys(conditions)
-    queued = _active_keys(store, conditions)
+    queued = {key for args in _active_args(store, conditions) for key in args.get("keys", ())}
     unique = list({s.key: s for s in specs}.values())
     todo = [s.key for s in unique if s.key not in present and s.key not in queued]
     summary.already_present = sum(s.key in present for s in unique)
@@ -219,16 +219,10 @@ def enqueue_runs(
         specs = [s for a in archs for s in a.specs(conditions.batch, conditions.dtype)]
         summary.blocks = enqueue_blocks(store, conditions, specs, protocol)
     present = {r.arch_hash for r in store.e2e_runs(conditions, tag=tag, deploy_env=deploy_env.name)}
-    stmt = text(
-        "SELECT args FROM procrastinate_jobs "
-        "WHERE queue_name = :q AND task_name = :t AND status::text IN ('todo', 'doing')"
-    )
-    with store.engine.connect() as conn:
-        active = conn.execute(stmt, {"q": queue_of(conditions.device), "t": TASK_NAME}).scalars().all()
     queued = {
         arch_hash(text_)
-        for args in active
-        if _same_conditions(args, conditions) and args.get("tag") == tag
+        for args in _active_args(store, conditions)
+        if args.get("tag") == tag
         for text_ in args.get("archs", ())
     }
     unique = list({arch_hash(a.to_json()): a for a in archs}.items())
