@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timezone
 
 import numpy as np
 import pytest
 
-from latency.estimate.correction import block_features
+from latency.estimate.correction import VARIANTS, block_features
 from latency.estimate.estimator import Estimator
 from latency.estimate.fitting import CalibrationError, Sample, error_metrics
 from latency.estimate.transfer import fit_transfer
@@ -39,10 +40,10 @@ def networks(n: int, seed: int) -> list[list]:
     return [arch.specs() for arch in SPACE.sampled_archs(n, seed=seed)]
 
 
-def samples(nets, times) -> list[Sample]:
+def samples(nets, times, source=source_ms) -> list[Sample]:
     out = []
     for i, (specs, time_ms) in enumerate(zip(nets, times, strict=True)):
-        features = np.sum([block_features(s, source_ms(s)) for s in specs], axis=0)
+        features = np.sum([block_features(s, source(s)) for s in specs], axis=0)
         out.append(Sample(f"net{i}", features, time_ms))
     return out
 
@@ -73,6 +74,31 @@ def test_a_device_that_is_only_slower_keeps_the_prior() -> None:
     assert correction.model == "scale"
     assert correction.coef[0] == pytest.approx(2.5, rel=0.02)
     assert abs(correction.intercept) < 0.02 * np.mean(times)
+
+
+def test_a_device_that_follows_the_work_not_the_source_is_fitted_on_multiply_adds() -> None:
+    """Another runtime's kernels: the target's time follows each block's multiply-adds and a per-block
+    cost, unrelated to how the source ran the block. The fit must find the work, not scale the source."""
+    rng = np.random.default_rng(6)
+
+    def uneven_source_ms(spec) -> float:  # the source's kernels: some shapes 3x faster than others
+        return source_ms(spec) * (1 + 2 * (int(hashlib.sha256(spec.key.encode()).hexdigest(), 16) % 2))
+
+    def work_ms(specs) -> float:
+        return (sum(0.004 * s.flops_m + 0.05 for s in specs) + 0.4) * (1 + 0.01 * rng.standard_normal())
+
+    fit_nets, check_nets = networks(10, seed=7), networks(30, seed=8)
+    correction = fit_transfer(samples(fit_nets, [work_ms(n) for n in fit_nets], uneven_source_ms))
+    assert "flops_m" in VARIANTS[correction.model]
+    check_times = [work_ms(n) for n in check_nets]
+    check = samples(check_nets, check_times, uneven_source_ms)
+    estimates = np.array([correction.intercept + correction.block_ms(s.features) for s in check])
+    metrics = error_metrics(estimates, np.array(check_times))
+    assert metrics["within_10pct"] >= 0.9 and metrics["kendall_tau"] >= 0.85
+    # the source's time alone at its median ratio ranks them worse
+    ratio = np.median([t / s.features[0] for t, s in zip(check_times, check, strict=True)])
+    plain = error_metrics(np.array([ratio * s.features[0] for s in check]), np.array(check_times))
+    assert plain["rmspe"] > 2 * metrics["rmspe"]
 
 
 def test_too_few_runs_are_refused() -> None:

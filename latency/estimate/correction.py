@@ -17,19 +17,26 @@ import numpy as np
 from latency.vocab.blocks import BlockSpec
 
 # Per-block features, all additive over blocks.
-FEATURES = ("latency_ms", "activations_m", "params_m", "blocks")
-# Candidate models (feature subsets); calibration keeps the one with the lowest cross-validated error.
+FEATURES = ("latency_ms", "activations_m", "params_m", "blocks", "flops_m")
+# Models (feature subsets), by name: a stored fit names its model.
 VARIANTS: dict[str, tuple[str, ...]] = {
     "scale": ("latency_ms",),
     "per_block": ("latency_ms", "blocks"),
     "traffic": ("latency_ms", "activations_m", "params_m", "blocks"),
+    # A transfer's target may follow the blocks' work more than the source's time for them (another
+    # runtime's kernels): multiply-adds beside the source's time, or alone as the floor a fit must beat.
+    "work": ("latency_ms", "flops_m", "blocks"),
+    "flops": ("flops_m", "blocks"),
 }
+# Calibration over a device's own table keeps the one with the lowest cross-validated error of these.
+CALIBRATION_MODELS = ("scale", "per_block", "traffic")
 
 
 def block_features(spec: BlockSpec, latency_ms: float) -> np.ndarray:
-    """[the block's table latency (ms), activations in and out (M elements), weights (M), 1]."""
+    """[the block's table latency (ms), activations in and out (M elements), weights (M), 1,
+    multiply-adds (M)]."""
     activations = (np.prod(spec.input_shape) + np.prod(spec.output_shape)) / 1e6
-    return np.array([latency_ms, activations, spec.params_m, 1.0])
+    return np.array([latency_ms, activations, spec.params_m, 1.0, spec.flops_m])
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from latency.estimate.correction import FEATURES, VARIANTS, Correction, block_features
+from latency.estimate.correction import CALIBRATION_MODELS, FEATURES, VARIANTS, Correction, block_features
 from latency.estimate.estimator import Estimator
 from latency.vocab.errors import LutError
 from lut_db import E2ERecord
@@ -129,7 +129,7 @@ def fit_correction(samples: list[Sample], table_canary_us: float | None = None) 
     measured = np.array([s.measured_ms for s in samples])
     best: tuple[float, str, np.ndarray] | None = None
     candidates = {}
-    for model in VARIANTS:
+    for model in CALIBRATION_MODELS:
         if len(samples) <= len(VARIANTS[model]) + 2:
             continue
         predictions = _cross_validated(samples, model)

@@ -8,8 +8,9 @@ time taken from the *source* device's table. So the result is a `Correction`, an
 With about ten runs a free linear fit chases noise. The fit is pulled toward a prior: the target
 proportional to the source (one ratio, the median of measured over source-estimated time). Features are
 rescaled so that each coefficient is the share of a typical network's time it moves, and a ridge
-penalty keeps those shares near the prior's; the feature set and the penalty's strength are chosen by
-leave-one-out error, as calibration chooses its model.
+penalty keeps those shares near the prior's; the feature set (TRANSFER_MODELS, some with the blocks'
+multiply-adds) and the penalty's strength are chosen by leave-one-out error, as calibration chooses its
+model.
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from latency.estimate.correction import VARIANTS, Correction
+from latency.estimate.correction import Correction
 from latency.estimate.fitting import CalibrationError, Sample, design, held_out_metrics
 
 # Strengths of the pull toward the prior, in units of squared relative error per run: 1e-4 lets the data
 # decide, 10 keeps the prior.
 PENALTIES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+# Simplest first. "flops" (the network's multiply-adds and a per-block cost, no source time) is there so
+# that a transfer is never worse than a fit on work alone where the source's kernels mislead.
+TRANSFER_MODELS = ("scale", "per_block", "flops", "work", "traffic")
 MIN_TRANSFER_RUNS = 3
 
 
@@ -39,7 +43,8 @@ def _design(samples: list[Sample], model: str) -> np.ndarray:
 
 
 def prior_ratio(x: np.ndarray, y: np.ndarray) -> float:
-    """The prior: the target's time over the source's (the first column), the median over runs."""
+    """The prior: the target's time over the first column (the source's time; multiply-adds for "flops"),
+    the median over runs."""
     return float(np.median(y / x[:, 0]))
 
 
@@ -76,7 +81,7 @@ def fit_transfer(samples: list[Sample], table_canary_us: float | None = None) ->
         )
     y = np.array([s.measured_ms for s in samples])
     scores: dict[_Choice, tuple[float, np.ndarray]] = {}
-    for model in VARIANTS:
+    for model in TRANSFER_MODELS:
         x = _design(samples, model)
         for penalty in PENALTIES:
             predictions = _loo_predictions(x, y, penalty)
@@ -84,7 +89,7 @@ def fit_transfer(samples: list[Sample], table_canary_us: float | None = None) ->
     # The simplest model and the strongest pull among those within 1% RMSPE of the best: ten runs cannot
     # tell finer differences apart.
     best_rmspe = min(score for score, _ in scores.values())
-    order = [_Choice(m, p) for m in VARIANTS for p in reversed(PENALTIES)]
+    order = [_Choice(m, p) for m in TRANSFER_MODELS for p in reversed(PENALTIES)]
     choice = next(c for c in order if scores[c][0] <= best_rmspe + 0.01)
     x = _design(samples, choice.model)
     theta = _fit(x, y, choice.penalty)
