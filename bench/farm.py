@@ -3,11 +3,15 @@
 Throughput: the blocks of a model queued for a phone model, then drained by 1, 2 and 3 workers, each on
 its own stand-in phone (tests/stand_in: the runner is busy for the time it reports, so the phones'
 emulated device time, not this host, bounds the farm). Blocks per minute from the first worker's start
-to the last one's exit, start-up included; each device count on a fresh queue and table.
+to the last one's exit, start-up included; each device count on a fresh queue and table. Every program
+takes the same device time (`--program-ms` per execution, times `--speed`), so that the jobs are equal
+and the speed-up is the farm's, not the workload's: with the stand-in's default, time growing with the
+program's size, the classifier heads of one model take most of the device time and one job bounds the
+speed-up (`--program-ms 0` measures that too, and prints the bound).
 
-Units of one model at different speeds (1, 1.15, 1.3 times): each block's stored time against what its
-own unit's runner reported (speed-free: over that unit's canary), raw and as estimates read it (at the
-table's speed through each row's canary).
+Units of one model at different speeds (1, 1.15, 1.3 times, programs timed by their size): each block's
+stored time against what its own unit's runner reported (speed-free: over that unit's canary), raw and
+as estimates read it (at the table's speed through each row's canary).
 
 Overhead: jobs of one block each, for blocks the table already holds, drained by one `cpu` worker: each
 job is fetched, opens its device session, finds nothing to measure and finishes, so the wall time per
@@ -16,7 +20,8 @@ job is what the queue and the job's handling cost beside measuring. Enqueueing p
 Targets (issue 15): under 50 ms of overhead per job; 3 devices at least 2.7 times the blocks per minute
 of one.
 
-    python bench/farm.py [--model dmasking_f1] [--speed 40] [--jobs 100] [--db URL] [--out FILE.json]
+    python bench/farm.py [--model dmasking_f1] [--speed 1] [--program-ms 150] [--job-size 1] [--jobs 100]
+        [--db URL] [--out FILE.json]
 
 Without --db a throw-away PostgreSQL cluster is started from the local server binaries (tests/pg.py).
 """
@@ -57,7 +62,7 @@ PIXEL_PROPS = {
 }
 
 
-def stand_in_phones(folder: Path, speeds: list[float]) -> tuple[dict[str, str], str]:
+def stand_in_phones(folder: Path, speeds: list[float], program_ms: float | None) -> tuple[dict[str, str], str]:
     """An environment whose `adb` serves one stand-in Pixel per speed, and the stand-in runner's path."""
     bin_dir = folder / "bin"
     bin_dir.mkdir(parents=True)
@@ -76,6 +81,7 @@ def stand_in_phones(folder: Path, speeds: list[float]) -> tuple[dict[str, str], 
             "max_freqs_khz": [1803000] * 4 + [2850000] * 4,
             "speed": speed,
             "sleep": True,
+            "program_ms": program_ms,
         }
         for i, speed in enumerate(speeds)
     ]
@@ -98,14 +104,17 @@ def drain(url: str, workers: list[list[str]], env: dict[str, str]) -> float:
     return time.monotonic() - started
 
 
-def farm_run(server: str, speeds: list[float], args: argparse.Namespace) -> dict[str, Any]:
+def farm_run(server: str, speeds: list[float], program_ms: float | None, args: argparse.Namespace) -> dict[str, Any]:
     """The model's blocks for a phone drained by one worker per stand-in unit of these speeds."""
     specs = collect_specs([args.model])
     phone = Conditions("pixel", "executorch")
     with fresh_schema_url(server) as url, tempfile.TemporaryDirectory() as tmp:
-        env, runner = stand_in_phones(Path(tmp), speeds)
+        env, runner = stand_in_phones(Path(tmp), speeds, program_ms)
         with LutStore(url) as store:
-            enqueue_blocks(store, phone, specs, "quick", job_size=args.job_size)
+            queued = enqueue_blocks(store, phone, specs, "quick", job_size=args.job_size)
+        size = args.job_size
+        jobs = [[s.key for s in specs][start : start + size] for start in range(0, len(specs), size)]
+        assert len(jobs) == len(queued.jobs)
         units = [["--device", "pixel", "--serial", f"UNIT{i}", "--runner", runner] for i in range(len(speeds))]
         seconds = drain(url, units, env)
         with LutStore(url) as store:
@@ -120,6 +129,15 @@ def farm_run(server: str, speeds: list[float], args: argparse.Namespace) -> dict
                 truth.update(
                     {s.key: float(ran[program(s.key)]) / float(canary) for s in specs if program(s.key) in ran}
                 )
+            # Device-busy seconds per block (the runners' spans), then per job: no farm drains the queue
+            # faster than its longest job, so the speed-up is bounded by the total over that job.
+            busy: dict[str, float] = {}
+            for i in range(len(speeds)):
+                log = Path(tmp) / "phones" / f"UNIT{i}" / "spans.log"
+                for line in log.read_text().splitlines() if log.exists() else []:
+                    start, end, name = line.split()
+                    busy[name] = busy.get(name, 0.0) + float(end) - float(start)
+            job_busy = [sum(busy.get(program(key), 0.0) for key in keys) for keys in jobs]
             table_us = estimator.table_canary_us or 1.0
             by_key = {s.key: s for s in specs}
             raw = [abs(r.median_us / (truth[r.block_key] * table_us) - 1) for r in rows]
@@ -134,6 +152,9 @@ def farm_run(server: str, speeds: list[float], args: argparse.Namespace) -> dict
         "blocks": len(rows),
         "seconds": round(seconds, 1),
         "blocks_per_min": len(rows) / seconds * 60,
+        "jobs": len(jobs),
+        "device_busy_s": round(sum(busy.values()), 1),
+        "speedup_bound": sum(job_busy) / max(job_busy),
         "max_error_raw": max(raw),
         "max_error_after_canary": max(scaled),
     }
@@ -169,24 +190,31 @@ def overhead(server: str, args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="dmasking_f1")
-    parser.add_argument("--speed", type=float, default=40.0, help="stand-in phones' slowness (device time)")
-    parser.add_argument("--job-size", type=int, default=2)
+    parser.add_argument("--speed", type=float, default=1.0, help="stand-in phones' slowness (device time)")
+    parser.add_argument(
+        "--program-ms", type=float, default=150.0, help="device time of every program per execution (0: by size)"
+    )
+    parser.add_argument("--job-size", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=100, help="one-block jobs for the overhead")
     parser.add_argument("--db", help="a PostgreSQL URL whose database may hold test schemas")
     parser.add_argument("--out", type=Path, default=RESULTS / "farm.json")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
+    program_ms = args.program_ms or None
     with contextlib.ExitStack() as stack:
         server = args.db or stack.enter_context(postgres_url())
-        rows = [farm_run(server, [args.speed] * n, args) for n in (1, 2, 3)]
-        spread = farm_run(server, [args.speed, args.speed * 1.15, args.speed * 1.3], args)
+        rows = [farm_run(server, [args.speed] * n, program_ms, args) for n in (1, 2, 3)]
+        spread = farm_run(server, [args.speed, args.speed * 1.15, args.speed * 1.3], None, args)
         cost = overhead(server, args)
     one = rows[0]["blocks_per_min"]
-    print(f"{'devices':>7} {'blocks':>6} {'seconds':>8} {'blocks/min':>10} {'speed-up':>8}")
+    workload = f"every program {args.program_ms:g} ms" if program_ms else "programs timed by their size"
+    print(f"{args.model}, {rows[0]['jobs']} jobs of {args.job_size} block(s), {workload}, speed {args.speed:g}")
+    print(f"{'devices':>7} {'blocks':>6} {'seconds':>8} {'blocks/min':>10} {'speed-up':>8} {'bound':>6}")
     for r in rows:
         r["speedup"] = r["blocks_per_min"] / one
         print(
-            f"{r['devices']:>7} {r['blocks']:>6} {r['seconds']:>8.1f} {r['blocks_per_min']:>10.1f} {r['speedup']:>8.2f}"
+            f"{r['devices']:>7} {r['blocks']:>6} {r['seconds']:>8.1f} {r['blocks_per_min']:>10.1f} "
+            f"{r['speedup']:>8.2f} {r['speedup_bound']:>6.2f}"
         )
     print(
         f"units of speeds 1, 1.15, 1.3 ({spread['units_used']} took jobs): each block against its unit's own "
@@ -197,11 +225,8 @@ def main() -> None:
         f"overhead: {cost['jobs']} one-block jobs, enqueue {cost['enqueue_ms_per_job']:.1f} ms/job, "
         f"handling {cost['handling_ms_per_job']:.1f} ms/job beyond a worker's start-up ({cost['worker_start_s']:.1f} s)"
     )
-    args.out.write_text(
-        json.dumps(
-            {"model": args.model, "speed": args.speed, "throughput": rows, "units": spread, "overhead": cost}, indent=2
-        )
-    )
+    summary = {"model": args.model, "speed": args.speed, "program_ms": program_ms, "job_size": args.job_size}
+    args.out.write_text(json.dumps({**summary, "throughput": rows, "units": spread, "overhead": cost}, indent=2))
     print(f"wrote {args.out}")
 
 

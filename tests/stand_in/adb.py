@@ -2,7 +2,7 @@
 
 Configured by the JSON file in $FAKE_ADB_CONFIG: {"root": DIR, "log": FILE, "devices": [{"serial",
 "state", "model", "product", "props": {...}, "max_freqs_khz": [...], "thermal": [statuses...],
-"speed": 1.0, "sleep": false}]}.
+"speed": 1.0, "sleep": false, "program_ms": null}]}.
 A phone's shell runs the command with /bin/sh in DIR/SERIAL, where /data/local/tmp and /sys map to
 folders there and getprop, dumpsys and taskset are small scripts; so whatever lut pushes (the
 runner, the .pte files) really runs, on this host. Every invocation is logged.
@@ -97,6 +97,8 @@ def main(argv: list[str]) -> int:
             "PHONE_ROOT": str(root),
             "PHONE_SPEED": str(device.get("speed", 1.0)),  # a slower unit of the same model: 1.3
             "PHONE_SLEEP": "1" if device.get("sleep") else "",  # busy for the time it reports (a farm's bench)
+            # every program takes this long per execution (times the speed) instead of growing with its size
+            "PHONE_PROGRAM_MS": str(device.get("program_ms") or ""),
         }
         return subprocess.run(["/bin/sh", "-c", mapped(root, " ".join(argv[1:]))], env=env, check=False).returncode
     print(f"adb: unknown command {argv}", file=sys.stderr)

@@ -2,11 +2,12 @@
 ExecuTorch program and logs like the real one (`Iteration i of N: X ms`, then the total).
 
 The phone is what this replaces, so the times are the stand-in phone's own: a fixed cost plus one
-proportional to the program's size (times the phone's $PHONE_SPEED), with a small deterministic jitter;
-with $PHONE_SLEEP it is busy for that time. It imports nothing heavy: the
-real runner is a native binary that starts in milliseconds, and one that loaded torch for every call
-made the end-to-end test take half an hour on a slow CI machine. That the exported programs run in
-ExecuTorch's runtime is tested on the host (tests/test_cli_profile.py, the executorch backend).
+proportional to the program's size (or $PHONE_PROGRAM_MS for every program), times the phone's
+$PHONE_SPEED, with a small deterministic jitter; with $PHONE_SLEEP it is busy for that time. It
+imports nothing heavy: the real runner is a native binary that starts in milliseconds, and one that
+loaded torch for every call made the end-to-end test take half an hour on a slow CI machine. That the
+exported programs run in ExecuTorch's runtime is tested on the host (tests/test_cli_profile.py, the
+executorch backend).
 $FAKE_RUNNER_CRASH makes it abort on models whose path contains that text.
 """
 
@@ -49,7 +50,8 @@ def main(argv: list[str]) -> int:
     if program[4:8] != PROGRAM_ID:
         log("E", f"{model} is not an ExecuTorch program (identifier {program[4:8]!r})")
         return 1
-    base_ms = (0.05 + len(program) / 20_000) * float(os.environ.get("PHONE_SPEED") or 1.0)
+    program_ms = float(os.environ.get("PHONE_PROGRAM_MS") or 0.05 + len(program) / 20_000)
+    base_ms = program_ms * float(os.environ.get("PHONE_SPEED") or 1.0)
     phase = zlib.crc32(model.encode()) % 97
     started = time.time()
     total = 0.0
