@@ -121,25 +121,25 @@ def farm_run(server: str, speeds: list[float], program_ms: float | None, args: a
         with LutStore(url) as store:
             rows = store.measurements(phone)
             estimator = Estimator(phone, store=store, use_calibration=False)
-            # What each unit's runner reported, speed-free: a block's time over the canary's on that phone.
-            truth = {}
+            # What each unit's runner reported, speed-free: a block's time over the canary's on that phone;
+            # and when each run began and ended on it.
+            truth, spans = {}, []
             for i in range(len(speeds)):
-                log = Path(tmp) / "phones" / f"UNIT{i}" / "runs.log"
-                ran = dict(line.split() for line in log.read_text().splitlines()) if log.exists() else {}
+                ran = dict(line.split() for line in phone_log(Path(tmp), i, "runs.log"))
                 canary = ran.get(program(canary_spec().key))
                 truth.update(
                     {s.key: float(ran[program(s.key)]) / float(canary) for s in specs if program(s.key) in ran}
                 )
-            # Device-busy seconds per block (the runners' spans), then per job: no farm drains the queue
-            # faster than its longest job, so the speed-up is bounded by the total over that job.
+                spans += [
+                    (float(start), float(end), name)
+                    for start, end, name in map(str.split, phone_log(Path(tmp), i, "spans.log"))
+                ]
+            # Device-busy seconds per block, then per job: no farm drains the queue faster than its longest
+            # job, so the speed-up is bounded by the total over that job.
             busy: dict[str, float] = {}
-            window = [float("inf"), 0.0]  # the first run on any phone to the last
-            for i in range(len(speeds)):
-                log = Path(tmp) / "phones" / f"UNIT{i}" / "spans.log"
-                for line in log.read_text().splitlines() if log.exists() else []:
-                    start, end, name = line.split()
-                    busy[name] = busy.get(name, 0.0) + float(end) - float(start)
-                    window = [min(window[0], float(start)), max(window[1], float(end))]
+            for start, end, name in spans:
+                busy[name] = busy.get(name, 0.0) + end - start
+            window_s = max(end for _, end, _ in spans) - min(start for start, _, _ in spans)  # first run to last
             job_busy = [sum(busy.get(program(key), 0.0) for key in keys) for keys in jobs]
             table_us = estimator.table_canary_us or 1.0
             by_key = {s.key: s for s in specs}
@@ -157,13 +157,19 @@ def farm_run(server: str, speeds: list[float], program_ms: float | None, args: a
         "blocks_per_min": len(rows) / seconds * 60,
         # without the workers' start-up (an interpreter, the runtime's import, the first export): a farm's
         # workers run for hours, so this is its throughput once running
-        "running_blocks_per_min": len(rows) / (window[1] - window[0]) * 60,
+        "running_blocks_per_min": len(rows) / window_s * 60,
         "jobs": len(jobs),
         "device_busy_s": round(sum(busy.values()), 1),
         "speedup_bound": sum(job_busy) / max(job_busy),
         "max_error_raw": max(raw),
         "max_error_after_canary": max(scaled),
     }
+
+
+def phone_log(folder: Path, unit: int, name: str) -> list[str]:
+    """The lines of a log the stand-in phone UNIT<unit> keeps (none if it ran nothing)."""
+    log = folder / "phones" / f"UNIT{unit}" / name
+    return log.read_text().splitlines() if log.exists() else []
 
 
 def program(key: str) -> str:
