@@ -9,6 +9,12 @@ table's speed) and at the machine's speed during that architecture's lut run (it
 
     python bench/reference_check.py [--backend torch] [--deploy-env default] [--db FILE] [--out FILE.json]
 
+`--blocks in-context` (torch) times the blocks inside whole networks run in the deployment's
+environment (`lut profile --in-context`): the calibration set, the family, and networks sampled
+(seed 2) to cover the other checked architectures' blocks, never those architectures themselves; the
+blocks no such network holds are timed alone. `--isolated-db FILE` adds the plain sum of isolated
+blocks from another table (measuring what it lacks), so that both sums meet the same user loops.
+
 `--deploy-env tuned-malloc` reproduces how lut calibrated before (end-to-end runs in its tuned
 block workers), against the same user loops. The table is kept (`--db`): a second run measures only
 what is missing, except the reference runs and user loops, taken afresh every time.
@@ -32,8 +38,9 @@ import numpy as np
 from latency.estimate.estimator import Estimator
 from latency.estimate.fitting import at_run_speed, error_metrics
 from latency.jobs.calibrate import calibrate
+from latency.jobs.in_context import profile_in_context
 from latency.jobs.profile import latest_run, profile_archs, profile_blocks
-from latency.vocab.arch import Arch
+from latency.vocab.arch import Arch, covering
 from latency.vocab.conditions import Conditions
 from latency.vocab.deploy_env import DEFAULT, DeployEnv
 from latency.vocab.family import family_archs
@@ -134,6 +141,17 @@ def sampled(n: int, seed: int) -> list[Arch]:
     return [arch for name, k in counts.items() if k for arch in get_space(name).sampled_archs(k, seed)]
 
 
+def context_networks(calibration_set: list[Arch], check_set: list[Arch], family: list[Arch], pool: int) -> list[Arch]:
+    """The networks whose blocks are timed in context: the calibration set and the family (what a user
+    profiles), then sampled networks (seed 2, none checked) covering the checked sampled ones' blocks."""
+    chosen = calibration_set + family
+    held = {s.key for a in chosen for s in a.specs()}
+    wanted = {s.key for a in check_set for s in a.specs()} - held
+    checked = {a.layers for a in check_set}
+    candidates = [a for a in sampled(pool, seed=2) if a.layers not in checked]
+    return chosen + covering(candidates, wanted)
+
+
 def _metrics(rows: list[dict[str, Any]], column: str) -> dict[str, Any]:
     return error_metrics(np.array([r[column] for r in rows]), np.array([r["user_ms"] for r in rows]))
 
@@ -146,11 +164,14 @@ def main() -> None:
     parser.add_argument("--calibration", type=int, default=20, help="sampled architectures to calibrate on")
     parser.add_argument("--validation", type=int, default=20, help="sampled architectures to check (and the family)")
     parser.add_argument("--protocol", default="standard")
+    parser.add_argument("--blocks", default="isolated", choices=("isolated", "in-context"))
+    parser.add_argument("--pool", type=int, default=400, help="sampled networks to pick context networks from")
+    parser.add_argument("--isolated-db", default=None, help="a table of isolated blocks, for their plain sum")
     parser.add_argument("--db", default=str(RESULTS / "reference_check.sqlite"))
-    parser.add_argument("--out", type=Path, default=None, help="[default: results/reference_check-BACKEND-ENV.json]")
+    parser.add_argument("--out", type=Path, default=None, help="[default: results/reference_check-BACKEND-ENV-BLOCKS.json]")
     args = parser.parse_args()
     env = DeployEnv.parse(args.deploy_env)
-    out = args.out or RESULTS / f"reference_check-{args.backend}-{env.name}.json"
+    out = args.out or RESULTS / f"reference_check-{args.backend}-{env.name}-{args.blocks}.json"
 
     calibration_set = sampled(args.calibration, seed=0)
     family = family_archs(["all"])
@@ -164,8 +185,25 @@ def main() -> None:
     started = time.monotonic()
     with LutStore(args.db) as store, tempfile.TemporaryDirectory() as folder:
         specs = list({s.key: s for a in calibration_set + check_set for s in a.specs()}.values())
+        context: dict[str, Any] = {}
+        if args.blocks == "in-context":
+            networks = context_networks(calibration_set, check_set, family, args.pool)
+            timed = profile_in_context(networks, store, **common, deploy_env=env)
+            held = {s.key for a in networks for s in a.specs()}
+            context = {
+                "networks": len(networks),
+                "blocks_in_context": len(held),
+                "checked_blocks_alone": sum(s.key not in held for s in specs),
+                "minutes": round(timed.seconds / 60, 1),
+            }
+            print(f"in context: {context}", flush=True)
         blocks = profile_blocks(specs, store, **common)
         print(f"blocks: {blocks.measured} measured, {blocks.already_present} already in the table", flush=True)
+        isolated = None
+        if args.isolated_db:
+            isolated_store = LutStore(args.isolated_db)
+            profile_blocks(specs, isolated_store, **common)
+            isolated = Estimator(conditions, store=isolated_store, use_calibration=False)
         report = calibrate(store, calibration_set, **common, deploy_env=env)
         print(f"calibrated on {report.runs} sampled architectures: {report.correction.model} correction", flush=True)
         plain = Estimator(conditions, store=store, use_calibration=False)
@@ -191,6 +229,9 @@ def main() -> None:
                 "calibrated_then_ms": at_run_speed(cal_ms, run, calibrated.table_canary_us),
             }
             row["sum_over_user"] = uncal_ms / row["user_ms"]
+            if isolated is not None:
+                row["isolated_uncalibrated_ms"] = isolated.estimate(arch).latency_ms
+                row["isolated_sum_over_user"] = row["isolated_uncalibrated_ms"] / row["user_ms"]
             rows.append(row)
             print(
                 f"  {arch.name:28s} user {row['user_ms']:8.3f} ms  lut run {row['lut_run_ms']:8.3f}  "
@@ -199,6 +240,8 @@ def main() -> None:
             )
     seconds = time.monotonic() - started
     columns = ("uncalibrated_ms", "uncalibrated_then_ms", "calibrated_ms", "calibrated_then_ms", "lut_run_ms")
+    if isolated is not None:
+        columns = ("isolated_uncalibrated_ms", *columns)
     family_rows = [r for r in rows if r["family"]]
     canaries = [r["canary_us"] for r in rows if r["canary_us"]]
     result = {
@@ -206,6 +249,8 @@ def main() -> None:
         "backend": args.backend,
         "threads": args.threads,
         "deploy_env": env.name,
+        "blocks": args.blocks,
+        "in_context": context,
         "calibration_runs": report.runs,
         "correction": report.correction.model,
         "calibration_cv_rmspe": report.correction.metrics.get("cv_rmspe"),
@@ -231,6 +276,14 @@ def main() -> None:
         "\nsum of blocks over the user's time, family: "
         + ", ".join(f"{r['name']} {r['sum_over_user']:.2f}" for r in family_rows)
     )
+    ratios = [r["sum_over_user"] for r in rows]
+    print(f"all {len(rows)}: median {np.median(ratios):.2f}, {min(ratios):.2f}-{max(ratios):.2f}")
+    if isolated is not None:
+        ratios = [r["isolated_sum_over_user"] for r in rows]
+        print(
+            f"isolated blocks' sum over the user's time, all: median {np.median(ratios):.2f}, "
+            f"{min(ratios):.2f}-{max(ratios):.2f}"
+        )
     if canaries:
         print(f"canary during the runs: {min(canaries):.0f}-{max(canaries):.0f} us (table {plain.table_canary_us:.0f})")
     print(f"{seconds / 60:.1f} min")

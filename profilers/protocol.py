@@ -22,7 +22,7 @@ import numpy as np
 from latency.vocab.blocks import BlockSpec
 from profilers.errors import BlockFailed
 from profilers.stats import Stats, relative_spread, summarize
-from profilers.targets import Target, label
+from profilers.targets import ArchTarget, Target, label
 from profilers.worker import Timing, TimingPlan, Worker, WorkerCrashed
 
 
@@ -146,6 +146,7 @@ class Result:
     warmup_runs: int = 0
     error: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    parts: tuple[Result, ...] = ()  # in context: each block of the network, in order, as timed inside it
 
     @property
     def ok(self) -> bool:
@@ -161,9 +162,24 @@ class ProgressSink:
 
 
 def _combine(target: Target, timings: list[Timing], canary: list[float], protocol: Protocol) -> Result:
-    medians = tuple(float(np.median(t.samples_us)) for t in timings)
+    result = _combine_samples(target, [t.samples_us for t in timings], canary, protocol)
+    result = replace(result, warmup_runs=sum(t.warmup_runs for t in timings))
+    if not timings or not timings[0].part_samples_us:
+        return result
+    # The network's blocks as timed inside it (each trial's calls, block by block), combined as blocks are.
+    assert isinstance(target, ArchTarget)
+    specs = target.arch.specs(batch=target.batch, dtype=target.dtype)
+    parts = tuple(
+        _combine_samples(spec, [list(t.part_samples_us[i]) for t in timings], canary, protocol)
+        for i, spec in enumerate(specs)
+    )
+    return replace(result, parts=parts)
+
+
+def _combine_samples(target: Target, trials_us: list[list[float]], canary: list[float], protocol: Protocol) -> Result:
+    medians = tuple(float(np.median(samples)) for samples in trials_us)
     # The median of the trials' medians: one odd process does not move it.
-    pooled = summarize([s for t in timings for s in t.samples_us])
+    pooled = summarize([s for samples in trials_us for s in samples])
     median_us = float(np.median(medians))
     # The pooled percentiles bracket it except when one trial holds most of the calls; keep the row possible.
     stats = replace(
@@ -180,7 +196,7 @@ def _combine(target: Target, timings: list[Timing], canary: list[float], protoco
     canary_spread = relative_spread(ratios) if len(ratios) == len(medians) else raw_spread
     spread = min(raw_spread, canary_spread)
     # Noise within a trial; drift between trials is the spread's business, not the IQR's.
-    trial_iqr = float(np.median([summarize(t.samples_us).iqr_ratio for t in timings]))
+    trial_iqr = float(np.median([summarize(samples).iqr_ratio for samples in trials_us]))
     stable = trial_iqr <= protocol.unstable_iqr and spread <= protocol.unstable_spread
     return Result(
         target=target,
@@ -190,7 +206,6 @@ def _combine(target: Target, timings: list[Timing], canary: list[float], protoco
         canary_ratio=float(np.median(ratios)) if ratios else None,
         canary_us=float(np.median(canary)) if canary else None,
         stable=stable,
-        warmup_runs=sum(t.warmup_runs for t in timings),
         details={"trial_spread": raw_spread, "canary_trial_spread": canary_spread, "trial_iqr_ratio": trial_iqr},
     )
 
@@ -201,7 +216,8 @@ class Scheduler:
 
     `canary_workers` time the canary instead of `workers` (same index): networks timed in a
     deployment's environment keep the canary in the block protocol's, so that its time compares
-    with the table's canary and says only how fast the machine runs.
+    with the table's canary and says only how fast the machine runs. `in_context`: whole networks
+    are timed block by block, and their results carry their blocks' (`Result.parts`).
     """
 
     def __init__(
@@ -210,12 +226,14 @@ class Scheduler:
         protocol: Protocol,
         progress: ProgressSink | None = None,
         canary_workers: Sequence[Worker] | None = None,
+        in_context: bool = False,
     ) -> None:
         self.workers = list(workers) if isinstance(workers, Sequence) else [workers]
         self.canary_workers = list(canary_workers) if canary_workers else self.workers
         if len(self.canary_workers) != len(self.workers):
             raise ValueError("one canary worker per worker")
         self.protocol = protocol
+        self.in_context = in_context
         self.progress = progress or ProgressSink()
         self._visited: set[tuple[int, str]] = set()  # (worker, key) already warmed up there
 
@@ -280,6 +298,8 @@ class Scheduler:
                     continue
                 try:
                     plan = protocol.trial_plan(self._visit(index, target.key))
+                    if self.in_context:
+                        plan = replace(plan, in_context=True)
                     timings[target.key].append(worker.measure(target.key, plan))
                 except (BlockFailed, WorkerCrashed) as exc:
                     errors[target.key] = str(exc)

@@ -21,7 +21,7 @@ from typing import IO, Any
 from latency.vocab.deploy_env import TUNED_MALLOC, DeployEnv
 from profilers.backends import backend_class
 from profilers.errors import BlockFailed, ProfilerError
-from profilers.targets import ARCH_PREFIX, parse_target
+from profilers.targets import ARCH_PREFIX, ArchTarget, parse_target
 from profilers.zygote import ForkedProcess, log_tail, start_python, zygote_for
 
 READY_TIMEOUT_S = 600.0  # importing torch took 60-110 s here on a loaded 2-core machine, more beside others
@@ -45,12 +45,14 @@ class TimingPlan:
     max_time_s: float
     ci_target: float
     cold_heap: bool = False  # trim the heap before each call of a block (Protocol.cold_heap)
+    in_context: bool = False  # a whole network's calls timed block by block (Backend.prepare_parts)
 
 
 @dataclass(frozen=True)
 class Timing:
     samples_us: list[float]
     warmup_runs: int
+    part_samples_us: tuple[list[float], ...] = ()  # in context: per block of the network, its times
 
 
 def _serve(conn: Connection, backend_name: str, threads: int, options: dict[str, Any]) -> None:
@@ -88,10 +90,14 @@ def _serve(conn: Connection, backend_name: str, threads: int, options: dict[str,
         if command == "forget":
             for key in message[1]:
                 runners.pop(key, None)
+                runners.pop(f"parts:{key}", None)
             conn.send(("ok", None))
             continue
         _, key, plan = message
         try:
+            if plan.in_context:
+                conn.send(("ok", _time_in_context(backend, runners, key, plan)))
+                continue
             if key not in runners:
                 runners[key] = backend.prepare(parse_target(key))
             run = runners[key]
@@ -105,6 +111,20 @@ def _serve(conn: Connection, backend_name: str, threads: int, options: dict[str,
         except Exception as exc:
             last = traceback.extract_tb(exc.__traceback__)[-1]
             conn.send(("failed", f"{type(exc).__name__}: {exc} (at {os.path.basename(last.filename)}:{last.lineno})"))
+
+
+def _time_in_context(backend: Any, runners: dict[str, Any], key: str, plan: TimingPlan) -> Timing:
+    """A whole network's calls, each timed block by block, in the process as it is (no heap trimming)."""
+    target = parse_target(key)
+    if not isinstance(target, ArchTarget):
+        raise BlockFailed(f"only a whole network's blocks can be timed in context, not '{key}'")
+    parts_key = f"parts:{key}"  # forget() drops it with the network's key
+    if parts_key not in runners:
+        runners[parts_key] = backend.prepare_parts(target)
+    run = runners[parts_key]
+    warmups = backend.warm_up(run, plan.warmup_runs, plan.warmup_s)
+    totals, parts = backend.time_parts(run, plan.min_runs, plan.min_time_s, plan.max_time_s, plan.ci_target)
+    return Timing(totals, warmups, tuple(parts))
 
 
 def heap_trimmer() -> Callable[[], object] | None:

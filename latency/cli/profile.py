@@ -9,6 +9,7 @@ import typer
 from latency.cli.common import (
     BatchOpt,
     DbOpt,
+    DeployEnvOpt,
     DeviceOpt,
     DtypeOpt,
     JsonOpt,
@@ -22,6 +23,7 @@ from latency.cli.common import (
     err_console,
     finite,
     open_store,
+    parse_deploy_env,
     phone_options,
     print_json,
     split_items,
@@ -77,6 +79,15 @@ def profile(
         int | None,
         typer.Option(min=1, help="Blocks per queued job [default: the protocol's group of blocks, 12]."),
     ] = None,
+    in_context: Annotated[
+        bool,
+        typer.Option(
+            "--in-context",
+            help="Time the blocks inside the whole networks asked for, run as --deploy-env runs them (a plain "
+            "process by default): a network's blocks then sum to its time in that process. Host devices only.",
+        ),
+    ] = False,
+    deploy_env: DeployEnvOpt = "default",
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -87,6 +98,10 @@ def profile(
     conditions = Conditions(device, backend, threads, batch, dtype)
     if queue and force:
         raise LutError("--queue queues what the table lacks; --force cannot go with it.", exit_code=2)
+    if in_context and (queue or space is not None):
+        raise LutError(
+            "--in-context times whole networks here: give --models or --arch, not --queue or --space.", exit_code=2
+        )
     if queue and space is not None:  # the corners, which a space fill always measures in full
         from latency.jobs.space_fill import corner_specs
         from latency.vocab.space import get_space
@@ -103,15 +118,23 @@ def profile(
         return
     store = open_store(db)
     with RichProgress(f"profiling on {device}") as bar:
-        summary = profile_blocks(
-            specs,
-            store,
-            conditions,
-            protocol,
-            force,
-            progress=bar,
-            device_options=phone_options(serial, runner),
-        )
+        if in_context:
+            from latency.jobs.in_context import profile_in_context
+            from latency.vocab.family import expand_models, resolve_arch
+
+            networks = [resolve_arch(source) for source in [*expand_models(model_names), *(arch or [])]]
+            env = parse_deploy_env(deploy_env)
+            summary = profile_in_context(networks, store, conditions, protocol, env, force, progress=bar)
+        else:
+            summary = profile_blocks(
+                specs,
+                store,
+                conditions,
+                protocol,
+                force,
+                progress=bar,
+                device_options=phone_options(serial, runner),
+            )
     if as_json:
         print_json({**summary.to_dict(), "db": str(store.url)})
     else:

@@ -65,10 +65,8 @@ def block_row(spec: BlockSpec) -> dict[str, Any]:
     return {**spec.to_dict(), "key": spec.key, "flops": spec.flops, "params": spec.params}
 
 
-def _stats_fields(
-    result: Result, protocol: Protocol, protocol_extra: dict[str, Any], environment: dict[str, Any]
-) -> dict[str, Any]:
-    """The columns a block measurement and an end-to-end run share."""
+def result_numbers(result: Result) -> dict[str, Any]:
+    """A result's statistics as the table's columns (those a block row and an end-to-end run share)."""
     stats = result.stats
     assert stats is not None
     return {
@@ -83,25 +81,38 @@ def _stats_fields(
         "trials": len(result.trial_medians_us),
         "canary_ratio": result.canary_ratio,
         "canary_us": result.canary_us,
+        "stable": result.stable,
+    }
+
+
+def result_trials(result: Result) -> dict[str, Any]:
+    """What a row's environment records of its trials."""
+    return {
+        "trial_medians_us": [round(m, 3) for m in result.trial_medians_us],
+        "canary_medians_us": [round(m, 3) for m in result.canary_medians_us],
+        **{k: round(v, 4) for k, v in result.details.items()},
+    }
+
+
+def _stats_fields(
+    result: Result, protocol: Protocol, protocol_extra: dict[str, Any], environment: dict[str, Any]
+) -> dict[str, Any]:
+    """The columns a block measurement and an end-to-end run share."""
+    return {
+        **result_numbers(result),
         "protocol": {
             **protocol.to_dict(),
             **protocol_extra,
             "remeasured": result.remeasured,
             "warmup_runs": result.warmup_runs,
         },
-        "environment": {
-            **environment,
-            "trial_medians_us": [round(m, 3) for m in result.trial_medians_us],
-            "canary_medians_us": [round(m, 3) for m in result.canary_medians_us],
-            **{k: round(v, 4) for k, v in result.details.items()},
-        },
+        "environment": {**environment, **result_trials(result)},
         "measured_at": datetime.now(timezone.utc),
-        "stable": result.stable,
     }
 
 
 @dataclass(frozen=True)
-class _Session:
+class MeasureSession:
     """A device and backend checked and registered in the table, ready to measure."""
 
     device: Device
@@ -118,12 +129,12 @@ class _Session:
         return ProfileSummary(self.device.name, self.backend, self.version, self.conditions.threads, requested)
 
 
-def _open_session(
+def open_session(
     store: LutStore,
     conditions: Conditions,
     protocol: Protocol | str,
     device_options: dict[str, Any] | None = None,
-) -> _Session:
+) -> MeasureSession:
     device = resolve_device(conditions.device, **(device_options or {}))
     backend = conditions.backend or device.default_backend
     device.check_backend(backend)
@@ -134,23 +145,25 @@ def _open_session(
     protocol = PROTOCOLS[protocol] if isinstance(protocol, str) else protocol
     store.get_or_create_device(device.name, device.kind, fingerprint, identity)
     conditions = replace(conditions, device=device.name, backend=backend)
-    return _Session(device, conditions, implementation.installed_version(), protocol)
+    return MeasureSession(device, conditions, implementation.installed_version(), protocol)
 
 
-def _measure(
-    session: _Session,
+def measure_targets(
+    session: MeasureSession,
     targets: Sequence[Target],
     summary: ProfileSummary,
     progress: ProgressSink | None,
     store_result: Callable[[Result, dict[str, Any]], None],
     deadline: float | None = None,
     deploy_env: DeployEnv | None = None,
+    in_context: bool = False,
 ) -> None:
     """Run the protocol over `targets`, handing each final result to `store_result` at once.
 
     With `deploy_env` (whole networks taken as truth, on a device whose networks run in a host
     process), the networks run in fresh processes set up as that deployment runs them (each in its
-    own unless the protocol shares them), and the canary stays in the protocol's tuned workers."""
+    own unless the protocol shares them), and the canary stays in the protocol's tuned workers.
+    `in_context`: the networks are timed block by block (`Result.parts`)."""
     sink = progress or ProgressSink()
     sink.add_total(len(targets) * session.protocol.trials)
     device, protocol = session.device, session.protocol
@@ -174,7 +187,7 @@ def _measure(
     try:
         if deploy_env is None or not device.host_process:
             with device.workers(*pool_args, preloaded=preloaded) as pool:
-                scheduler = Scheduler(pool.workers, protocol, sink)
+                scheduler = Scheduler(pool.workers, protocol, sink, in_context=in_context)
                 consume(scheduler.run(targets, deadline), pool.workers[0].info)
             return
         batches = [[t] for t in targets] if protocol.network_per_process else [list(targets)]
@@ -183,7 +196,7 @@ def _measure(
                 if deadline is not None and time.monotonic() >= deadline:
                     return
                 with device.workers(*pool_args, deploy_env, preloaded) as pool:
-                    scheduler = Scheduler(pool.workers, protocol, sink, canary_workers=canaries.workers)
+                    scheduler = Scheduler(pool.workers, protocol, sink, canaries.workers, in_context)
                     consume(scheduler.run(batch, deadline), pool.workers[0].info)
     except KeyboardInterrupt:
         summary.interrupted = True
@@ -206,7 +219,7 @@ def profile_blocks(
     odd = [s.key for s in specs if (s.batch, s.dtype) != (conditions.batch, conditions.dtype)]
     if odd:
         raise ValueError(f"blocks of another batch or dtype than {conditions}: {odd[:3]}")
-    session = _open_session(store, conditions, protocol, device_options)
+    session = open_session(store, conditions, protocol, device_options)
     summary = session.summary(requested=len(specs))
     todo = list(specs)
     if not force:
@@ -226,7 +239,7 @@ def profile_blocks(
                 )
             )
 
-        _measure(session, todo, summary, progress, store_result, deadline)
+        measure_targets(session, todo, summary, progress, store_result, deadline)
     summary.seconds = time.monotonic() - started
     return summary
 
@@ -252,7 +265,7 @@ def profile_archs(
     fresh processes of the network's own, a canary per trial) and store each run under `tag`;
     networks that already have a run with this tag are skipped unless `force`."""
     started = time.monotonic()
-    session = _open_session(store, conditions, protocol, device_options)
+    session = open_session(store, conditions, protocol, device_options)
     check_deploy_env(session.device, deploy_env)
     summary = session.summary(requested=len(archs))
     targets = [ArchTarget(a, conditions.batch, conditions.dtype) for a in archs]
@@ -277,7 +290,7 @@ def profile_archs(
         )
 
     if targets:
-        _measure(session, targets, summary, progress, store_result, deploy_env=deploy_env)
+        measure_targets(session, targets, summary, progress, store_result, deploy_env=deploy_env)
     summary.seconds = time.monotonic() - started
     return summary
 

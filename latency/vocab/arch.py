@@ -322,3 +322,18 @@ def _parse(data: Any, source: str) -> Arch:
     except BlockSpecError as exc:  # a combination no single field check caught
         raise ArchError(f"{source}: {exc}") from None
     return arch
+
+
+def covering(pool: list[Arch], keys: set[str], batch: int = 1, dtype: str = "fp32") -> list[Arch]:
+    """Architectures of `pool` that hold as many of the block `keys` as the pool does, few of them: greedily,
+    the one holding most keys not yet held, until none adds one (blocks timed in context need networks)."""
+    holds = [{s.key for s in arch.specs(batch, dtype)} & keys for arch in pool]
+    chosen: list[Arch] = []
+    left = set(keys)
+    while left:
+        best = max(range(len(pool)), key=lambda i: len(holds[i] & left), default=None)
+        if best is None or not holds[best] & left:
+            break
+        chosen.append(pool[best])
+        left -= holds[best]
+    return chosen

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from profilers.errors import BlockFailed
 from profilers.stats import median_ci_halfwidth
-from profilers.targets import Target
+from profilers.targets import ArchTarget, Target
 
 Runner = Callable[[], object]
+# Runs a whole network once, block by block; returns the clock (perf_counter_ns) before the first block
+# and after each block, so that block i took stamps[i + 1] - stamps[i] in its network's context.
+PartsRunner = Callable[[], list[int]]
 
 
 class Backend(ABC):
@@ -25,6 +30,7 @@ class Backend(ABC):
     host_heap: ClassVar[bool] = True  # its blocks' buffers live in the process's heap (cold-heap protocol)
     distribution: ClassVar[str]  # the package whose version keys the rows
     preload_modules: ClassVar[tuple[str, ...]] = ()  # what a zygote imports before it forks workers
+    times_in_context: ClassVar[bool] = False  # it can time a network's blocks inside it (prepare_parts)
 
     def __init__(self, threads: int, options: dict[str, Any] | None = None) -> None:
         self.threads = threads
@@ -65,6 +71,11 @@ class Backend(ABC):
     def prepare(self, target: Target) -> Runner:
         """A callable that runs the block (or whole network) once on a fixed, seeded input."""
 
+    def prepare_parts(self, target: ArchTarget) -> PartsRunner:
+        """A callable that runs the whole network once, timing each of its blocks in place (blocks in
+        context); only runtimes that run a network block by block in the host process can."""
+        raise BlockFailed(f"the {self.name} backend runs a network as one program: its blocks cannot be timed in it")
+
     def environment(self) -> dict[str, Any]:
         return {}
 
@@ -84,25 +95,32 @@ class Backend(ABC):
         """Per-call wall times in microseconds: at least `min_runs` calls and `min_time_s`, then on
         until the median's 95% CI is within `ci_target` or `max_time_s` has passed. `before_call`
         runs before each call, outside the timed span (budgets count it)."""
-        samples: list[float] = []
         clock = time.perf_counter_ns
-        start = clock()
-        deadline_ns = start + int(max_time_s * 1e9)
-        floor_ns = start + int(min_time_s * 1e9)
-        while True:
+
+        def call() -> float:
             if before_call is not None:
                 before_call()
             t0 = clock()
             run()
-            t1 = clock()
-            samples.append((t1 - t0) / 1e3)
-            if len(samples) >= min_runs and t1 >= floor_ns:
-                if t1 >= deadline_ns:
-                    break
-                # Checking the CI costs a sort: do it every 16 calls.
-                if len(samples) % 16 == 0 and median_ci_halfwidth(samples) <= ci_target:
-                    break
-        return samples
+            return (clock() - t0) / 1e3
+
+        return timed_loop(call, min_runs, min_time_s, max_time_s, ci_target)
+
+    def time_parts(
+        self, run: PartsRunner, min_runs: int, min_time_s: float, max_time_s: float, ci_target: float
+    ) -> tuple[list[float], list[list[float]]]:
+        """`time_calls` for a network timed block by block: the per-call totals and, per block, its
+        per-call times in microseconds (the blocks' times of one call sum to its total)."""
+        calls: list[list[float]] = []
+
+        def call() -> float:
+            stamps = run()
+            parts = [(b - a) / 1e3 for a, b in itertools.pairwise(stamps)]
+            calls.append(parts)
+            return sum(parts)
+
+        totals = timed_loop(call, min_runs, min_time_s, max_time_s, ci_target)
+        return totals, [list(block) for block in zip(*calls, strict=True)]
 
     def warm_up(self, run: Runner, runs: int, seconds: float, before_call: Callable[[], object] | None = None) -> int:
         """Run until both `runs` calls and `seconds` have passed; returns the calls made."""
@@ -114,3 +132,25 @@ class Backend(ABC):
             run()
             done += 1
         return done
+
+
+def timed_loop(
+    call: Callable[[], float], min_runs: int, min_time_s: float, max_time_s: float, ci_target: float
+) -> list[float]:
+    """Call `call` (which returns one sample) until at least `min_runs` samples and `min_time_s`
+    have passed, then on until the samples' median has a 95% CI within `ci_target` or `max_time_s` ends."""
+    samples: list[float] = []
+    clock = time.perf_counter_ns
+    start = clock()
+    deadline_ns = start + int(max_time_s * 1e9)
+    floor_ns = start + int(min_time_s * 1e9)
+    while True:
+        samples.append(call())
+        now = clock()
+        if len(samples) >= min_runs and now >= floor_ns:
+            if now >= deadline_ns:
+                break
+            # Checking the CI costs a sort: do it every 16 calls.
+            if len(samples) % 16 == 0 and median_ci_halfwidth(samples) <= ci_target:
+                break
+    return samples

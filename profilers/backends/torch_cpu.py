@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from profilers.backends.base import Backend, Runner
+from profilers.backends.base import Backend, PartsRunner, Runner
 from profilers.targets import ArchTarget, Target
 
 TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -44,6 +44,7 @@ class TorchCPU(Backend):
     name = "torch"
     distribution = "torch"
     preload_modules = ("torch", "latency.nn.layers", "latency.nn.fbnet")
+    times_in_context = True
 
     def setup(self) -> None:
         import torch
@@ -60,6 +61,30 @@ class TorchCPU(Backend):
         def run() -> object:
             with torch.inference_mode():
                 return module(x)
+
+        return run
+
+    def prepare_parts(self, target: ArchTarget) -> PartsRunner:
+        import time
+
+        import torch
+
+        network, x = built_module(target), seeded_input(target)
+        *features, classifier = network.blocks
+        clock = time.perf_counter_ns
+
+        # FBNetV2.forward with the clock read between blocks (dropout is the identity in eval mode); the
+        # context manager's entry and exit fall to the first and last block, so the parts sum to a call.
+        def run() -> list[int]:
+            stamps = [clock()]
+            with torch.inference_mode():
+                y = x
+                for block in features:
+                    y = block(y)
+                    stamps.append(clock())
+                classifier(y)
+            stamps.append(clock())
+            return stamps
 
         return run
 

@@ -1,0 +1,173 @@
+"""Blocks timed in context: whole networks run as the deployment runs them, timed block by block.
+
+An isolated block is timed alone, again and again: its weights and buffers stay in cache between calls
+and its heap is whatever the protocol makes it (warm, or trimmed before each call), so the plain sum of
+isolated blocks is what those conditions make it (measured here: 0.5-0.65 of a user's process with a
+warm heap, 1.0-2.5 with a cold one, the fault cost of the machine deciding which). Inside a network,
+each block starts where the one before left the caches and the heap, in the deployment's own process:
+its time there is what it costs in that network, and a network's blocks sum to its time by construction.
+A block seen in several networks gets the median of its times there (a row records the networks).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from latency.jobs.profile import (
+    ProfileSummary,
+    block_row,
+    check_deploy_env,
+    measure_targets,
+    open_session,
+    result_numbers,
+    result_trials,
+)
+from latency.vocab.arch import Arch
+from latency.vocab.conditions import Conditions
+from latency.vocab.deploy_env import DEFAULT, DeployEnv
+from lut_db import LutStore, MeasurementRecord
+from profilers.backends import backend_class
+from profilers.errors import ProfilerError
+from profilers.protocol import ProgressSink, Protocol, Result
+from profilers.targets import ArchTarget
+
+CONTEXT = "network"  # the `context` a row's protocol records when its block was timed inside networks
+
+
+def in_context_keys(store: LutStore, conditions: Conditions, backend_version: str, deploy_env: DeployEnv) -> set[str]:
+    """Block keys whose row was timed inside networks run in `deploy_env`, under these conditions."""
+    rows = store.measurements(conditions, backend_version=backend_version, source="measured")
+    return {
+        r.block_key
+        for r in rows
+        if r.protocol.get("context") == CONTEXT and r.protocol.get("deploy_env") == deploy_env.name
+    }
+
+
+def profile_in_context(
+    archs: Sequence[Arch],
+    store: LutStore,
+    conditions: Conditions,
+    protocol: Protocol | str = "standard",
+    deploy_env: DeployEnv = DEFAULT,
+    force: bool = False,
+    progress: ProgressSink | None = None,
+    deadline: float | None = None,
+) -> ProfileSummary:
+    """Time `archs` block by block in `deploy_env`'s processes (the protocol's trials and canary, as a
+    network taken as truth) and store each of their blocks; a block seen in several networks gets the
+    median of its times there. Networks whose blocks all have such a row already are skipped unless
+    `force`. Every block's row is stored as soon as a network holding it is final."""
+    started = time.monotonic()
+    session = open_session(store, conditions, protocol)
+    check_deploy_env(session.device, deploy_env)
+    implementation = backend_class(session.device.implementation(session.backend)[0])
+    if not (session.device.host_process and implementation.times_in_context):
+        raise ProfilerError(
+            f"{session.backend} on '{session.device.name}' runs a network as one program: its blocks cannot be "
+            "timed inside it; profile them one by one (lut profile without --in-context).",
+            exit_code=2,
+        )
+    by_key = {s.key: s for a in archs for s in a.specs(conditions.batch, conditions.dtype)}
+    summary = session.summary(requested=len(by_key))
+    present = set() if force else in_context_keys(store, session.conditions, session.version, deploy_env)
+    summary.already_present = len(present & by_key.keys())
+    todo = [a for a in archs if any(s.key not in present for s in a.specs(conditions.batch, conditions.dtype))]
+    if not todo:
+        summary.seconds = time.monotonic() - started
+        return summary
+    store.upsert_blocks(block_row(s) for a in todo for s in a.specs(conditions.batch, conditions.dtype))
+    seen: dict[str, list[tuple[float, dict[str, Any]]]] = {}  # key -> (median, row fields) per appearance
+    stored: dict[str, bool] = {}  # key -> stable
+
+    def store_network(result: Result, fields: dict[str, Any]) -> None:
+        assert isinstance(result.target, ArchTarget)
+        network = result.target.name
+        share = _share(result)
+        for position, part in enumerate(result.parts):
+            key = part.target.key
+            appearance = _part_fields(part, fields, network, position, share)
+            appearance["environment"]["network_median_us"] = round(fields["median_us"], 3)
+            seen.setdefault(key, []).append((appearance["median_us"], appearance))
+        rows = []
+        for key in {part.target.key for part in result.parts}:
+            row = _median_appearance(seen[key])
+            stored[key] = row["stable"]
+            rows.append(
+                MeasurementRecord(block_key=key, **session.conditions.columns(), backend_version=session.version, **row)
+            )
+        store.put_measurements(rows)
+
+    networks = session.summary(requested=len(todo))
+    measure_targets(
+        session,
+        [ArchTarget(a, conditions.batch, conditions.dtype) for a in todo],
+        networks,
+        progress,
+        store_network,
+        deadline,
+        deploy_env,
+        in_context=True,
+    )
+    summary.measured = len(stored)
+    summary.unstable = sorted(k for k, stable in stored.items() if not stable)
+    summary.failed = networks.failed
+    summary.interrupted = networks.interrupted
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _share(network: Result) -> float:
+    """What scales the blocks' medians to sum to the network's median.
+
+    A median of sums is not the sum of the medians: a slow call's extra time falls in one block or
+    another, and each block's median leaves it out (measured here: the blocks' medians summed to 0.96-1.0
+    of the network's median, less the noisier the machine). Scaling the blocks by this ratio keeps their
+    proportions and makes a network's estimate its own median, the number a user's loop reports."""
+    assert network.stats is not None
+    total_us = sum(part.stats.median_us for part in network.parts if part.stats is not None)
+    return network.stats.median_us / total_us if total_us > 0 else 1.0
+
+
+_SCALED = ("median_us", "p10_us", "p90_us", "iqr_us", "mean_us", "std_us", "min_us")
+
+
+def _part_fields(
+    part: Result, network_fields: dict[str, Any], network: str, position: int, share: float
+) -> dict[str, Any]:
+    """A block's row as timed inside one network: its own numbers scaled by the network's `share`, the
+    network's protocol and environment."""
+    protocol = {k: v for k, v in network_fields["protocol"].items() if k != "warmup_runs"}
+    numbers = result_numbers(part)
+    return {
+        **network_fields,
+        **numbers,
+        **{column: numbers[column] * share for column in _SCALED},
+        "canary_ratio": None if part.canary_ratio is None else part.canary_ratio * share,
+        "protocol": {**protocol, "context": CONTEXT},
+        "environment": {
+            **{k: v for k, v in network_fields["environment"].items() if k not in result_trials(part)},
+            **result_trials(part),
+            "network": network,
+            "position": position,
+            "share": round(share, 4),
+        },
+    }
+
+
+def _median_appearance(appearances: list[tuple[float, dict[str, Any]]]) -> dict[str, Any]:
+    """The row of the appearance whose time is the median of all (the lower middle of an even count),
+    recording every appearance's time."""
+    ordered = sorted(appearances, key=lambda a: a[0])
+    _, row = ordered[(len(ordered) - 1) // 2]
+    networks = [a[1]["environment"]["network"] for a in ordered]
+    return {
+        **row,
+        "environment": {
+            **row["environment"],
+            "appearances_us": [round(a[0], 3) for a in ordered],
+            "appearance_networks": networks,
+        },
+    }

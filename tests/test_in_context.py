@@ -1,0 +1,107 @@
+"""Blocks timed in context: whole networks run as the deployment runs them, timed block by block."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from latency.estimate.estimator import Estimator
+from latency.jobs.in_context import CONTEXT, in_context_keys, profile_in_context
+from latency.vocab.arch import Arch, covering
+from latency.vocab.conditions import Conditions
+from latency.vocab.deploy_env import DEFAULT
+from latency.vocab.space import SpacePoint, get_space
+from lut_db import LutStore
+from profilers.backends.torch_cpu import TorchCPU
+from profilers.errors import ProfilerError
+from profilers.targets import ArchTarget
+from tests.cli import TINY_SPACE, lut
+
+TORCH = Conditions("cpu", "torch")
+
+
+def tiny(*points: SpacePoint) -> list[Arch]:
+    space = get_space(str(TINY_SPACE))
+    return [space.arch(p, name=f"tiny{i}") for i, p in enumerate(points)]
+
+
+A, B = tiny(SpacePoint(0, (0, 0), (0, 0)), SpacePoint(0, (0, 1), (2, 0)))
+
+
+def test_a_networks_blocks_are_timed_inside_it_and_sum_to_each_call() -> None:
+    backend = TorchCPU(1)
+    backend.setup()
+    target = ArchTarget(A)
+    totals, parts = backend.time_parts(backend.prepare_parts(target), 20, 0.0, 1.0, 0.01)
+    assert len(parts) == len(A.specs()) and all(len(p) == len(totals) for p in parts)
+    for call, total in enumerate(totals):
+        assert sum(p[call] for p in parts) == pytest.approx(total)
+    assert all(min(p) > 0 for p in parts)
+    # The same network as FBNetV2.forward computes it: the parts runner is the network, not a stand-in.
+    assert backend.prepare(target)().shape[-1] == A.specs()[-1].c_out
+
+
+def test_each_block_row_comes_from_the_networks_and_they_sum_to_the_network(tmp_path: Path) -> None:
+    with LutStore(tmp_path / "lut.sqlite") as store:
+        summary = profile_in_context([A, B], store, TORCH, "quick")
+        keys = {s.key for a in (A, B) for s in a.specs()}
+        assert summary.measured == summary.requested == len(keys) and not summary.failed
+        rows = store.measurement_map(TORCH)
+        assert set(rows) == keys == in_context_keys(store, TORCH, summary.backend_version, DEFAULT)
+        for row in rows.values():
+            assert row.protocol["context"] == CONTEXT and row.protocol["deploy_env"] == "default"
+            assert row.environment["appearance_networks"] and row.p10_us <= row.median_us <= row.p90_us
+        shared = {s.key for s in A.specs()} & {s.key for s in B.specs()}
+        assert shared and all(len(rows[k].environment["appearances_us"]) == 2 for k in shared)
+        # A block only one network holds carries that network's share of its median: the blocks of that
+        # network sum to it.
+        only_b = [rows[s.key] for s in B.specs() if s.key not in shared]
+        network_us = only_b[0].environment["network_median_us"]
+        own = sum(r.median_us for r in only_b) + sum(
+            r.environment["appearances_us"][r.environment["appearance_networks"].index("tiny1")]
+            for r in (rows[k] for k in shared)
+        )
+        assert own == pytest.approx(network_us, rel=1e-3)
+        estimate = Estimator(TORCH, store=store, use_calibration=False).estimate(A)
+        assert estimate.latency_ms > 0 and not Estimator(TORCH, store=store).missing(A)
+        again = profile_in_context([A, B], store, TORCH, "quick")
+        assert again.measured == 0 and again.already_present == len(keys)
+
+
+def test_runtimes_that_run_one_program_cannot_time_blocks_inside_it(tmp_path: Path) -> None:
+    with LutStore(tmp_path / "lut.sqlite") as store, pytest.raises(ProfilerError) as info:
+        profile_in_context([A], store, Conditions("cpu", "onnxruntime"), "quick")
+    assert info.value.exit_code == 2 and "one by one" in str(info.value)
+
+
+def test_covering_picks_few_networks_that_hold_the_blocks() -> None:
+    space = get_space(str(TINY_SPACE))
+    pool = space.sampled_archs(40, seed=3)
+    wanted = {s.key for a in space.sampled_archs(5, seed=4) for s in a.specs()}
+    chosen = covering(pool, wanted)
+    held_by_pool = wanted & {s.key for a in pool for s in a.specs()}
+    held = wanted & {s.key for a in chosen for s in a.specs()}
+    assert held == held_by_pool and len(chosen) < len(pool)
+    # Each network chosen added a block the ones before it did not hold.
+    seen: set[str] = set()
+    for arch in chosen:
+        keys = {s.key for s in arch.specs()} & wanted
+        assert keys - seen
+        seen |= keys
+    assert covering(pool, set()) == []
+
+
+def test_cli_profiles_in_context_and_refuses_a_space(tmp_path: Path) -> None:
+    db = str(tmp_path / "lut.sqlite")
+    arch = tmp_path / "a.json"
+    arch.write_text(A.to_json())
+    out = json.loads(
+        lut(
+            "profile", "--arch", str(arch), "--in-context", "--protocol", "quick", "--db", db, "--json", check=True
+        ).stdout
+    )
+    assert out["measured"] == len({s.key for s in A.specs()})
+    refused = lut("profile", "--in-context", "--space", str(TINY_SPACE), "--db", db, check=False)
+    assert refused.returncode == 2 and "--in-context" in refused.stderr
