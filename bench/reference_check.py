@@ -168,7 +168,12 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=400, help="sampled networks to pick context networks from")
     parser.add_argument("--isolated-db", default=None, help="a table of isolated blocks, for their plain sum")
     parser.add_argument("--db", default=str(RESULTS / "reference_check.sqlite"))
-    parser.add_argument("--out", type=Path, default=None, help="[default: results/reference_check-BACKEND-ENV-BLOCKS.json]")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="[default: results/reference_check-BACKEND-ENV-BLOCKS.json]",
+    )
     args = parser.parse_args()
     env = DeployEnv.parse(args.deploy_env)
     out = args.out or RESULTS / f"reference_check-{args.backend}-{env.name}-{args.blocks}.json"

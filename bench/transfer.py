@@ -22,6 +22,7 @@ The table is kept (`--db`): a second run measures only what is missing.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,26 @@ def flops_fit(train: list[E2ERecord], test: list[E2ERecord], canary_us: float | 
     return np.array([slope * flops(r) + intercept for r in test])
 
 
+def busy_minutes(times: list[Any], max_gap_s: float = 300.0) -> float:
+    """Minutes spent producing rows stamped `times`: the gaps between consecutive rows, leaving out those
+    longer than `max_gap_s` (a run stopped and resumed, another session); the first row's own time is lost."""
+    ordered = sorted(times)
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(ordered)]
+    return sum(g for g in gaps if g <= max_gap_s) / 60
+
+
+def costs(store: LutStore, target: Conditions, specs: list[Any], train_runs: list[E2ERecord]) -> dict[str, float]:
+    """What T cost: its full block table (the ceiling's price) against its runs, per run, from the rows' stamps."""
+    keys = {s.key for s in specs}
+    rows = [r.measured_at for r in store.measurements(target, source="measured") if r.block_key in keys]
+    run_minutes = busy_minutes([r.measured_at for r in train_runs])
+    return {
+        "table_blocks": len(rows),
+        "table_minutes": round(busy_minutes(rows), 1),
+        "minutes_per_run": round(run_minutes / max(len(train_runs) - 1, 1), 2),
+    }
+
+
 def one_pair(store: LutStore, name: str, args: argparse.Namespace, sizes: list[int]) -> list[dict[str, Any]]:
     source, target = PAIRS[name]
     pool = run_archs(["all"], max(sizes), seed=0, space=args.space)[: max(sizes)]
@@ -106,6 +127,14 @@ def one_pair(store: LutStore, name: str, args: argparse.Namespace, sizes: list[i
             print(f"{name}, N={n}: {exc}")
         for method, values in estimates.items():
             rows.append({"pair": name, "runs": n, "method": method, **error_metrics(values, truth)})
+    cost = costs(store, target, specs, train_runs)
+    print(
+        f"{name}: T's full table {cost['table_blocks']} blocks in {cost['table_minutes']} min; "
+        f"a run on T {cost['minutes_per_run']} min (N=10: {10 * cost['minutes_per_run']:.1f} min)",
+        flush=True,
+    )
+    for row in rows:
+        row.update(cost)
     return rows
 
 
