@@ -74,6 +74,10 @@ def test_runtimes_that_run_one_program_cannot_time_blocks_inside_it(tmp_path: Pa
     with LutStore(tmp_path / "lut.sqlite") as store, pytest.raises(ProfilerError) as info:
         profile_in_context([A], store, Conditions("cpu", "onnxruntime"), "quick")
     assert info.value.exit_code == 2 and "one by one" in str(info.value)
+    # Refused before any phone is reached: no adb is asked for one.
+    with LutStore(tmp_path / "lut.sqlite") as store, pytest.raises(ProfilerError) as info:
+        profile_in_context([A], store, Conditions("pixel"), "quick")
+    assert info.value.exit_code == 2 and "pixel" in str(info.value)
 
 
 def test_covering_picks_few_networks_that_hold_the_blocks() -> None:
@@ -105,3 +109,5 @@ def test_cli_profiles_in_context_and_refuses_a_space(tmp_path: Path) -> None:
     assert out["measured"] == len({s.key for s in A.specs()})
     refused = lut("profile", "--in-context", "--space", str(TINY_SPACE), "--db", db, check=False)
     assert refused.returncode == 2 and "--in-context" in refused.stderr
+    alone = lut("profile", "--arch", str(arch), "--deploy-env", "tuned-malloc", "--db", db, check=False)
+    assert alone.returncode == 2 and "add --in-context" in alone.stderr

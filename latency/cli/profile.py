@@ -98,6 +98,8 @@ def profile(
     conditions = Conditions(device, backend, threads, batch, dtype)
     if queue and force:
         raise LutError("--queue queues what the table lacks; --force cannot go with it.", exit_code=2)
+    if deploy_env != "default" and not in_context:
+        raise LutError("--deploy-env applies to blocks timed inside networks: add --in-context.", exit_code=2)
     if in_context and (queue or space is not None):
         raise LutError(
             "--in-context times whole networks here: give --models or --arch, not --queue or --space.", exit_code=2

@@ -29,6 +29,7 @@ from latency.vocab.conditions import Conditions
 from latency.vocab.deploy_env import DEFAULT, DeployEnv
 from lut_db import LutStore, MeasurementRecord
 from profilers.backends import backend_class
+from profilers.devices import resolve_device
 from profilers.errors import ProfilerError
 from profilers.protocol import ProgressSink, Protocol, Result
 from profilers.targets import ArchTarget
@@ -61,15 +62,16 @@ def profile_in_context(
     median of its times there. Networks whose blocks all have such a row already are skipped unless
     `force`. Every block's row is stored as soon as a network holding it is final."""
     started = time.monotonic()
-    session = open_session(store, conditions, protocol)
-    check_deploy_env(session.device, deploy_env)
-    implementation = backend_class(session.device.implementation(session.backend)[0])
-    if not (session.device.host_process and implementation.times_in_context):
+    device = resolve_device(conditions.device)  # refused before reaching a device (a phone: adb)
+    backend = conditions.backend or device.default_backend
+    if not (device.host_process and backend_class(device.implementation(backend)[0]).times_in_context):
         raise ProfilerError(
-            f"{session.backend} on '{session.device.name}' runs a network as one program: its blocks cannot be "
-            "timed inside it; profile them one by one (lut profile without --in-context).",
+            f"{backend} on '{device.name}' runs a network as one program: its blocks cannot be timed inside it; "
+            "profile them one by one (lut profile without --in-context).",
             exit_code=2,
         )
+    session = open_session(store, conditions, protocol)
+    check_deploy_env(session.device, deploy_env)
     by_key = {s.key: s for a in archs for s in a.specs(conditions.batch, conditions.dtype)}
     summary = session.summary(requested=len(by_key))
     present = set() if force else in_context_keys(store, session.conditions, session.version, deploy_env)
