@@ -72,15 +72,16 @@ def profile_in_context(
         )
     session = open_session(store, conditions, protocol)
     check_deploy_env(session.device, deploy_env)
-    by_key = {s.key: s for a in archs for s in a.specs(conditions.batch, conditions.dtype)}
-    summary = session.summary(requested=len(by_key))
+    specs = {a: a.specs(conditions.batch, conditions.dtype) for a in archs}
+    keys = {s.key for blocks in specs.values() for s in blocks}
+    summary = session.summary(requested=len(keys))
     present = set() if force else in_context_keys(store, session.conditions, session.version, deploy_env)
-    summary.already_present = len(present & by_key.keys())
-    todo = [a for a in archs if any(s.key not in present for s in a.specs(conditions.batch, conditions.dtype))]
+    summary.already_present = len(present & keys)
+    todo = [a for a in archs if any(s.key not in present for s in specs[a])]
     if not todo:
         summary.seconds = time.monotonic() - started
         return summary
-    store.upsert_blocks(block_row(s) for a in todo for s in a.specs(conditions.batch, conditions.dtype))
+    store.upsert_blocks(block_row(s) for a in todo for s in specs[a])
     seen: dict[str, list[tuple[float, dict[str, Any]]]] = {}  # key -> (median, row fields) per appearance
     stored: dict[str, bool] = {}  # key -> stable
 
@@ -91,7 +92,6 @@ def profile_in_context(
         for position, part in enumerate(result.parts):
             key = part.target.key
             appearance = _part_fields(part, fields, network, position, share)
-            appearance["environment"]["network_median_us"] = round(fields["median_us"], 3)
             seen.setdefault(key, []).append((appearance["median_us"], appearance))
         rows = []
         for key in {part.target.key for part in result.parts}:
@@ -154,6 +154,7 @@ def _part_fields(
             **result_trials(part),
             "network": network,
             "position": position,
+            "network_median_us": round(network_fields["median_us"], 3),
             "share": round(share, 4),
         },
     }
