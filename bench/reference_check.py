@@ -23,6 +23,7 @@ what is missing, except the reference runs and user loops, taken afresh every ti
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -188,7 +189,7 @@ def main() -> None:
     common: dict[str, Any] = dict(conditions=conditions, protocol=args.protocol)
     Path(args.db).parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    with LutStore(args.db) as store, tempfile.TemporaryDirectory() as folder:
+    with LutStore(args.db) as store, tempfile.TemporaryDirectory() as folder, contextlib.ExitStack() as stack:
         specs = list({s.key: s for a in calibration_set + check_set for s in a.specs()}.values())
         context: dict[str, Any] = {}
         if args.blocks == "in-context":
@@ -206,7 +207,7 @@ def main() -> None:
         print(f"blocks: {blocks.measured} measured, {blocks.already_present} already in the table", flush=True)
         isolated = None
         if args.isolated_db:
-            isolated_store = LutStore(args.isolated_db)
+            isolated_store = stack.enter_context(LutStore(args.isolated_db))
             profile_blocks(specs, isolated_store, **common)
             isolated = Estimator(conditions, store=isolated_store, use_calibration=False)
         report = calibrate(store, calibration_set, **common, deploy_env=env)

@@ -150,8 +150,8 @@ def _part_fields(
         "canary_ratio": None if part.canary_ratio is None else part.canary_ratio * share,
         "protocol": {**protocol, "context": CONTEXT},
         "environment": {
-            **{k: v for k, v in network_fields["environment"].items() if k not in result_trials(part)},
-            **result_trials(part),
+            **network_fields["environment"],
+            **result_trials(part),  # the block's own trials in place of the network's
             "network": network,
             "position": position,
             "network_median_us": round(network_fields["median_us"], 3),
