@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from latency.estimate.correction import FEATURES, block_features
+from latency.estimate.correction import FEATURES, Correction, block_features
 from latency.estimate.estimator import Estimator, MissingBlocksError
 from latency.estimate.fitting import Sample, error_metrics, fit_correction
 from latency.jobs.profile import block_row
 from latency.jobs.rank import pareto_front, rank_family
+from latency.vocab.blocks import CONTEXT_ALONE, CONTEXT_NETWORK
 from latency.vocab.conditions import Conditions
 from latency.vocab.family import blocks_of, get_arch
 from latency.vocab.space import get_space
@@ -38,6 +39,7 @@ def fill(
     scale: float = 1.0,
     canary_us: float = CANARY_US,
     backend: str = "torch",
+    context: str = CONTEXT_ALONE,
 ) -> None:
     store.get_or_create_device(device, "cpu", {"what": device}, {"what": device})
     store.upsert_blocks(block_row(s) for s in specs)
@@ -64,7 +66,7 @@ def fill(
                 trials=3,
                 canary_ratio=median / canary_us,
                 canary_us=canary_us,
-                protocol={},
+                protocol={} if context == CONTEXT_ALONE else {"context": context},
                 environment={},
                 measured_at=datetime.now(timezone.utc),
                 stable=True,
@@ -156,6 +158,93 @@ def test_calibration_recovers_a_known_correction_and_the_estimator_applies_it(st
     assert many == pytest.approx([s.measured_ms for s in samples], rel=1e-9)
     indices = np.array([[p.resolution, *p.widths, *p.mids] for p in map(space.point_of, archs)])
     assert calibrated.estimate_space(space, indices) == pytest.approx(many, rel=1e-9)
+
+
+def store_fit(store: LutStore, correction, n_samples: int) -> None:
+    store.put_fit(
+        FitRecord(
+            device="cpu",
+            backend="torch",
+            backend_version="2.13.0",
+            threads=1,
+            dtype="fp32",
+            batch=1,
+            purpose="calibration",
+            params=correction.to_params(),
+            metrics=correction.metrics,
+            n_samples=n_samples,
+            fitted_at=datetime.now(timezone.utc),
+        )
+    )
+
+
+def two_context_truth(arch, estimator: Estimator, alone_scale: float) -> float:
+    """A deployment whose time is the blocks timed inside networks as they are, those timed alone times
+    `alone_scale` (they sum high), plus 0.05 ms per block."""
+    total = 0.0
+    for spec in arch.specs():
+        entry = estimator.entry(spec)
+        total += entry.median_us / 1e3 * (alone_scale if entry.context == CONTEXT_ALONE else 1.0) + 0.05
+    return total
+
+
+def test_calibration_on_blocks_timed_both_ways_fits_a_scale_for_each(store: LutStore) -> None:
+    space = get_space()
+    archs = space.sampled_archs(16, seed=3)
+    specs = list({s.key: s for a in archs for s in a.specs()}.values())
+    in_network = {s.key for a in archs[:8] for s in a.specs()}  # the first half's blocks timed in context
+    fill(store, [s for s in specs if s.key in in_network], context=CONTEXT_NETWORK)
+    fill(store, [s for s in specs if s.key not in in_network])
+    raw = Estimator("cpu", store=store, use_calibration=False)
+    assert {raw.entry(s).context for s in specs} == {CONTEXT_ALONE, CONTEXT_NETWORK}
+    samples = [
+        Sample(
+            a.name,
+            np.sum([block_features(s, raw.entry(s).median_us / 1e3, raw.entry(s).context) for s in a.specs()], axis=0),
+            two_context_truth(a, raw, alone_scale=0.7),
+        )
+        for a in archs
+    ]
+    correction = fit_correction(samples, raw.table_canary_us)
+    assert correction.model == "per_kind" and set(correction.contexts) == {CONTEXT_ALONE, CONTEXT_NETWORK}
+    weights = correction.weights
+    assert weights[FEATURES.index("latency_ms")] == pytest.approx(1.0)
+    assert weights[FEATURES.index("latency_ms")] + weights[FEATURES.index("alone_ms")] == pytest.approx(0.7)
+    store_fit(store, correction, len(samples))
+    calibrated = Estimator("cpu", store=store)
+    for arch, sample in zip(archs, samples, strict=True):
+        est = calibrated.estimate(arch)
+        assert est.latency_ms == pytest.approx(sample.measured_ms, rel=1e-6) and est.uncorrected_blocks == 0
+    assert calibrated.estimate(archs[-1]).alone_blocks > 0  # the table holds both: each estimate says so
+    # A single scale would carry one kind's correction onto the other: it is not offered on such runs.
+    assert set(correction.metrics) & {"cv_rmspe_scale", "cv_rmspe_per_block"} == set()
+
+
+def test_a_calibration_leaves_blocks_timed_where_its_runs_were_not_at_their_plain_time(store: LutStore) -> None:
+    space = get_space()
+    archs = [get_arch("dmasking_f4"), *space.sampled_archs(12, seed=5)]
+    fill(store, space.all_specs())  # every block timed alone
+    raw = Estimator("cpu", store=store, use_calibration=False)
+    samples = synthetic_samples(archs, raw, overhead_ms=0.0, scale=0.7)
+    correction = fit_correction(samples, raw.table_canary_us)
+    assert correction.contexts == (CONTEXT_ALONE,)
+    store_fit(store, correction, len(samples))
+    # The family's first network timed in context afterwards: the fit says nothing about its blocks.
+    f1 = get_arch("dmasking_f1")
+    fill(store, f1.specs(), context=CONTEXT_NETWORK)
+    calibrated = Estimator("cpu", store=store)
+    est = calibrated.estimate(f1)
+    assert est.calibrated and est.uncorrected_blocks == len(est.blocks)
+    assert est.latency_ms == pytest.approx(est.sum_ms + correction.intercept, rel=1e-9)
+    assert est.to_dict()["calibration"]["contexts"] == [CONTEXT_ALONE]
+    corrected = calibrated.estimate(archs[1])  # timed alone, as the fit's runs: corrected as before
+    assert corrected.uncorrected_blocks == 0 and corrected.latency_ms == pytest.approx(samples[1].measured_ms, rel=1e-6)
+    mixed = [f1, *archs[:4]]  # the list path and the space's index path agree with it, block for block
+    many = calibrated.estimate_many(mixed)
+    assert many == pytest.approx([calibrated.estimate(a).latency_ms for a in mixed], rel=1e-9)
+    # A fit stored before blocks were timed in context (no `contexts`) corrects blocks timed alone only.
+    params = {k: v for k, v in correction.to_params().items() if k != "contexts"}
+    assert Correction.from_params(params, {}).contexts == (CONTEXT_ALONE,)
 
 
 def test_estimate_space_covers_only_filled_grids(store: LutStore) -> None:

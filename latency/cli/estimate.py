@@ -101,6 +101,19 @@ def estimate(
             f"{result.warm_heap_blocks} blocks were measured by an older lut with a warm heap, which misses the page "
             f"faults a plain process pays: re-measure them with `lut profile --force` and the same options"
         )
+    if result.uncorrected_blocks:
+        where = "alone" if "network" in result.calibration["contexts"] else "inside networks"
+        console.print(
+            f"{result.uncorrected_blocks} of {len(result.blocks)} blocks were timed {where}, as none of the "
+            "calibration runs' blocks were: they count at their plain table time; `lut calibrate` on runs "
+            "holding such blocks corrects them"
+        )
+    elif result.alone_blocks and not result.calibrated:
+        console.print(
+            f"{result.alone_blocks} of {len(result.blocks)} blocks were timed alone, the rest inside networks: "
+            "alone they sum higher than in a network; time the network in context with `lut profile --models` "
+            "or `--arch`, or calibrate (`lut calibrate`)"
+        )
     if result.calibrated and "transferred_from" in result.calibration:
         cal = result.calibration
         console.print(

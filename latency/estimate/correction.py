@@ -14,29 +14,44 @@ from typing import Any
 
 import numpy as np
 
-from latency.vocab.blocks import BlockSpec
+from latency.vocab.blocks import CONTEXT_ALONE, CONTEXT_NETWORK, BlockSpec
 
-# Per-block features, all additive over blocks.
-FEATURES = ("latency_ms", "activations_m", "params_m", "blocks", "flops_m")
+CONTEXTS = (CONTEXT_ALONE, CONTEXT_NETWORK)
+
+# Per-block features, all additive over blocks. `alone_ms` is the latency of a block timed alone, 0 for one
+# timed inside networks (latency.jobs.in_context): the two kinds sum differently (isolated blocks high).
+FEATURES = ("latency_ms", "activations_m", "params_m", "blocks", "flops_m", "alone_ms")
 # Models (feature subsets), by name: a stored fit names its model.
 VARIANTS: dict[str, tuple[str, ...]] = {
     "scale": ("latency_ms",),
     "per_block": ("latency_ms", "blocks"),
     "traffic": ("latency_ms", "activations_m", "params_m", "blocks"),
+    # A table holding both kinds of rows: a scale for each kind (in context: latency_ms; alone: the sum of both).
+    "per_kind": ("latency_ms", "alone_ms", "blocks"),
     # A transfer's target may follow the blocks' work more than the source's time for them (another
     # runtime's kernels): multiply-adds beside the source's time, or alone as the floor a fit must beat.
     "work": ("latency_ms", "flops_m", "blocks"),
     "flops": ("flops_m", "blocks"),
 }
 # Calibration over a device's own table keeps the one with the lowest cross-validated error of these.
-CALIBRATION_MODELS = ("scale", "per_block", "traffic")
+# (fitting skips a model its runs cannot determine: per_kind on a table of one kind).
+CALIBRATION_MODELS = ("scale", "per_block", "traffic", "per_kind")
 
 
-def block_features(spec: BlockSpec, latency_ms: float) -> np.ndarray:
+def block_features(spec: BlockSpec, latency_ms: float, context: str = CONTEXT_ALONE) -> np.ndarray:
     """[the block's table latency (ms), activations in and out (M elements), weights (M), 1,
-    multiply-adds (M)]."""
+    multiply-adds (M), its latency again if it was timed alone (else 0)]."""
     activations = (np.prod(spec.input_shape) + np.prod(spec.output_shape)) / 1e6
-    return np.array([latency_ms, activations, spec.params_m, 1.0, spec.flops_m])
+    alone_ms = latency_ms if context == CONTEXT_ALONE else 0.0
+    return np.array([latency_ms, activations, spec.params_m, 1.0, spec.flops_m, alone_ms])
+
+
+def contexts_of(features: np.ndarray) -> tuple[str, ...]:
+    """Where the blocks summed in `features` (one network's, or many: [..., len(FEATURES)]) were timed."""
+    latency_ms = np.atleast_2d(features)[:, FEATURES.index("latency_ms")]
+    alone_ms = np.atleast_2d(features)[:, FEATURES.index("alone_ms")]
+    found = ((CONTEXT_ALONE, bool(np.any(alone_ms > 0))), (CONTEXT_NETWORK, bool(np.any(alone_ms < latency_ms))))
+    return tuple(context for context, present in found if present)
 
 
 @dataclass(frozen=True)
@@ -44,7 +59,9 @@ class Correction:
     """`network_ms = intercept + sum over blocks of coef . features[model]`.
 
     `table_canary_us` records the canary's median in the table the fit was made on: comparing it
-    with the canary now tells how far the machine has drifted since.
+    with the canary now tells how far the machine has drifted since. `contexts`: where the blocks it
+    corrects were timed (alone, inside networks: those of its runs); a block timed elsewhere counts at its
+    plain table time, as the fit says nothing about it.
     """
 
     model: str
@@ -52,6 +69,7 @@ class Correction:
     intercept: float
     metrics: dict[str, float]
     table_canary_us: float | None = None
+    contexts: tuple[str, ...] = (CONTEXT_ALONE,)
 
     @property
     def weights(self) -> np.ndarray:
@@ -62,8 +80,17 @@ class Correction:
         return full
 
     def block_ms(self, features: np.ndarray) -> np.ndarray:
-        """Each block's corrected contribution (features: [..., len(FEATURES)])."""
-        return features @ self.weights
+        """Each block's contribution (features: one block's per row, [..., len(FEATURES)]): corrected, or
+        its plain time if it was timed where none of the fit's blocks were."""
+        corrected = features @ self.weights
+        if len(self.contexts) == len(CONTEXTS):
+            return corrected
+        return np.where(self.corrects(features), corrected, features[..., FEATURES.index("latency_ms")])
+
+    def corrects(self, features: np.ndarray) -> np.ndarray:
+        """Whether each block (features: one block's per row) was timed where the fit's blocks were."""
+        alone = features[..., FEATURES.index("alone_ms")] > 0
+        return (alone & (CONTEXT_ALONE in self.contexts)) | (~alone & (CONTEXT_NETWORK in self.contexts))
 
     def to_params(self) -> dict[str, Any]:
         return {
@@ -72,6 +99,7 @@ class Correction:
             "coef": list(self.coef),
             "intercept": self.intercept,
             "table_canary_us": self.table_canary_us,
+            "contexts": list(self.contexts),
         }
 
     @classmethod
@@ -82,8 +110,9 @@ class Correction:
             intercept=float(params["intercept"]),
             metrics=dict(metrics),
             table_canary_us=params.get("table_canary_us"),
+            contexts=tuple(params.get("contexts", (CONTEXT_ALONE,))),  # fits before blocks were timed in context
         )
 
 
 # The uncalibrated estimate: the plain sum of the blocks' table latencies.
-IDENTITY = Correction(model="scale", coef=(1.0,), intercept=0.0, metrics={})
+IDENTITY = Correction(model="scale", coef=(1.0,), intercept=0.0, metrics={}, contexts=CONTEXTS)

@@ -15,7 +15,7 @@ import numpy as np
 from latency.estimate.canary import table_canary_us, unit_speeds
 from latency.estimate.correction import FEATURES, IDENTITY, Correction, block_features
 from latency.vocab.arch import Arch
-from latency.vocab.blocks import BlockSpec
+from latency.vocab.blocks import CONTEXT_ALONE, BlockSpec
 from latency.vocab.conditions import Conditions
 from latency.vocab.errors import LutError
 from latency.vocab.family import resolve_arch
@@ -64,6 +64,8 @@ class Estimate:
     deploy_env: str = "default"  # the deployment the calibrated estimate predicts (latency.vocab.deploy_env)
     other_calibrations: tuple[str, ...] = ()  # deployments calibrated for these conditions, when not this one
     warm_heap_blocks: int = 0  # blocks measured before the cold-heap protocol (they sum low)
+    alone_blocks: int = 0  # blocks timed alone where the table also holds blocks timed inside networks
+    uncorrected_blocks: int = 0  # blocks timed where none of the calibration's were: counted at their plain time
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "blocks": [b.to_dict() for b in self.blocks]}
@@ -78,6 +80,7 @@ class Entry:
     p10_us: float
     p90_us: float
     expected_error: float | None
+    context: str = CONTEXT_ALONE  # where it was timed: alone (or predicted), or inside networks
 
 
 class Estimator:
@@ -136,13 +139,23 @@ class Estimator:
         for key, rec in rows.items():
             speed = speeds.get(rec.environment.get("serial"), 1.0) if rec.source == "measured" else 1.0
             self._entries[key] = Entry(
-                rec.median_us * speed, rec.source, rec.p10_us * speed, rec.p90_us * speed, rec.expected_error
+                rec.median_us * speed,
+                rec.source,
+                rec.p10_us * speed,
+                rec.p90_us * speed,
+                rec.expected_error,
+                context=rec.protocol.get("context", CONTEXT_ALONE),
             )
         # Rows measured before blocks returned the heap between calls (protocol.cold_heap) miss the page
         # faults a plain process pays; they are used, and every estimate says how many it holds.
         self.warm_heap_keys = {
             key for key, rec in rows.items() if rec.source == "measured" and "cold_heap" not in rec.protocol
         }
+        # Blocks timed alone sum higher than blocks timed inside networks: where the table holds both, every
+        # estimate says how many of its blocks were timed alone (a per_kind calibration weighs each kind).
+        contexts = {entry.context for entry in self._entries.values()}
+        mixed = len(contexts) > 1
+        self.alone_keys = {k for k, e in self._entries.items() if e.context == CONTEXT_ALONE} if mixed else set()
 
     def add_predictions(
         self, specs: Sequence[BlockSpec], latencies_us: Sequence[float], expected_errors: Sequence[float]
@@ -192,7 +205,9 @@ class Estimator:
         specs = arch.specs(batch=self.conditions.batch, dtype=self.conditions.dtype)
         entries = self._require(arch, specs)
         correction = self.correction or IDENTITY
-        features = np.stack([block_features(s, e.median_us / 1e3) for s, e in zip(specs, entries, strict=True)])
+        features = np.stack(
+            [block_features(s, e.median_us / 1e3, e.context) for s, e in zip(specs, entries, strict=True)]
+        )
         latency_ms = float(correction.block_ms(features).sum() + correction.intercept)
         sum_ms = sum(e.median_us for e in entries) / 1e3
         blocks = tuple(
@@ -208,7 +223,12 @@ class Estimator:
             low = correction.metrics.get("residual_q05", 0.0) - predicted
             high = correction.metrics.get("residual_q95", 0.0) + predicted
             interval = (latency_ms * (1 + low), latency_ms * (1 + high))
-            calibration = {"model": correction.model, **correction.metrics, **self.transfer}
+            calibration = {
+                "model": correction.model,
+                "contexts": list(correction.contexts),
+                **correction.metrics,
+                **self.transfer,
+            }
         return Estimate(
             arch.name,
             self.conditions.device,
@@ -226,6 +246,8 @@ class Estimator:
             self.deploy_env,
             self.other_calibrations,
             sum(s.key in self.warm_heap_keys for s in specs),
+            sum(s.key in self.alone_keys for s in specs),
+            int(np.sum(~correction.corrects(features))),
         )
 
     # ---- many at once -------------------------------------------------------------------------
@@ -248,7 +270,8 @@ class Estimator:
         return out + correction.intercept
 
     def _block_ms(self, spec: BlockSpec, correction: Correction) -> float:
-        return float(correction.block_ms(block_features(spec, self._entries[spec.key].median_us / 1e3)))
+        entry = self._entries[spec.key]
+        return float(correction.block_ms(block_features(spec, entry.median_us / 1e3, entry.context)))
 
     @property
     def intercept_ms(self) -> float:

@@ -8,12 +8,21 @@ from typing import Any
 
 import numpy as np
 
-from latency.estimate.correction import CALIBRATION_MODELS, FEATURES, VARIANTS, Correction, block_features
+from latency.estimate.correction import (
+    CALIBRATION_MODELS,
+    FEATURES,
+    VARIANTS,
+    Correction,
+    block_features,
+    contexts_of,
+)
 from latency.estimate.estimator import Estimator
+from latency.vocab.blocks import CONTEXT_ALONE, CONTEXT_NETWORK
 from latency.vocab.errors import LutError
 from lut_db import E2ERecord
 
 MIN_RUNS = 5
+MIN_SHARE_SPREAD = 0.1
 
 
 class CalibrationError(LutError):
@@ -56,7 +65,9 @@ def samples_from_runs(runs: list[E2ERecord], estimator: Estimator, canary_us: fl
         entries = [estimator.entry(s) for s in specs]
         if any(e is None for e in entries):
             continue
-        features = np.sum([block_features(s, e.median_us / 1e3) for s, e in zip(specs, entries, strict=True)], axis=0)
+        features = np.sum(
+            [block_features(s, e.median_us / 1e3, e.context) for s, e in zip(specs, entries, strict=True)], axis=0
+        )
         samples.append(Sample(run.arch_name, features, at_table_speed(run, canary_us)))
     return samples
 
@@ -65,6 +76,19 @@ def design(samples: list[Sample], model: str) -> np.ndarray:
     """The model's features, one row per architecture."""
     columns = [FEATURES.index(f) for f in VARIANTS[model]]
     return np.stack([s.features[columns] for s in samples])
+
+
+def determined(samples: list[Sample], model: str) -> bool:
+    """Whether the runs can fit `model`: more of them than its coefficients and two, and for per_kind,
+    runs whose share of block time timed alone differs by at least MIN_SHARE_SPREAD (else the two scales
+    cannot be told apart: a table of one kind, or of both in the same proportion everywhere)."""
+    if len(samples) <= len(VARIANTS[model]) + 2:
+        return False
+    if model != "per_kind":
+        return True
+    features = np.stack([s.features for s in samples])
+    alone_share = features[:, FEATURES.index("alone_ms")] / features[:, FEATURES.index("latency_ms")]
+    return float(np.ptp(alone_share)) >= MIN_SHARE_SPREAD
 
 
 def _regression(model: str) -> Any:
@@ -119,8 +143,21 @@ def held_out_metrics(predictions: np.ndarray, measured: np.ndarray) -> dict[str,
     }
 
 
+def _contexts(samples: list[Sample], model: str) -> tuple[str, ...]:
+    """Where the blocks the fit corrects were timed: those of its runs where the model tells the contexts
+    apart (per_kind) or its runs hold one; else the one holding most of the runs' block time (a model of one
+    scale fitted on both would carry one context's correction onto the other)."""
+    features = np.stack([s.features for s in samples])
+    contexts = contexts_of(features)
+    if len(contexts) == 1 or model == "per_kind":
+        return contexts
+    alone_ms = features[:, FEATURES.index("alone_ms")].sum()
+    return (CONTEXT_ALONE,) if alone_ms >= features[:, FEATURES.index("latency_ms")].sum() / 2 else (CONTEXT_NETWORK,)
+
+
 def fit_correction(samples: list[Sample], table_canary_us: float | None = None) -> Correction:
-    """Choose the model with the lowest leave-one-out RMSPE, refit it on all runs."""
+    """Choose the model with the lowest leave-one-out RMSPE, refit it on all runs. Runs holding blocks timed
+    both alone and inside networks are fitted with a scale for each (per_kind) where they determine both."""
     if len(samples) < MIN_RUNS:
         raise CalibrationError(
             f"Calibration needs at least {MIN_RUNS} end-to-end runs whose blocks are all in the table; "
@@ -129,8 +166,10 @@ def fit_correction(samples: list[Sample], table_canary_us: float | None = None) 
     measured = np.array([s.measured_ms for s in samples])
     best: tuple[float, str, np.ndarray] | None = None
     candidates = {}
-    for model in CALIBRATION_MODELS:
-        if len(samples) <= len(VARIANTS[model]) + 2:
+    mixed = len(contexts_of(np.stack([s.features for s in samples]))) > 1
+    models = ("per_kind",) if mixed and determined(samples, "per_kind") else CALIBRATION_MODELS
+    for model in models:
+        if not determined(samples, model):
             continue
         predictions = _cross_validated(samples, model)
         rmspe = float(np.sqrt(np.mean(((predictions - measured) / measured) ** 2)))
@@ -150,4 +189,5 @@ def fit_correction(samples: list[Sample], table_canary_us: float | None = None) 
         intercept=intercept,
         table_canary_us=table_canary_us,
         metrics=metrics,
+        contexts=_contexts(samples, model),
     )

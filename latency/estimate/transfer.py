@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from latency.estimate.correction import Correction
+from latency.estimate.correction import CONTEXTS, Correction
 from latency.estimate.fitting import CalibrationError, Sample, design, held_out_metrics
 
 # Strengths of the pull toward the prior, in units of squared relative error per run: 1e-4 lets the data
@@ -100,4 +100,5 @@ def fit_transfer(samples: list[Sample], table_canary_us: float | None = None) ->
         intercept=float(theta[-1]),
         metrics=metrics,
         table_canary_us=table_canary_us,
+        contexts=CONTEXTS,  # it maps the source's rows, wherever they were timed, onto the target
     )

@@ -52,6 +52,7 @@ class CalibrationReport:
             "model": self.correction.model,
             "coef": list(self.correction.coef),
             "features": list(VARIANTS[self.correction.model]),
+            "contexts": list(self.correction.contexts),
             "intercept": self.correction.intercept,
             "table_canary_us": self.correction.table_canary_us,
             "runs": self.runs,

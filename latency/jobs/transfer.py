@@ -177,7 +177,9 @@ def _transferred_rows(
     rows = []
     for key, entry in source.entry_map().items():
         spec = BlockSpec.from_key(key)
-        median_us = max(float(correction.block_ms(block_features(spec, entry.median_us / 1e3))) * 1e3, FLOOR_US)
+        median_us = max(
+            float(correction.block_ms(block_features(spec, entry.median_us / 1e3, entry.context))) * 1e3, FLOOR_US
+        )
         canary = correction.table_canary_us
         rows.append(
             MeasurementRecord(

@@ -20,6 +20,9 @@ KINDS = ("stem", "ir", "skip", "head", "classifier")
 MAX_SIZE = {"c_in": 65536, "mid": 65536, "c_out": 65536, "kernel": 15, "h": 8192, "w": 8192, "batch": 4096}
 ACTIVATIONS = ("relu", "hswish", "none")
 DTYPES = ("fp32", "fp16", "bf16")
+# Where a block was timed: the `context` its row's protocol records when timed inside whole networks
+# (latency.jobs.in_context); a row without one was timed alone.
+CONTEXT_ALONE, CONTEXT_NETWORK = "alone", "network"
 
 
 class BlockSpecError(LutError, ValueError):
