@@ -133,7 +133,7 @@ def count_rows(db: str) -> int:
 
 def test_sigkill_midway_then_resume_measures_only_what_is_missing(tmp_path: Path) -> None:
     db = str(tmp_path / "lut.sqlite")
-    args = ["profile", "--models", "dmasking_f1", "--protocol", "quick", "--db", db, "--json"]
+    args = ["profile", "--models", "dmasking_f1", "--isolated", "--protocol", "quick", "--db", db, "--json"]
     proc = subprocess.Popen([*LUT, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     # A fresh process imports torch and starts its workers first: minutes on a loaded 2-core CI machine.
     deadline = time.monotonic() + 600

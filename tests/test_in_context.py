@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from latency.estimate.estimator import Estimator
-from latency.jobs.in_context import CONTEXT, in_context_keys, profile_in_context
+from latency.jobs.in_context import in_context_keys, profile_in_context
 from latency.vocab.arch import Arch, covering
+from latency.vocab.blocks import CONTEXT_NETWORK
 from latency.vocab.conditions import Conditions
 from latency.vocab.deploy_env import DEFAULT
 from latency.vocab.space import SpacePoint, get_space
@@ -51,7 +52,7 @@ def test_each_block_row_comes_from_the_networks_and_they_sum_to_the_network(tmp_
         rows = store.measurement_map(TORCH)
         assert set(rows) == keys == in_context_keys(store, TORCH, summary.backend_version, DEFAULT)
         for row in rows.values():
-            assert row.protocol["context"] == CONTEXT and row.protocol["deploy_env"] == "default"
+            assert row.protocol["context"] == CONTEXT_NETWORK and row.protocol["deploy_env"] == "default"
             assert row.environment["appearance_networks"] and row.p10_us <= row.median_us <= row.p90_us
         shared = {s.key for s in A.specs()} & {s.key for s in B.specs()}
         assert shared and all(len(rows[k].environment["appearances_us"]) == 2 for k in shared)
@@ -97,17 +98,16 @@ def test_covering_picks_few_networks_that_hold_the_blocks() -> None:
     assert covering(pool, set()) == []
 
 
-def test_cli_profiles_in_context_and_refuses_a_space(tmp_path: Path) -> None:
+def test_cli_profiles_in_context_by_default_on_the_host_and_refuses_a_space(tmp_path: Path) -> None:
     db = str(tmp_path / "lut.sqlite")
     arch = tmp_path / "a.json"
     arch.write_text(A.to_json())
-    out = json.loads(
-        lut(
-            "profile", "--arch", str(arch), "--in-context", "--protocol", "quick", "--db", db, "--json", check=True
-        ).stdout
-    )
+    out = json.loads(lut("profile", "--arch", str(arch), "--protocol", "quick", "--db", db, "--json", check=True).stdout)
     assert out["measured"] == len({s.key for s in A.specs()})
+    with LutStore(db) as store:
+        rows = store.measurements(TORCH)
+        assert rows and {r.protocol.get("context") for r in rows} == {CONTEXT_NETWORK}
     refused = lut("profile", "--in-context", "--space", str(TINY_SPACE), "--db", db, check=False)
     assert refused.returncode == 2 and "--in-context" in refused.stderr
-    alone = lut("profile", "--arch", str(arch), "--deploy-env", "tuned-malloc", "--db", db, check=False)
-    assert alone.returncode == 2 and "add --in-context" in alone.stderr
+    alone = lut("profile", "--arch", str(arch), "--isolated", "--deploy-env", "tuned-malloc", "--db", db, check=False)
+    assert alone.returncode == 2 and "drop --isolated" in alone.stderr

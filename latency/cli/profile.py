@@ -80,13 +80,15 @@ def profile(
         typer.Option(min=1, help="Blocks per queued job [default: the protocol's group of blocks, 12]."),
     ] = None,
     in_context: Annotated[
-        bool,
+        bool | None,
         typer.Option(
-            "--in-context",
+            "--in-context/--isolated",
             help="Time the blocks inside the whole networks asked for, run as --deploy-env runs them (a plain "
-            "process by default): a network's blocks then sum to its time in that process. Host devices only.",
+            "process by default): a network's blocks then sum to its time in that process; or each block alone, "
+            "again and again. [default: in context where the backend runs a network block by block on this "
+            "host (torch), alone elsewhere and for --space and --queue]",
         ),
-    ] = False,
+    ] = None,
     deploy_env: DeployEnvOpt = "default",
     db: DbOpt = None,
     as_json: JsonOpt = False,
@@ -98,12 +100,16 @@ def profile(
     conditions = Conditions(device, backend, threads, batch, dtype)
     if queue and force:
         raise LutError("--queue queues what the table lacks; --force cannot go with it.", exit_code=2)
-    if deploy_env != "default" and not in_context:
-        raise LutError("--deploy-env applies to blocks timed inside networks: add --in-context.", exit_code=2)
     if in_context and (queue or space is not None):
         raise LutError(
             "--in-context times whole networks here: give --models or --arch, not --queue or --space.", exit_code=2
         )
+    if in_context is None:
+        from latency.jobs.in_context import times_in_context
+
+        in_context = not queue and space is None and times_in_context(conditions)
+    if deploy_env != "default" and not in_context:
+        raise LutError("--deploy-env applies to blocks timed inside networks: drop --isolated.", exit_code=2)
     if queue and space is not None:  # the corners, which a space fill always measures in full
         from latency.jobs.space_fill import corner_specs
         from latency.vocab.space import get_space

@@ -25,6 +25,7 @@ from latency.jobs.profile import (
     result_trials,
 )
 from latency.vocab.arch import Arch
+from latency.vocab.blocks import CONTEXT_NETWORK
 from latency.vocab.conditions import Conditions
 from latency.vocab.deploy_env import DEFAULT, DeployEnv
 from lut_db import LutStore, MeasurementRecord
@@ -34,7 +35,14 @@ from profilers.errors import ProfilerError
 from profilers.protocol import ProgressSink, Protocol, Result
 from profilers.targets import ArchTarget
 
-CONTEXT = "network"  # the `context` a row's protocol records when its block was timed inside networks
+
+def times_in_context(conditions: Conditions) -> bool:
+    """Whether blocks can be timed inside networks under `conditions`: networks run in a process on this
+    host whose backend runs them block by block (torch eager; not ONNX Runtime, ExecuTorch, CUDA, phones)."""
+    device = resolve_device(conditions.device)
+    backend = conditions.backend or device.default_backend
+    device.check_backend(backend)
+    return device.host_process and backend_class(device.implementation(backend)[0]).times_in_context
 
 
 def in_context_keys(store: LutStore, conditions: Conditions, backend_version: str, deploy_env: DeployEnv) -> set[str]:
@@ -43,7 +51,7 @@ def in_context_keys(store: LutStore, conditions: Conditions, backend_version: st
     return {
         r.block_key
         for r in rows
-        if r.protocol.get("context") == CONTEXT and r.protocol.get("deploy_env") == deploy_env.name
+        if r.protocol.get("context") == CONTEXT_NETWORK and r.protocol.get("deploy_env") == deploy_env.name
     }
 
 
@@ -62,12 +70,11 @@ def profile_in_context(
     median of its times there. Networks whose blocks all have such a row already are skipped unless
     `force`. Every block's row is stored as soon as a network holding it is final."""
     started = time.monotonic()
-    device = resolve_device(conditions.device)  # refused before reaching a device (a phone: adb)
-    backend = conditions.backend or device.default_backend
-    if not (device.host_process and backend_class(device.implementation(backend)[0]).times_in_context):
+    if not times_in_context(conditions):  # refused before reaching a device (a phone: adb)
+        device = resolve_device(conditions.device)
         raise ProfilerError(
-            f"{backend} on '{device.name}' runs a network as one program: its blocks cannot be timed inside it; "
-            "profile them one by one (lut profile without --in-context).",
+            f"{conditions.backend or device.default_backend} on '{device.name}' runs a network as one program: "
+            "its blocks cannot be timed inside it; profile them one by one (lut profile --isolated).",
             exit_code=2,
         )
     session = open_session(store, conditions, protocol)
@@ -148,7 +155,7 @@ def _part_fields(
         **numbers,
         **{column: numbers[column] * share for column in _SCALED},
         "canary_ratio": None if part.canary_ratio is None else part.canary_ratio * share,
-        "protocol": {**protocol, "context": CONTEXT},
+        "protocol": {**protocol, "context": CONTEXT_NETWORK},
         "environment": {
             **network_fields["environment"],
             **result_trials(part),  # the block's own trials in place of the network's

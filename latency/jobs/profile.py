@@ -336,8 +336,12 @@ def fill_missing(
     progress: ProgressSink | None = None,
 ) -> None:
     """Make the estimator's table cover `archs`: on a local device (this host, its GPUs) measure
-    the missing blocks, unless `measure` is False; on another device (a phone) predict them from
-    the blocks measured on it, marked `predicted`. What stays missing is left for `estimate`."""
+    the missing blocks, unless `measure` is False: inside the networks that hold them, run as the
+    estimator's deployment runs them, where the backend allows it (latency.jobs.in_context), else one by
+    one; on another device (a phone) predict them from the blocks measured on it, marked `predicted`.
+    What stays missing is left for `estimate`."""
+    from latency.jobs.in_context import profile_in_context, times_in_context
+
     missing = list({s.key: s for a in archs for s in estimator.missing(a)}.values())
     if not missing:
         return
@@ -346,7 +350,13 @@ def fill_missing(
         return
     if not measure:
         return
-    summary = profile_blocks(missing, estimator.store, estimator.conditions, protocol, progress=progress)
+    conditions = estimator.conditions
+    if times_in_context(conditions):
+        networks = [a for a in archs if estimator.missing(a)]
+        deploy_env = DeployEnv.parse(estimator.deploy_env)
+        summary = profile_in_context(networks, estimator.store, conditions, protocol, deploy_env, progress=progress)
+    else:
+        summary = profile_blocks(missing, estimator.store, conditions, protocol, progress=progress)
     if summary.interrupted:
         raise KeyboardInterrupt
     if summary.failed:
