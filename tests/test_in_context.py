@@ -71,6 +71,22 @@ def test_each_block_row_comes_from_the_networks_and_they_sum_to_the_network(tmp_
         assert again.measured == 0 and again.already_present == len(keys)
 
 
+def test_a_later_run_adds_its_networks_to_the_appearances_of_earlier_ones(tmp_path: Path) -> None:
+    shared = {s.key for s in A.specs()} & {s.key for s in B.specs()}
+    with LutStore(tmp_path / "lut.sqlite") as store:
+        profile_in_context([A], store, TORCH, "quick")
+        first = store.measurement_map(TORCH)
+        profile_in_context([B], store, TORCH, "quick")  # as `lut estimate` of a second network does
+        rows = store.measurement_map(TORCH)
+    for key in shared:  # A's time for the block is kept beside B's, and the row is the median appearance
+        environment = rows[key].environment
+        assert sorted(environment["appearance_networks"]) == ["tiny0", "tiny1"]
+        assert round(first[key].median_us, 3) in environment["appearances_us"]
+        assert rows[key].median_us == pytest.approx(min(environment["appearances_us"]), abs=1e-3)
+    only_a = [k for k in first if k not in shared]
+    assert all(rows[k] == first[k] for k in only_a)  # B's run leaves A's own blocks alone
+
+
 def test_runtimes_that_run_one_program_cannot_time_blocks_inside_it(tmp_path: Path) -> None:
     with LutStore(tmp_path / "lut.sqlite") as store, pytest.raises(ProfilerError) as info:
         profile_in_context([A], store, Conditions("cpu", "onnxruntime"), "quick")

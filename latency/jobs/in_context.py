@@ -11,6 +11,7 @@ A block seen in several networks gets the median of its times there (a row recor
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -67,8 +68,9 @@ def profile_in_context(
 ) -> ProfileSummary:
     """Time `archs` block by block in `deploy_env`'s processes (the protocol's trials and canary, as a
     network taken as truth) and store each of their blocks; a block seen in several networks gets the
-    median of its times there. Networks whose blocks all have such a row already are skipped unless
-    `force`. Every block's row is stored as soon as a network holding it is final."""
+    median of its times there, those of earlier runs included (unless `force`). Networks whose blocks all
+    have such a row already are skipped unless `force`. Every block's row is stored as soon as a network
+    holding it is final."""
     started = time.monotonic()
     if not times_in_context(conditions):  # refused before reaching a device (a phone: adb)
         device = resolve_device(conditions.device)
@@ -89,7 +91,13 @@ def profile_in_context(
         summary.seconds = time.monotonic() - started
         return summary
     store.upsert_blocks(block_row(s) for a in todo for s in specs[a])
-    seen: dict[str, list[tuple[float, dict[str, Any]]]] = {}  # key -> (median, row fields) per appearance
+    # key -> (median, row fields) per appearance, starting from the networks of earlier runs
+    seen: dict[str, list[tuple[float, dict[str, Any]]]] = {}
+    if not force:
+        earlier = store.measurement_map(session.conditions, keys, session.version, source="measured")
+        for key, row in earlier.items():
+            if row.protocol.get("context") == CONTEXT_NETWORK and row.protocol.get("deploy_env") == deploy_env.name:
+                seen[key] = _stored_appearances(row)
     stored: dict[str, bool] = {}  # key -> stable
 
     def store_network(result: Result, fields: dict[str, Any]) -> None:
@@ -165,6 +173,35 @@ def _part_fields(
             "share": round(share, 4),
         },
     }
+
+
+_CONDITIONS = ("block_key", "device", "backend", "backend_version", "threads", "dtype", "batch")
+_OWN = ("position", "network_median_us", "share", "trial_medians_us", "canary_medians_us")
+
+
+def _stored_appearances(row: MeasurementRecord) -> list[tuple[float, dict[str, Any]]]:
+    """A stored row's appearances, as this run's are: its own, and each other one as its numbers scaled to
+    that appearance's median (the row keeps only the median appearance's full numbers)."""
+    fields = {f.name: getattr(row, f.name) for f in dataclasses.fields(row) if f.name not in _CONDITIONS}
+    environment = {k: v for k, v in row.environment.items() if k not in ("appearances_us", "appearance_networks")}
+    own = own_name = row.environment.get("network")
+    appearances = []
+    for median_us, network in zip(
+        row.environment.get("appearances_us", [row.median_us]),
+        row.environment.get("appearance_networks", [own]),
+        strict=True,
+    ):
+        if network == own:
+            appearances.append((row.median_us, {**fields, "environment": environment}))
+            own = None  # a network seen in two runs has one full copy
+            continue
+        scale = median_us / row.median_us
+        scaled = {column: fields[column] * scale for column in _SCALED}
+        ratio = None if row.canary_ratio is None else row.canary_ratio * scale
+        # the numbers of this appearance are the row's scaled; what only the row's own network had is left out
+        other = {k: v for k, v in environment.items() if k not in _OWN} | {"network": network, "scaled_from": own_name}
+        appearances.append((median_us, {**fields, **scaled, "canary_ratio": ratio, "environment": other}))
+    return appearances
 
 
 def _median_appearance(appearances: list[tuple[float, dict[str, Any]]]) -> dict[str, Any]:
