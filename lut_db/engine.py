@@ -13,6 +13,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.pool import NullPool
 
+from latency.vocab.paths import user_cache_dir
 from lut_db.errors import StoreError
 
 ENV_URL = "LUT_DB_URL"
@@ -23,9 +24,7 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 def default_sqlite_path() -> Path:
     """`$XDG_CACHE_HOME/lut/lut.sqlite`, `~/.cache/lut/lut.sqlite` without it (the XDG base directory spec)."""
-    cache = os.environ.get("XDG_CACHE_HOME", "")
-    base = Path(cache) if cache and os.path.isabs(cache) else Path.home() / ".cache"
-    return base / "lut" / "lut.sqlite"
+    return user_cache_dir() / "lut.sqlite"
 
 
 def resolve_url(url: str | os.PathLike[str] | None = None) -> URL:

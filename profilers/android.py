@@ -350,7 +350,7 @@ class AndroidWorker:
 
 def export_pte(key: str) -> bytes:
     """A block (or whole network) lowered to ExecuTorch with the XNNPACK delegate."""
-    from profilers.backends.executorch_cpu import export_program
+    from profilers.backends.executorch_cpu import program_bytes
     from profilers.targets import parse_target
 
-    return export_program(parse_target(key))
+    return program_bytes(parse_target(key))

@@ -25,6 +25,19 @@ def one_thread_per_test_process() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def a_cache_of_the_suites_own(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """lut keeps files in the user's cache (the default table, exported programs): the suite keeps its own,
+    so that nothing a run leaves there makes another pass or fail."""
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
+
+
 def randomize_model(model, seed: int = 0):
     """Seeded weights and non-trivial BN statistics, so that a wrong mapping changes the output."""
     import torch

@@ -230,6 +230,30 @@ def test_onnxruntime_worker_measures_real_blocks() -> None:
     assert all(r.ok and r.stats.median_us > 0 for r in results)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("executorch") is None, reason="executorch not installed")
+def test_an_executorch_program_is_exported_once_and_a_damaged_copy_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    from profilers.backends import executorch_cpu
+
+    target = SMALL[0]
+    path = executorch_cpu.program_path(target)
+    path.unlink(missing_ok=True)
+    program = executorch_cpu.program_bytes(target)
+    assert path.read_bytes() == program and str(path).startswith(os.environ["XDG_CACHE_HOME"])
+    exported = executorch_cpu.export_program
+
+    def refuse(_: object) -> bytes:
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(executorch_cpu, "export_program", refuse)
+    assert executorch_cpu.program_bytes(target) == program  # every later process reads it
+    backend = executorch_cpu.ExecuTorchCPU(1)
+    backend.setup()
+    path.write_bytes(b"not a program")
+    monkeypatch.setattr(executorch_cpu, "export_program", exported)
+    backend.prepare(target)()  # the damaged copy is replaced, and the block runs
+    assert path.read_bytes() == program
+
+
 def test_missing_onnxruntime_is_reported_cleanly(monkeypatch: pytest.MonkeyPatch) -> None:
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))

@@ -6,13 +6,45 @@ ExecuTorch's Python runtime in its own worker process (its thread pool must not 
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import os
+from pathlib import Path
 from typing import Any
 
+from latency.vocab.paths import user_cache_dir
 from profilers.backends.base import Backend, Runner
 from profilers.backends.torch_cpu import built_module, seeded_input
 from profilers.errors import BlockFailed, ProfilerError
 from profilers.targets import Target
+
+
+def program_bytes(target: Target) -> bytes:
+    """The target's `.pte` program, exported once per torch and ExecuTorch version and kept in the user's
+    cache (`programs/`): exporting a whole network takes 20-30 s here, and every process of a run, every
+    trial and every session needs the same program. A cache that cannot be written is skipped."""
+    path = program_path(target)
+    try:
+        return path.read_bytes()
+    except OSError:
+        pass
+    program = export_program(target)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_bytes(program)
+        os.replace(partial, path)  # whole or absent: processes exporting at once each write their own
+    except OSError:
+        pass
+    return program
+
+
+def program_path(target: Target) -> Path:
+    """Where the target's program is cached: named by the target and the versions that lower it."""
+    from importlib.metadata import version
+
+    identity = "|".join((target.key, version("torch"), version("executorch")))
+    return user_cache_dir() / "programs" / f"{hashlib.sha256(identity.encode()).hexdigest()}.pte"
 
 
 def export_program(target: Target) -> bytes:
@@ -68,8 +100,15 @@ class ExecuTorchCPU(Backend):
             self._threads_set = True
 
     def prepare(self, target: Target) -> Runner:
+        cached = program_path(target).exists()
         try:
-            program = self._runtime.load_program(export_program(target))
+            try:
+                program = self._runtime.load_program(program_bytes(target))
+            except Exception:
+                if not cached:
+                    raise
+                program_path(target).unlink(missing_ok=True)  # a damaged cached program: export it again
+                program = self._runtime.load_program(program_bytes(target))
         except Exception as exc:  # export and lowering raise many types
             raise BlockFailed(f"ExecuTorch export failed: {type(exc).__name__}: {exc}") from exc
         method = program.load_method("forward")
