@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import datetime, timezone
 
 import numpy as np
@@ -12,7 +13,7 @@ from latency.estimate.correction import VARIANTS, block_features
 from latency.estimate.estimator import Estimator
 from latency.estimate.fitting import CalibrationError, Sample, error_metrics
 from latency.estimate.transfer import fit_transfer
-from latency.jobs.transfer import TRANSFER_TAG, transfer_from_runs
+from latency.jobs.transfer import TRANSFER_TAG, transfer_archs, transfer_from_runs
 from latency.vocab.conditions import Conditions
 from latency.vocab.space import get_space
 from lut_db import E2ERecord, LutStore
@@ -187,3 +188,33 @@ def test_a_transfer_without_runs_says_how_to_take_them(tmp_path) -> None:
         store.get_or_create_device(TARGET.device, "android", {}, {"model": "Board"})
         with pytest.raises(CalibrationError, match="lut calibrate --device board --from SOURCE --runs N"):
             transfer_from_runs(store, TARGET, [SOURCE])
+
+
+def test_two_threads_from_one_on_this_host_through_the_command(tmp_path) -> None:
+    """A real pair of this host's conditions (1 -> 2 threads), measured: the source's blocks timed inside
+    the networks (lut profile's default), five whole-network runs on the target, its table transferred."""
+    db = str(tmp_path / "lut.sqlite")
+    archs = transfer_archs(5, seed=0, space=str(TINY_SPACE), models=())
+    files = []
+    for arch in archs:
+        files += ["--arch", str(tmp_path / f"{arch.name}.json")]
+        (tmp_path / f"{arch.name}.json").write_text(arch.to_json())
+    lut("profile", *files, "--threads", "1", "--protocol", "quick", "--db", db, check=True)
+    out = lut(
+        "calibrate",
+        *("--device", "cpu", "--threads", "2", "--from", "cpu", "--from-threads", "1", "--runs", "5"),
+        *("--models", "none", "--space", str(TINY_SPACE), "--protocol", "quick", "--json", "--db", db),
+        check=True,
+    )
+    report = json.loads(out.stdout)
+    assert report["runs"] == 5 and report["transferred_from"] == ["cpu/torch, 1 thread(s)"]
+    with LutStore(db) as store:
+        rows = store.measurements(Conditions("cpu", "torch", threads=2))
+        assert rows and {r.source for r in rows} == {"transferred"}
+        assert len(store.e2e_runs(Conditions("cpu", "torch", threads=2), tag=TRANSFER_TAG)) == 5
+    shown = json.loads(
+        lut(
+            "estimate", str(tmp_path / f"{archs[0].name}.json"), "--threads", "2", "--no-profile", "--json", "--db", db
+        ).stdout
+    )
+    assert shown["calibration"]["transferred_from"] == "cpu/torch, 1 thread(s)" and shown["latency_ms"] > 0
