@@ -203,7 +203,14 @@ def validate(
         print_json(report.to_dict())
         return
     table = Table(title=f"estimate vs end-to-end runs on {device} ({backend}, deployment '{report.deploy_env}')")
-    for column in ("architecture", "estimated (ms)", "measured (ms)", "error", "calibration saw it"):
+    for column in (
+        "architecture",
+        "estimated (ms)",
+        "measured (ms)",
+        "error",
+        "calibration saw it",
+        "blocks timed in it",
+    ):
         table.add_column(column, justify="left" if column == "architecture" else "right")
     for row in report.rows:
         table.add_row(
@@ -212,6 +219,7 @@ def validate(
             f"{row['measured_ms']:.3f}",
             f"{row['error']:+.1%}",
             "yes" if row["in_calibration"] else "no",
+            str(row["blocks_timed_inside_it"]),
         )
     console.print(table)
     m = report.metrics
@@ -219,6 +227,12 @@ def validate(
         f"n={m['n']}  within 10%: {m['within_10pct']:.0%}  RMSPE {m['rmspe']:.1%}  MAPE {m['mape']:.1%}  "
         f"Kendall tau {fmt(m['kendall_tau'])}  Spearman rho {fmt(m['spearman_rho'])}"
     )
+    if "held_out" in m:
+        held = m["held_out"]
+        console.print(
+            f"held out (neither calibrated on nor timed in context): n={held['n']}  within 10%: "
+            f"{held['within_10pct']:.0%}  RMSPE {held['rmspe']:.1%}"
+        )
     plain = report.plain_metrics
     console.print(
         f"(each estimate stated at its run's speed, from the canary timed in the run's trials; at the table's "
