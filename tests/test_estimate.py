@@ -15,7 +15,7 @@ import pytest
 
 from latency.estimate.correction import FEATURES, Correction, block_features
 from latency.estimate.estimator import Estimator, MissingBlocksError
-from latency.estimate.fitting import Sample, error_metrics, fit_correction
+from latency.estimate.fitting import Sample, error_metrics, fit_correction, run_contexts
 from latency.jobs.profile import block_row
 from latency.jobs.rank import pareto_front, rank_family
 from latency.vocab.blocks import CONTEXT_ALONE, CONTEXT_NETWORK
@@ -218,6 +218,13 @@ def test_calibration_on_blocks_timed_both_ways_fits_a_scale_for_each(store: LutS
     assert calibrated.estimate(archs[-1]).alone_blocks > 0  # the table holds both: each estimate says so
     # A single scale would carry one kind's correction onto the other: it is not offered on such runs.
     assert set(correction.metrics) & {"cv_rmspe_scale", "cv_rmspe_per_block"} == set()
+    # Two runs of one kind cannot carry a scale of their own: the fit is made on the other kind's runs.
+    kinds = run_contexts(samples)
+    alone = [s for s, kind in zip(samples, kinds, strict=True) if kind == CONTEXT_ALONE]
+    few = [s for s, kind in zip(samples, kinds, strict=True) if kind == CONTEXT_NETWORK][:2] + alone
+    fallback = fit_correction(few, raw.table_canary_us)
+    assert len(alone) >= 5 and fallback.model != "per_kind" and fallback.contexts == (CONTEXT_ALONE,)
+    assert fallback.metrics["cv_n"] == len(alone)
 
 
 def test_a_calibration_leaves_blocks_timed_where_its_runs_were_not_at_their_plain_time(store: LutStore) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 
 from latency.estimate.correction import (
     CALIBRATION_MODELS,
+    CONTEXTS,
     FEATURES,
     VARIANTS,
     Correction,
@@ -23,6 +24,7 @@ from lut_db import E2ERecord
 
 MIN_RUNS = 5
 MIN_SHARE_SPREAD = 0.1
+MIN_RUNS_PER_CONTEXT = 3  # per_kind: runs mostly timed alone, and mostly inside networks, at least this many each
 
 
 class CalibrationError(LutError):
@@ -80,15 +82,17 @@ def design(samples: list[Sample], model: str) -> np.ndarray:
 
 def determined(samples: list[Sample], model: str) -> bool:
     """Whether the runs can fit `model`: more of them than its coefficients and two, and for per_kind,
-    runs whose share of block time timed alone differs by at least MIN_SHARE_SPREAD (else the two scales
-    cannot be told apart: a table of one kind, or of both in the same proportion everywhere)."""
+    MIN_RUNS_PER_CONTEXT of each kind whose share of block time timed alone differs by at least
+    MIN_SHARE_SPREAD (else the two scales cannot be told apart, or one rests on a run or two)."""
     if len(samples) <= len(VARIANTS[model]) + 2:
         return False
     if model != "per_kind":
         return True
     features = np.stack([s.features for s in samples])
     alone_share = features[:, FEATURES.index("alone_ms")] / features[:, FEATURES.index("latency_ms")]
-    return float(np.ptp(alone_share)) >= MIN_SHARE_SPREAD
+    kinds = run_contexts(samples)
+    enough = all(kinds.count(context) >= MIN_RUNS_PER_CONTEXT for context in CONTEXTS)
+    return enough and float(np.ptp(alone_share)) >= MIN_SHARE_SPREAD
 
 
 def _regression(model: str) -> Any:
@@ -143,31 +147,39 @@ def held_out_metrics(predictions: np.ndarray, measured: np.ndarray) -> dict[str,
     }
 
 
-def _contexts(samples: list[Sample], model: str) -> tuple[str, ...]:
-    """Where the blocks the fit corrects were timed: those of its runs where the model tells the contexts
-    apart (per_kind) or its runs hold one; else the one holding most of the runs' block time (a model of one
-    scale fitted on both would carry one context's correction onto the other)."""
-    features = np.stack([s.features for s in samples])
-    contexts = contexts_of(features)
-    if len(contexts) == 1 or model == "per_kind":
-        return contexts
-    alone_ms = features[:, FEATURES.index("alone_ms")].sum()
-    return (CONTEXT_ALONE,) if alone_ms >= features[:, FEATURES.index("latency_ms")].sum() / 2 else (CONTEXT_NETWORK,)
+def run_contexts(samples: list[Sample]) -> list[str]:
+    """Where most of each run's block time was timed: alone, or inside networks."""
+    return [
+        CONTEXT_ALONE
+        if s.features[FEATURES.index("alone_ms")] >= s.features[FEATURES.index("latency_ms")] / 2
+        else CONTEXT_NETWORK
+        for s in samples
+    ]
 
 
 def fit_correction(samples: list[Sample], table_canary_us: float | None = None) -> Correction:
-    """Choose the model with the lowest leave-one-out RMSPE, refit it on all runs. Runs holding blocks timed
-    both alone and inside networks are fitted with a scale for each (per_kind) where they determine both."""
+    """Choose the model with the lowest leave-one-out RMSPE, refit it on all runs.
+
+    Runs whose blocks were timed alone and runs whose blocks were timed inside networks get a scale for
+    each (per_kind) where there are enough of each; otherwise the fit is made on the runs of the more
+    common kind only and corrects only blocks timed that way (a single scale fitted on both would carry one
+    kind's correction onto the other; per_kind on one run of a kind extrapolates wildly)."""
+    kinds = run_contexts(samples)
+    mixed = len(set(kinds)) > 1
+    if mixed and not determined(samples, "per_kind"):
+        majority = max(CONTEXTS, key=kinds.count)  # a tie: alone, the older kind
+        samples = [s for s, kind in zip(samples, kinds, strict=True) if kind == majority]
     if len(samples) < MIN_RUNS:
         raise CalibrationError(
-            f"Calibration needs at least {MIN_RUNS} end-to-end runs whose blocks are all in the table; "
-            f"found {len(samples)}."
+            f"Calibration needs at least {MIN_RUNS} end-to-end runs whose blocks are all in the table (or "
+            f"{MIN_RUNS_PER_CONTEXT} whose blocks were mostly timed alone and {MIN_RUNS_PER_CONTEXT} inside "
+            f"networks); found {len(samples)}."
         )
+    features = np.stack([s.features for s in samples])
+    models = ("per_kind",) if mixed and determined(samples, "per_kind") else CALIBRATION_MODELS
     measured = np.array([s.measured_ms for s in samples])
     best: tuple[float, str, np.ndarray] | None = None
     candidates = {}
-    mixed = len(contexts_of(np.stack([s.features for s in samples]))) > 1
-    models = ("per_kind",) if mixed and determined(samples, "per_kind") else CALIBRATION_MODELS
     for model in models:
         if not determined(samples, model):
             continue
@@ -189,5 +201,5 @@ def fit_correction(samples: list[Sample], table_canary_us: float | None = None) 
         intercept=intercept,
         table_canary_us=table_canary_us,
         metrics=metrics,
-        contexts=_contexts(samples, model),
+        contexts=contexts_of(features) if model == "per_kind" else (max(CONTEXTS, key=run_contexts(samples).count),),
     )

@@ -119,6 +119,7 @@ def calibrate(
     runs = store.e2e_runs(conditions, tag=tag, deploy_env=deploy_env.name)
     samples = samples_from_runs(runs, estimator, estimator.table_canary_us)
     correction = fit_correction(samples, estimator.table_canary_us)
+    used = int(correction.metrics["cv_n"])  # the runs of the kind fitted, where they were of two (fit_correction)
     store.put_fit(
         FitRecord(
             **conditions.columns(),
@@ -126,9 +127,9 @@ def calibrate(
             purpose="calibration",
             params=correction.to_params(),
             metrics=correction.metrics,
-            n_samples=len(samples),
+            n_samples=used,
             fitted_at=datetime.now(timezone.utc),
             deploy_env=deploy_env.name,
         )
     )
-    return CalibrationReport(correction, len(samples), blocks, e2e, conditions, deploy_env.name)
+    return CalibrationReport(correction, used, blocks, e2e, conditions, deploy_env.name)
