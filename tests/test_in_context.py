@@ -118,7 +118,8 @@ def test_cli_profiles_in_context_by_default_on_the_host_and_refuses_a_space(tmp_
     db = str(tmp_path / "lut.sqlite")
     arch = tmp_path / "a.json"
     arch.write_text(A.to_json())
-    out = json.loads(lut("profile", "--arch", str(arch), "--protocol", "quick", "--db", db, "--json", check=True).stdout)
+    profiled = lut("profile", "--arch", str(arch), "--protocol", "quick", "--db", db, "--json", check=True)
+    out = json.loads(profiled.stdout)
     assert out["measured"] == len({s.key for s in A.specs()})
     with LutStore(db) as store:
         rows = store.measurements(TORCH)
