@@ -102,6 +102,18 @@ def test_a_device_that_follows_the_work_not_the_source_is_fitted_on_multiply_add
     assert plain["rmspe"] > 2 * metrics["rmspe"]
 
 
+def test_a_negative_fixed_cost_is_not_fitted() -> None:
+    """Runs that a line with a negative intercept fits best (a noisy few) leave the intercept at 0, so that a
+    network smaller than any run is still estimated above zero."""
+    nets = networks(6, seed=3)
+    times = [0.5 * sum(source_ms(s) for s in n) - 0.4 for n in nets]
+    correction = fit_transfer(samples(nets, times), None)
+    assert correction.intercept == 0.0 and correction.coef[0] > 0
+    tiny = nets[0][:2]
+    features = np.sum([block_features(s, source_ms(s)) for s in tiny], axis=0)
+    assert correction.block_ms(features) + correction.intercept > 0
+
+
 def test_too_few_runs_are_refused() -> None:
     with pytest.raises(CalibrationError, match="at least 3 end-to-end runs"):
         fit_transfer(samples(networks(2, seed=5), [10.0, 12.0]))

@@ -49,6 +49,13 @@ def prior_ratio(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def _fit(x: np.ndarray, y: np.ndarray, penalty: float) -> np.ndarray:
+    """`_ridge` with the intercept (the last column) at least 0: a network's fixed cost cannot be negative,
+    and a negative one, fitted on a few noisy runs, put the estimates of small networks below zero."""
+    theta = _ridge(x, y, penalty)
+    return theta if theta[-1] >= 0 else np.append(_ridge(x[:, :-1], y, penalty), 0.0)
+
+
+def _ridge(x: np.ndarray, y: np.ndarray, penalty: float) -> np.ndarray:
     """Weighted ridge toward the prior (first column, the source's time, times the median ratio; every
     other coefficient 0), on relative errors (weights 1/y^2)."""
     prior = np.zeros(x.shape[1])
