@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +13,10 @@ from latency.estimate.estimator import Estimator
 from latency.estimate.fitting import fit_correction
 from latency.vocab.family import get_arch
 from latency.vocab.space import SpacePoint, get_space
-from lut_db import FitRecord, LutStore
+from lut_db import LutStore
 from search_cost import LatencyCost
 
-from .test_estimate import fill, synthetic_samples
+from .test_estimate import fill, store_fit, synthetic_samples
 
 SPACE = get_space()
 
@@ -30,21 +29,7 @@ def calibrated_store(tmp_path_factory: pytest.TempPathFactory) -> LutStore:
     raw = Estimator("cpu", store=store, use_calibration=False)
     archs = SPACE.sampled_archs(10, seed=3)
     correction = fit_correction(synthetic_samples(archs, raw, overhead_ms=0.07, scale=1.1), raw.table_canary_us)
-    store.put_fit(
-        FitRecord(
-            device="cpu",
-            backend="torch",
-            backend_version="2.13.0",
-            threads=1,
-            dtype="fp32",
-            batch=1,
-            purpose="calibration",
-            params=correction.to_params(),
-            metrics=correction.metrics,
-            n_samples=10,
-            fitted_at=datetime.now(timezone.utc),
-        )
-    )
+    store_fit(store, correction, 10)
     return store
 
 

@@ -120,47 +120,8 @@ def synthetic_samples(archs, estimator: Estimator, overhead_ms: float, scale: fl
     return samples
 
 
-def test_calibration_recovers_a_known_correction_and_the_estimator_applies_it(store: LutStore) -> None:
-    space = get_space()
-    archs = [get_arch("dmasking_f4"), *space.sampled_archs(12, seed=5)]
-    fill(store, space.all_specs())  # the whole grid, for the vectorised path
-    raw = Estimator("cpu", store=store, use_calibration=False)
-    samples = synthetic_samples(archs, raw, overhead_ms=0.05, scale=1.2)
-    correction = fit_correction(samples, raw.table_canary_us)
-    assert correction.model in ("per_block", "traffic")
-    assert correction.metrics["cv_rmspe"] < 1e-6 and correction.metrics["cv_within_10pct"] == 1.0
-    weights = correction.weights
-    assert weights[0] == pytest.approx(1.2) and weights[FEATURES.index("blocks")] + correction.intercept / 22 == (
-        pytest.approx(0.05, abs=1e-6)
-    )
-    store.put_fit(
-        FitRecord(
-            device="cpu",
-            backend="torch",
-            backend_version="2.13.0",
-            threads=1,
-            dtype="fp32",
-            batch=1,
-            purpose="calibration",
-            params=correction.to_params(),
-            metrics=correction.metrics,
-            n_samples=len(samples),
-            fitted_at=datetime.now(timezone.utc),
-        )
-    )
-    calibrated = Estimator("cpu", store=store)
-    for arch, sample in zip(archs, samples, strict=True):
-        est = calibrated.estimate(arch)
-        assert est.calibrated and est.latency_ms == pytest.approx(sample.measured_ms, rel=1e-9)
-        assert est.interval_ms[0] <= est.latency_ms <= est.interval_ms[1]
-    # Many at once: the same numbers, by the list path and by the space's index path.
-    many = calibrated.estimate_many(archs)
-    assert many == pytest.approx([s.measured_ms for s in samples], rel=1e-9)
-    indices = np.array([[p.resolution, *p.widths, *p.mids] for p in map(space.point_of, archs)])
-    assert calibrated.estimate_space(space, indices) == pytest.approx(many, rel=1e-9)
-
-
 def store_fit(store: LutStore, correction, n_samples: int) -> None:
+    """The correction stored as cpu/torch's calibration, as `lut calibrate` stores it."""
     store.put_fit(
         FitRecord(
             device="cpu",
@@ -176,6 +137,32 @@ def store_fit(store: LutStore, correction, n_samples: int) -> None:
             fitted_at=datetime.now(timezone.utc),
         )
     )
+
+
+def test_calibration_recovers_a_known_correction_and_the_estimator_applies_it(store: LutStore) -> None:
+    space = get_space()
+    archs = [get_arch("dmasking_f4"), *space.sampled_archs(12, seed=5)]
+    fill(store, space.all_specs())  # the whole grid, for the vectorised path
+    raw = Estimator("cpu", store=store, use_calibration=False)
+    samples = synthetic_samples(archs, raw, overhead_ms=0.05, scale=1.2)
+    correction = fit_correction(samples, raw.table_canary_us)
+    assert correction.model in ("per_block", "traffic")
+    assert correction.metrics["cv_rmspe"] < 1e-6 and correction.metrics["cv_within_10pct"] == 1.0
+    weights = correction.weights
+    assert weights[0] == pytest.approx(1.2) and weights[FEATURES.index("blocks")] + correction.intercept / 22 == (
+        pytest.approx(0.05, abs=1e-6)
+    )
+    store_fit(store, correction, len(samples))
+    calibrated = Estimator("cpu", store=store)
+    for arch, sample in zip(archs, samples, strict=True):
+        est = calibrated.estimate(arch)
+        assert est.calibrated and est.latency_ms == pytest.approx(sample.measured_ms, rel=1e-9)
+        assert est.interval_ms[0] <= est.latency_ms <= est.interval_ms[1]
+    # Many at once: the same numbers, by the list path and by the space's index path.
+    many = calibrated.estimate_many(archs)
+    assert many == pytest.approx([s.measured_ms for s in samples], rel=1e-9)
+    indices = np.array([[p.resolution, *p.widths, *p.mids] for p in map(space.point_of, archs)])
+    assert calibrated.estimate_space(space, indices) == pytest.approx(many, rel=1e-9)
 
 
 def two_context_truth(arch, estimator: Estimator, alone_scale: float) -> float:
