@@ -165,9 +165,9 @@ def fit_correction(samples: list[Sample], table_canary_us: float | None = None) 
     common kind only and corrects only blocks timed that way (a single scale fitted on both would carry one
     kind's correction onto the other; per_kind on one run of a kind extrapolates wildly)."""
     kinds = run_contexts(samples)
-    mixed = len(set(kinds)) > 1
-    if mixed and not determined(samples, "per_kind"):
-        majority = max(CONTEXTS, key=kinds.count)  # a tie: alone, the older kind
+    per_kind = len(set(kinds)) > 1 and determined(samples, "per_kind")
+    majority = max(CONTEXTS, key=kinds.count)  # a tie: alone, the older kind
+    if not per_kind:
         samples = [s for s, kind in zip(samples, kinds, strict=True) if kind == majority]
     if len(samples) < MIN_RUNS:
         raise CalibrationError(
@@ -175,8 +175,7 @@ def fit_correction(samples: list[Sample], table_canary_us: float | None = None) 
             f"{MIN_RUNS_PER_CONTEXT} whose blocks were mostly timed alone and {MIN_RUNS_PER_CONTEXT} inside "
             f"networks); found {len(samples)}."
         )
-    features = np.stack([s.features for s in samples])
-    models = ("per_kind",) if mixed and determined(samples, "per_kind") else CALIBRATION_MODELS
+    models = ("per_kind",) if per_kind else CALIBRATION_MODELS
     measured = np.array([s.measured_ms for s in samples])
     best: tuple[float, str, np.ndarray] | None = None
     candidates = {}
@@ -201,5 +200,5 @@ def fit_correction(samples: list[Sample], table_canary_us: float | None = None) 
         intercept=intercept,
         table_canary_us=table_canary_us,
         metrics=metrics,
-        contexts=contexts_of(features) if model == "per_kind" else (max(CONTEXTS, key=run_contexts(samples).count),),
+        contexts=contexts_of(np.stack([s.features for s in samples])) if per_kind else (majority,),
     )
