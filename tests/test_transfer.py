@@ -114,6 +114,14 @@ def test_a_negative_fixed_cost_is_not_fitted() -> None:
     assert correction.block_ms(features) + correction.intercept > 0
 
 
+def test_an_interval_stays_above_zero_when_a_held_out_prediction_does_not() -> None:
+    from latency.estimate import fitting
+
+    metrics = fitting.held_out_metrics(np.array([-0.2, 2.0, 3.3, 3.9]), np.array([1.0, 2.0, 3.0, 4.0]))
+    assert -1 < metrics["residual_q05"] < 0 < metrics["residual_q95"]  # the transferred rows' p10 and p90
+    assert metrics["residual_q95"] > 100  # the run predicted below zero: as wide as such a fit deserves
+
+
 def test_too_few_runs_are_refused() -> None:
     with pytest.raises(CalibrationError, match="at least 3 end-to-end runs"):
         fit_transfer(samples(networks(2, seed=5), [10.0, 12.0]))

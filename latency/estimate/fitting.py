@@ -138,8 +138,9 @@ def error_metrics(estimated: np.ndarray, measured: np.ndarray) -> dict[str, floa
 def held_out_metrics(predictions: np.ndarray, measured: np.ndarray) -> dict[str, float | None]:
     """A fit's metrics from its leave-one-out predictions: the field's metrics (cv_*) and the interval of
     the estimate (where the measured time fell around held-out predictions, relative)."""
-    relative = (predictions - measured) / measured
-    measured_over = -relative / (1 + relative)
+    # measured / predicted - 1, a prediction at zero or below counting as a thousandth of the run (the
+    # interval is then as wide as such a fit deserves, and stays above zero)
+    measured_over = measured / np.maximum(predictions, measured * 1e-3) - 1
     return {
         **{f"cv_{k}": v for k, v in error_metrics(predictions, measured).items()},
         "residual_q05": float(np.quantile(measured_over, 0.05)),
@@ -185,6 +186,8 @@ def fit_correction(samples: list[Sample], table_canary_us: float | None = None) 
         predictions = _cross_validated(samples, model)
         rmspe = float(np.sqrt(np.mean(((predictions - measured) / measured) ** 2)))
         candidates[model] = rmspe
+        if np.any(predictions <= 0):  # no model of time (as fit_transfer): kept only if nothing else fits
+            rmspe = np.inf
         if best is None or rmspe < best[0]:
             best = (rmspe, model, predictions)
     assert best is not None

@@ -93,10 +93,14 @@ def fit_transfer(samples: list[Sample], table_canary_us: float | None = None) ->
         for penalty in PENALTIES:
             predictions = _loo_predictions(x, y, penalty)
             scores[_Choice(model, penalty)] = (float(np.sqrt(np.mean(((predictions - y) / y) ** 2))), predictions)
+    # A fit that puts a held-out run at zero time or below is no model of time (a few noisy runs of small
+    # networks can make one): left out while any other remains.
+    positive = {c: v for c, v in scores.items() if np.all(v[1] > 0)}
+    scores = positive or scores
     # The simplest model and the strongest pull among those within 1% RMSPE of the best: ten runs cannot
     # tell finer differences apart.
     best_rmspe = min(score for score, _ in scores.values())
-    order = [_Choice(m, p) for m in TRANSFER_MODELS for p in reversed(PENALTIES)]
+    order = [_Choice(m, p) for m in TRANSFER_MODELS for p in reversed(PENALTIES) if _Choice(m, p) in scores]
     choice = next(c for c in order if scores[c][0] <= best_rmspe + 0.01)
     x = _design(samples, choice.model)
     theta = _fit(x, y, choice.penalty)
