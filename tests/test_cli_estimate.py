@@ -119,6 +119,12 @@ def test_time_measures_as_a_users_process_and_prints_the_estimate_beside(db: str
     assert out["p10_ms"] <= out["measured_ms"] <= out["p90_ms"] and out["calls"] >= 9
     assert out["calibrated"] is True and out["estimated_ms"] > 0 and out["estimated_then_ms"] > 0
     assert out["difference"] == pytest.approx(out["measured_ms"] / out["estimated_then_ms"] - 1)
+    with LutStore(db) as store:  # f3's blocks were timed inside it (the estimate before): the report says so
+        rows = store.measurement_map(Conditions("cpu", "torch"))
+        inside = sum(
+            "dmasking_f3" in rows[s.key].environment.get("appearance_networks", ()) for s in blocks_of("dmasking_f3")
+        )
+    assert out["blocks_timed_inside_it"] == inside
     with LutStore(db) as store:
         runs = [r for r in store.e2e_runs(Conditions("cpu"), tag="time") if r.arch_name == "dmasking_f3"]
         calibration = store.e2e_runs(Conditions("cpu"), tag="calibration")

@@ -184,6 +184,12 @@ def time_command(
         f"lut estimate ({state}): {report.estimated_ms:.3f} ms at the table's speed, {report.estimated_then_ms:.3f} ms"
         f" at the machine's speed during this run; measured {report.difference:+.1%} from it"
     )
+    if report.blocks_timed_inside_it:
+        console.print(
+            f"{report.blocks_timed_inside_it} of its blocks were timed inside this network (blocks in context): the "
+            "estimate holds its own earlier time, so this checks the machine's steadiness more than the estimator; "
+            "`lut validate` reports networks the table never ran"
+        )
 
 
 @app.command()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from latency.jobs.profile import (
@@ -44,6 +44,13 @@ def times_in_context(conditions: Conditions) -> bool:
     backend = conditions.backend or device.default_backend
     device.check_backend(backend)
     return device.host_process and backend_class(device.implementation(backend)[0]).times_in_context
+
+
+def timed_inside(arch: Arch, rows: Mapping[str, MeasurementRecord], conditions: Conditions) -> int:
+    """How many of `arch`'s blocks have a row (of `rows`, by key) timed inside `arch` itself, among other
+    networks or alone: its estimate then holds its own time, and says less of networks never run."""
+    specs = arch.specs(batch=conditions.batch, dtype=conditions.dtype)
+    return sum(arch.name in rows[s.key].environment.get("appearance_networks", ()) for s in specs if s.key in rows)
 
 
 def in_context_keys(store: LutStore, conditions: Conditions, backend_version: str, deploy_env: DeployEnv) -> set[str]:

@@ -13,6 +13,7 @@ from typing import Any
 
 from latency.estimate.estimator import Estimator, MissingBlocksError
 from latency.estimate.fitting import at_run_speed
+from latency.jobs.in_context import timed_inside
 from latency.jobs.profile import ProfileSummary, fill_missing, latest_run, profile_archs
 from latency.vocab.arch import Arch
 from latency.vocab.conditions import Conditions
@@ -46,6 +47,7 @@ class TimingReport:
     estimated_then_ms: float | None  # at the machine's speed during this run
     calibrated: bool
     estimate_note: str | None  # why there is no estimate
+    blocks_timed_inside_it: int = 0  # the estimate's blocks timed inside this network: it then holds its own time
 
     @property
     def difference(self) -> float | None:
@@ -102,6 +104,7 @@ def time_network(
         estimated_then_ms=estimated_then_ms,
         calibrated=estimator.calibrated,
         estimate_note=note,
+        blocks_timed_inside_it=timed_inside(arch, store.measurement_map(conditions), conditions),
     )
 
 

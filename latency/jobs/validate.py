@@ -19,6 +19,7 @@ import numpy as np
 from latency.estimate.estimator import Estimator
 from latency.estimate.fitting import at_run_speed, error_metrics
 from latency.jobs.calibrate import measure_runs
+from latency.jobs.in_context import timed_inside
 from latency.jobs.profile import ProfileSummary
 from latency.vocab.arch import Arch
 from latency.vocab.conditions import Conditions
@@ -74,7 +75,7 @@ def compare(archs: Sequence[Arch], estimator: Estimator, store: LutStore, tag: s
                 "in_calibration": digest in calibration,
                 # blocks whose row was timed inside this very network (latency.jobs.in_context): its estimate
                 # then holds its own time, and says less about networks the table never ran
-                "blocks_timed_inside_it": _timed_inside(arch, table, conditions),
+                "blocks_timed_inside_it": timed_inside(arch, table, conditions),
                 "estimated_ms": estimate.latency_ms,
                 "measured_ms": run.median_us / 1e3,
                 "sum_ms": estimate.sum_ms,
@@ -103,11 +104,6 @@ def compare(archs: Sequence[Arch], estimator: Estimator, store: LutStore, tag: s
         rows,
         deploy_env=estimator.deploy_env,
     )
-
-
-def _timed_inside(arch: Arch, table: dict[str, Any], conditions: Conditions) -> int:
-    specs = arch.specs(batch=conditions.batch, dtype=conditions.dtype)
-    return sum(arch.name in table[s.key].environment.get("appearance_networks", ()) for s in specs if s.key in table)
 
 
 def _metrics(rows: list[dict[str, Any]], estimate: str) -> dict[str, Any]:
