@@ -14,7 +14,7 @@ Within 10%, RMSPE and Kendall tau of each against T's held-out runs, as a table 
 (issue 14, at N = 10): transfer at least 90% within 10% and tau >= 0.85 for torch -> ExecuTorch.
 
     python bench/transfer.py [--pairs torch:executorch,torch:onnxruntime,t1:t2] [--runs 5,10,20,40]
-        [--held-out 20] [--space fbnetv2_f4] [--protocol standard] [--db FILE] [--out FILE.json]
+        [--held-out 20] [--held-out-seed 1] [--space fbnetv2_f4] [--protocol standard] [--db FILE] [--out FILE.json]
 
 The table is kept (`--db`): a second run measures only what is missing.
 """
@@ -102,12 +102,14 @@ def costs(store: LutStore, target: Conditions, specs: list[Any], train_runs: lis
 def one_pair(store: LutStore, name: str, args: argparse.Namespace, sizes: list[int]) -> list[dict[str, Any]]:
     source, target = PAIRS[name]
     pool = run_archs(["all"], max(sizes), seed=0, space=args.space)[: max(sizes)]
-    held_out = run_archs([], args.held_out, seed=1, space=args.space)
+    held_out = run_archs([], args.held_out, seed=args.held_out_seed, space=args.space)
     specs = list({s.key: s for a in pool + held_out for s in a.specs()}.values())
     for conditions in (source, target):  # S's table for the transfer, T's own for the baseline
         profile_blocks(specs, store, conditions, args.protocol)
     train_runs = measured(store, pool, target, TRAIN_TAG, args.protocol)
-    test_runs = measured(store, held_out, target, HELD_OUT_TAG, args.protocol)
+    # another seed's held-out runs get a tag of their own: taken in another session than the fit's runs
+    tag = HELD_OUT_TAG if args.held_out_seed == 1 else f"{HELD_OUT_TAG}-seed{args.held_out_seed}"
+    test_runs = measured(store, held_out, target, tag, args.protocol)
     canary_us = runs_canary_us(train_runs + test_runs)  # the speed all of T's times are brought to
     from_source = Estimator(source, store=store, use_calibration=False)
     own = Estimator(target, store=store, use_calibration=False)
@@ -143,6 +145,9 @@ def main() -> None:
     parser.add_argument("--pairs", default=",".join(PAIRS), help=f"comma-separated, of {', '.join(PAIRS)}")
     parser.add_argument("--runs", default="5,10,20,40", help="training runs on the target, comma-separated")
     parser.add_argument("--held-out", type=int, default=20)
+    parser.add_argument(
+        "--held-out-seed", type=int, default=1, help="seed of the held-out sample (another one: runs taken now)"
+    )
     parser.add_argument("--space", default="fbnetv2_f4")
     parser.add_argument("--protocol", default="standard")
     parser.add_argument("--db", default=str(RESULTS / "transfer.sqlite"))
