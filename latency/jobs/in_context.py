@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from latency.jobs.profile import (
@@ -53,14 +53,25 @@ def timed_inside(arch: Arch, rows: Mapping[str, MeasurementRecord], conditions: 
     return sum(arch.name in rows[s.key].environment.get("appearance_networks", ()) for s in specs if s.key in rows)
 
 
+def in_context_rows(
+    store: LutStore,
+    conditions: Conditions,
+    backend_version: str,
+    deploy_env: DeployEnv,
+    keys: Iterable[str] | None = None,
+) -> dict[str, MeasurementRecord]:
+    """The rows (of `keys`; None: all) timed inside networks run in `deploy_env`, under these conditions."""
+    rows = store.measurement_map(conditions, keys, backend_version, source="measured")
+    return {
+        key: row
+        for key, row in rows.items()
+        if row.protocol.get("context") == CONTEXT_NETWORK and row.protocol.get("deploy_env") == deploy_env.name
+    }
+
+
 def in_context_keys(store: LutStore, conditions: Conditions, backend_version: str, deploy_env: DeployEnv) -> set[str]:
     """Block keys whose row was timed inside networks run in `deploy_env`, under these conditions."""
-    rows = store.measurements(conditions, backend_version=backend_version, source="measured")
-    return {
-        r.block_key
-        for r in rows
-        if r.protocol.get("context") == CONTEXT_NETWORK and r.protocol.get("deploy_env") == deploy_env.name
-    }
+    return set(in_context_rows(store, conditions, backend_version, deploy_env))
 
 
 def profile_in_context(
@@ -91,7 +102,9 @@ def profile_in_context(
     specs = {a: a.specs(conditions.batch, conditions.dtype) for a in archs}
     keys = {s.key for blocks in specs.values() for s in blocks}
     summary = session.summary(requested=len(keys))
-    present = set() if force else in_context_keys(store, session.conditions, session.version, deploy_env)
+    # rows timed inside networks before: present, and their appearances count with this run's
+    earlier = {} if force else in_context_rows(store, session.conditions, session.version, deploy_env, keys)
+    present = set(earlier)
     summary.already_present = len(present & keys)
     todo = [a for a in archs if any(s.key not in present for s in specs[a])]
     if not todo:
@@ -99,12 +112,7 @@ def profile_in_context(
         return summary
     store.upsert_blocks(block_row(s) for a in todo for s in specs[a])
     # key -> (median, row fields) per appearance, starting from the networks of earlier runs
-    seen: dict[str, list[tuple[float, dict[str, Any]]]] = {}
-    if not force:
-        earlier = store.measurement_map(session.conditions, keys, session.version, source="measured")
-        for key, row in earlier.items():
-            if row.protocol.get("context") == CONTEXT_NETWORK and row.protocol.get("deploy_env") == deploy_env.name:
-                seen[key] = _stored_appearances(row)
+    seen: dict[str, list[tuple[float, dict[str, Any]]]] = {k: _stored_appearances(r) for k, r in earlier.items()}
     stored: dict[str, bool] = {}  # key -> stable
 
     def store_network(result: Result, fields: dict[str, Any]) -> None:
