@@ -46,14 +46,6 @@ def block_features(spec: BlockSpec, latency_ms: float, context: str = CONTEXT_AL
     return np.array([latency_ms, activations, spec.params_m, 1.0, spec.flops_m, alone_ms])
 
 
-def contexts_of(features: np.ndarray) -> tuple[str, ...]:
-    """Where the blocks summed in `features` (one network's, or many: [..., len(FEATURES)]) were timed."""
-    latency_ms = np.atleast_2d(features)[:, FEATURES.index("latency_ms")]
-    alone_ms = np.atleast_2d(features)[:, FEATURES.index("alone_ms")]
-    found = ((CONTEXT_ALONE, bool(np.any(alone_ms > 0))), (CONTEXT_NETWORK, bool(np.any(alone_ms < latency_ms))))
-    return tuple(context for context, present in found if present)
-
-
 @dataclass(frozen=True)
 class Correction:
     """`network_ms = intercept + sum over blocks of coef . features[model]`.

@@ -15,7 +15,6 @@ from latency.estimate.correction import (
     VARIANTS,
     Correction,
     block_features,
-    contexts_of,
 )
 from latency.estimate.estimator import Estimator
 from latency.vocab.blocks import CONTEXT_ALONE, CONTEXT_NETWORK
@@ -203,5 +202,5 @@ def fit_correction(samples: list[Sample], table_canary_us: float | None = None) 
         intercept=intercept,
         table_canary_us=table_canary_us,
         metrics=metrics,
-        contexts=contexts_of(np.stack([s.features for s in samples])) if per_kind else (majority,),
+        contexts=CONTEXTS if per_kind else (majority,),  # per_kind: three runs of each kind or more
     )
