@@ -342,7 +342,8 @@ def fill_missing(
     What stays missing is left for `estimate`."""
     from latency.jobs.in_context import profile_in_context, times_in_context
 
-    missing = list({s.key: s for a in archs for s in estimator.missing(a)}.values())
+    lacking = [(a, estimator.missing(a)) for a in archs]
+    missing = list({s.key: s for _, specs in lacking for s in specs}.values())
     if not missing:
         return
     if not is_local(estimator.conditions.device):
@@ -352,7 +353,7 @@ def fill_missing(
         return
     conditions = estimator.conditions
     if times_in_context(conditions):
-        networks = [a for a in archs if estimator.missing(a)]
+        networks = [a for a, specs in lacking if specs]
         deploy_env = DeployEnv.parse(estimator.deploy_env)
         summary = profile_in_context(networks, estimator.store, conditions, protocol, deploy_env, progress=progress)
     else:

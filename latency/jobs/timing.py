@@ -82,6 +82,7 @@ def time_network(
     _raise_on_failure(summary, arch)
     run = latest_run(store.e2e_runs(conditions, tag=TAG, deploy_env=deploy_env.name), arch)
     assert run is not None  # profile_archs stored it just now
+    keys = {s.key for s in arch.specs(batch=conditions.batch, dtype=conditions.dtype)}  # its rows, not the table
     estimated_ms = estimated_then_ms = None
     note = None
     try:
@@ -104,7 +105,7 @@ def time_network(
         estimated_then_ms=estimated_then_ms,
         calibrated=estimator.calibrated,
         estimate_note=note,
-        blocks_timed_inside_it=timed_inside(arch, store.measurement_map(conditions), conditions),
+        blocks_timed_inside_it=timed_inside(arch, store.measurement_map(conditions, keys), conditions),
     )
 
 
