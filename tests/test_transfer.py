@@ -67,23 +67,43 @@ def test_ten_runs_carry_a_table_to_another_device() -> None:
     assert np.sqrt(np.mean((plain / truth - 1) ** 2)) > 2 * metrics["rmspe"]
 
 
+def uneven_source_ms(spec) -> float:
+    """A source whose kernels run some shapes 3x faster than others: its time is not its work's."""
+    return source_ms(spec) * (1 + 2 * (int(hashlib.sha256(spec.key.encode()).hexdigest(), 16) % 2))
+
+
 def test_a_device_that_is_only_slower_keeps_the_prior() -> None:
+    """Five runs of a device that is the source 2.5x slower: the source's time, not the average with the
+    work's fit (the default), since its leave-one-out errors are clearly lower."""
     rng = np.random.default_rng(3)
     nets = networks(5, seed=4)
-    times = [2.5 * sum(source_ms(s) for s in n) * (1 + 0.005 * rng.standard_normal()) for n in nets]
-    correction = fit_transfer(samples(nets, times))
+    times = [2.5 * sum(uneven_source_ms(s) for s in n) * (1 + 0.005 * rng.standard_normal()) for n in nets]
+    correction = fit_transfer(samples(nets, times, uneven_source_ms))
     assert correction.model == "scale"
     assert correction.coef[0] == pytest.approx(2.5, rel=0.02)
     assert abs(correction.intercept) < 0.02 * np.mean(times)
+
+
+def test_few_noisy_runs_average_the_source_and_the_work() -> None:
+    """Ten runs of a device whose time follows half the source's and half the work, with this host's
+    run-to-run noise (10%): no candidate is clearly better than the average, which is kept."""
+    rng = np.random.default_rng(9)
+    nets = networks(10, seed=10)
+
+    def half_and_half_ms(specs) -> float:
+        exact = sum(0.5 * uneven_source_ms(s) + 0.5 * source_ms(s) for s in specs)
+        return exact * (1 + 0.1 * rng.standard_normal())
+
+    correction = fit_transfer(samples(nets, [half_and_half_ms(n) for n in nets], uneven_source_ms))
+    assert correction.model == "combined"
+    assert set(VARIANTS["combined"]) == {"latency_ms", "flops_m", "blocks"}
+    assert correction.coef[0] > 0 and correction.coef[1] > 0  # the source's time and the work both count
 
 
 def test_a_device_that_follows_the_work_not_the_source_is_fitted_on_multiply_adds() -> None:
     """Another runtime's kernels: the target's time follows each block's multiply-adds and a per-block
     cost, unrelated to how the source ran the block. The fit must find the work, not scale the source."""
     rng = np.random.default_rng(6)
-
-    def uneven_source_ms(spec) -> float:  # the source's kernels: some shapes 3x faster than others
-        return source_ms(spec) * (1 + 2 * (int(hashlib.sha256(spec.key.encode()).hexdigest(), 16) % 2))
 
     def work_ms(specs) -> float:
         return (sum(0.004 * s.flops_m + 0.05 for s in specs) + 0.4) * (1 + 0.01 * rng.standard_normal())

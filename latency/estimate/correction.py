@@ -32,6 +32,8 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     # runtime's kernels): multiply-adds beside the source's time, or alone as the floor a fit must beat.
     "work": ("latency_ms", "flops_m", "blocks"),
     "flops": ("flops_m", "blocks"),
+    # A transfer's default: the average of the "scale" and "flops" fits (latency.estimate.transfer).
+    "combined": ("latency_ms", "flops_m", "blocks"),
 }
 # Calibration over a device's own table keeps the one with the lowest cross-validated error of these.
 # (fitting skips a model its runs cannot determine: per_kind on a table of one kind).
