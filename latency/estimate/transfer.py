@@ -29,8 +29,8 @@ from latency.estimate.fitting import CalibrationError, Sample, design, held_out_
 # Strengths of the pull toward the prior, in units of squared relative error per run: 1e-4 lets the data
 # decide, 10 keeps the prior.
 PENALTIES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
-# Simplest first. "flops" (the network's multiply-adds and a per-block cost, no source time) is there so
-# that a transfer is never worse than a fit on work alone where the source's kernels mislead.
+# "flops" (the network's multiply-adds and a per-block cost, no source time) is there so that a transfer
+# is never worse than a fit on work alone where the source's kernels mislead.
 TRANSFER_MODELS = ("scale", "per_block", "flops", "work", "traffic")
 COMBINED = "combined"  # the average of the "scale" and "flops" fits (correction.VARIANTS)
 # A candidate's mean absolute leave-one-out error must be below the average's by this many standard errors
@@ -95,12 +95,12 @@ def _loo_predictions(x: np.ndarray, y: np.ndarray, penalty: float) -> np.ndarray
 
 
 def _candidate(samples: list[Sample], model: str, y: np.ndarray) -> _Candidate:
-    """The model at the penalty of lowest leave-one-out RMSPE; penalties whose fits put a held-out run at
-    zero time or below (no model of time; a few noisy runs of small networks can make one) only if all do."""
+    """The model at the strongest penalty whose leave-one-out RMSPE is within 1% of the best (ten runs
+    cannot tell finer differences apart); penalties whose fits put a held-out run at zero time or below (no
+    model of time; a few noisy runs of small networks can make one) only if all do."""
     x = _design(samples, model)
     fits = [(penalty, _loo_predictions(x, y, penalty)) for penalty in PENALTIES]
     fits = [f for f in fits if np.all(f[1] > 0)] or fits
-    # the strongest pull among those within 1% RMSPE of the best: ten runs cannot tell finer differences apart
     best = min(_rmspe(loo, y) for _, loo in fits)
     penalty, loo = next(f for f in reversed(fits) if _rmspe(f[1], y) <= best + 0.01)
     return _Candidate(model, penalty, _fit(x, y, penalty), loo)
