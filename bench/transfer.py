@@ -15,7 +15,7 @@ stated at its run's speed (the run's canary over the median), and plainly (`plai
 time as measured, as `lut validate` states both). Targets
 (issue 14, at N = 10): transfer at least 90% within 10% and tau >= 0.85 for torch -> ExecuTorch.
 
-    python bench/transfer.py [--pairs torch:executorch,torch:onnxruntime,t1:t2] [--runs 5,10,20,40]
+    python bench/transfer.py [--pairs torch:executorch,torch:onnxruntime,t1:t2,cpu:cuda] [--runs 5,10,20,40]
         [--held-out 20] [--held-out-seed 1] [--space fbnetv2_f4] [--protocol standard] [--db FILE] [--out FILE.json]
 
 The table is kept (`--db`): a second run measures only what is missing.
@@ -57,7 +57,10 @@ PAIRS = {
     "torch:executorch": (Conditions("cpu", "torch"), Conditions("cpu", "executorch")),
     "torch:onnxruntime": (Conditions("cpu", "torch"), Conditions("cpu", "onnxruntime")),
     "t1:t2": (Conditions("cpu", "torch", threads=1), Conditions("cpu", "torch", threads=2)),
+    # a change of hardware, where a GPU is lent (bench/gpu_check.sh runs it); not in the default pairs
+    "cpu:cuda": (Conditions("cpu", "torch"), Conditions("cuda", "torch")),
 }
+HOST_PAIRS = ("torch:executorch", "torch:onnxruntime", "t1:t2")
 
 
 def training_pool(n: int, space: str) -> list[Arch]:
@@ -163,7 +166,7 @@ def one_pair(store: LutStore, name: str, args: argparse.Namespace, sizes: list[i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", default=",".join(PAIRS), help=f"comma-separated, of {', '.join(PAIRS)}")
+    parser.add_argument("--pairs", default=",".join(HOST_PAIRS), help=f"comma-separated, of {', '.join(PAIRS)}")
     parser.add_argument("--runs", default="5,10,20,40", help="training runs on the target, comma-separated")
     parser.add_argument("--held-out", type=int, default=20)
     parser.add_argument(
