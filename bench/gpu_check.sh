@@ -3,7 +3,8 @@
 # calibrate on one set, validate on another (the family plus samples), and write each batch size's
 # metrics as JSON. The brief protocol (a tenth of the time budgets; CUDA events are steady) fits
 # a short device lease. Then host CPU -> CUDA transfer (issue 14): the CPU's table and 10 CUDA runs
-# against CUDA's own table and a FLOPs fit, on 10 held-out networks. Usage: bench/gpu_check.sh [OUTDIR] [N_CALIBRATION] [N_VALIDATION]
+# against CUDA's own table and a FLOPs fit, on 10 held-out networks.
+# Usage: bench/gpu_check.sh [OUTDIR] [N_CALIBRATION] [N_VALIDATION]
 set -u
 out=${1:-bench/results}
 n_cal=${2:-10}
