@@ -4,7 +4,6 @@ error; stored runs as training data, brought to the table's speed through the ca
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -94,24 +93,29 @@ def determined(samples: list[Sample], model: str) -> bool:
     return enough and float(np.ptp(alone_share)) >= MIN_SHARE_SPREAD
 
 
-def _regression(model: str) -> Any:
+def _fit(x: np.ndarray, y: np.ndarray, model: str) -> tuple[np.ndarray, float]:
+    """Least squares on relative errors (weights 1/y^2, the metric that matters: RMSPE), with the intercept
+    at 0 or above: a network's fixed cost cannot be negative, and a negative one, fitted on a few noisy
+    runs, put the estimate of a network smaller than the runs below zero (as the transfer's, transfer.py)."""
     from sklearn.linear_model import LinearRegression
 
-    return LinearRegression(fit_intercept=model != "scale")
-
-
-def _fit(x: np.ndarray, y: np.ndarray, model: str) -> tuple[np.ndarray, float]:
-    # Weights 1/y^2: least squares on relative errors, the metric that matters (RMSPE).
-    regression = _regression(model).fit(x, y, sample_weight=1.0 / y**2)
-    return regression.coef_, float(regression.intercept_) if model != "scale" else 0.0
+    weights = 1.0 / y**2
+    if model != "scale":
+        regression = LinearRegression().fit(x, y, sample_weight=weights)
+        if regression.intercept_ >= 0:
+            return regression.coef_, float(regression.intercept_)
+    return LinearRegression(fit_intercept=False).fit(x, y, sample_weight=weights).coef_, 0.0
 
 
 def _cross_validated(samples: list[Sample], model: str) -> np.ndarray:
     """Leave-one-out predictions: each architecture predicted by a fit that never saw it."""
-    from sklearn.model_selection import LeaveOneOut, cross_val_predict
-
     x, y = design(samples, model), np.array([s.measured_ms for s in samples])
-    return cross_val_predict(_regression(model), x, y, cv=LeaveOneOut(), params={"sample_weight": 1.0 / y**2})
+    predictions = np.empty(len(y))
+    for held_out in range(len(y)):
+        rest = np.arange(len(y)) != held_out
+        coef, intercept = _fit(x[rest], y[rest], model)
+        predictions[held_out] = x[held_out] @ coef + intercept
+    return predictions
 
 
 def error_metrics(estimated: np.ndarray, measured: np.ndarray) -> dict[str, float | None]:
