@@ -249,9 +249,7 @@ def test_a_calibration_never_fits_a_negative_fixed_cost(store: LutStore) -> None
     archs = space.sampled_archs(8, seed=12)
     fill(store, [s for a in archs for s in a.specs()])
     raw = Estimator("cpu", store=store, use_calibration=False)
-    samples = [
-        Sample(s.name, s.features, 0.6 * s.features[0] - 1.0) for s in synthetic_samples(archs, raw, 0.0, 1.0)
-    ]
+    samples = [Sample(s.name, s.features, 0.6 * s.features[0] - 1.0) for s in synthetic_samples(archs, raw, 0.0, 1.0)]
     correction = fit_correction(samples, raw.table_canary_us)
     assert correction.intercept == 0.0 and correction.metrics["cv_n"] == len(archs)
     tiny = np.sum([block_features(s, raw.entry(s).median_us / 1e3) for s in archs[0].specs()[:2]], axis=0)
