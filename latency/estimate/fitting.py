@@ -3,6 +3,7 @@ error; stored runs as training data, brought to the table's speed through the ca
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,15 +108,20 @@ def _fit(x: np.ndarray, y: np.ndarray, model: str) -> tuple[np.ndarray, float]:
     return LinearRegression(fit_intercept=False).fit(x, y, sample_weight=weights).coef_, 0.0
 
 
-def _cross_validated(samples: list[Sample], model: str) -> np.ndarray:
-    """Leave-one-out predictions: each architecture predicted by a fit that never saw it."""
-    x, y = design(samples, model), np.array([s.measured_ms for s in samples])
+def leave_one_out(x: np.ndarray, y: np.ndarray, fit: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    """Each run predicted by a fit that never saw it: `fit(x, y)` gives coefficients over x's columns."""
     predictions = np.empty(len(y))
     for held_out in range(len(y)):
         rest = np.arange(len(y)) != held_out
-        coef, intercept = _fit(x[rest], y[rest], model)
-        predictions[held_out] = x[held_out] @ coef + intercept
+        predictions[held_out] = x[held_out] @ fit(x[rest], y[rest])
     return predictions
+
+
+def _cross_validated(samples: list[Sample], model: str) -> np.ndarray:
+    """Leave-one-out predictions of the model's fit (its features and a constant for the intercept)."""
+    x = np.column_stack([design(samples, model), np.ones(len(samples))])
+    y = np.array([s.measured_ms for s in samples])
+    return leave_one_out(x, y, lambda x_rest, y_rest: np.append(*_fit(x_rest[:, :-1], y_rest, model)))
 
 
 def error_metrics(estimated: np.ndarray, measured: np.ndarray) -> dict[str, float | None]:

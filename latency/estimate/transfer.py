@@ -20,11 +20,12 @@ cannot make (MIN_T standard errors, paired over runs).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 from latency.estimate.correction import CONTEXTS, FEATURES, VARIANTS, Correction
-from latency.estimate.fitting import CalibrationError, Sample, design, held_out_metrics
+from latency.estimate.fitting import CalibrationError, Sample, design, held_out_metrics, leave_one_out
 
 # Strengths of the pull toward the prior, in units of squared relative error per run: 1e-4 lets the data
 # decide, 10 keeps the prior.
@@ -85,21 +86,12 @@ def _ridge(x: np.ndarray, y: np.ndarray, penalty: float) -> np.ndarray:
     return np.linalg.solve(gram, rhs)
 
 
-def _loo_predictions(x: np.ndarray, y: np.ndarray, penalty: float) -> np.ndarray:
-    from sklearn.model_selection import LeaveOneOut
-
-    predictions = np.empty(len(y))
-    for train, test in LeaveOneOut().split(x):
-        predictions[test] = x[test] @ _fit(x[train], y[train], penalty)
-    return predictions
-
-
 def _candidate(samples: list[Sample], model: str, y: np.ndarray) -> _Candidate:
     """The model at the strongest penalty whose leave-one-out RMSPE is within 1% of the best (ten runs
     cannot tell finer differences apart); penalties whose fits put a held-out run at zero time or below (no
     model of time; a few noisy runs of small networks can make one) only if all do."""
     x = _design(samples, model)
-    fits = [(penalty, _loo_predictions(x, y, penalty)) for penalty in PENALTIES]
+    fits = [(penalty, leave_one_out(x, y, partial(_fit, penalty=penalty))) for penalty in PENALTIES]
     fits = [f for f in fits if np.all(f[1] > 0)] or fits
     best = min(_rmspe(loo, y) for _, loo in fits)
     penalty, loo = next(f for f in reversed(fits) if _rmspe(f[1], y) <= best + 0.01)
