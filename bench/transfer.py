@@ -128,7 +128,9 @@ def one_pair(store: LutStore, name: str, args: argparse.Namespace, sizes: list[i
     from_source = Estimator(source, store=store, use_calibration=False)
     own = Estimator(target, store=store, use_calibration=False)
     fill_missing(from_source, pool + held_out, measure=False)
-    truth = np.array([s.measured_ms for s in samples_from_runs(test_runs, from_source, canary_us)])
+    held_out_from_source = samples_from_runs(test_runs, from_source, canary_us)  # the same for every N
+    held_out_own = samples_from_runs(test_runs, own, own.table_canary_us)
+    truth = np.array([s.measured_ms for s in held_out_from_source])
     as_measured = np.array([s.measured_ms for s in samples_from_runs(test_runs, from_source, None)])
     rows = []
     for n in sizes:
@@ -136,10 +138,10 @@ def one_pair(store: LutStore, name: str, args: argparse.Namespace, sizes: list[i
         estimates: dict[str, np.ndarray] = {"flops": flops_fit(train, test_runs, canary_us)}
         try:
             transfer = fit_transfer(samples_from_runs(train, from_source, canary_us), canary_us)
-            estimates["transfer"] = predict(transfer, samples_from_runs(test_runs, from_source, canary_us))
+            estimates["transfer"] = predict(transfer, held_out_from_source)
             calibration = fit_correction(samples_from_runs(train, own, own.table_canary_us), own.table_canary_us)
             at_target = own.table_canary_us / canary_us if own.table_canary_us and canary_us else 1.0
-            estimates["own"] = predict(calibration, samples_from_runs(test_runs, own, own.table_canary_us)) / at_target
+            estimates["own"] = predict(calibration, held_out_own) / at_target
         except CalibrationError as exc:
             print(f"{name}, N={n}: {exc}")
         for method, values in estimates.items():
