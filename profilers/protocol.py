@@ -47,6 +47,11 @@ class Protocol:
     unstable_iqr: float = 0.10  # IQR over the median, within a trial
     unstable_spread: float = 0.05  # trials' medians apart, relative (raw or canary-corrected)
     remeasure_rounds: int = 1
+    # The canary detects a group (or a network's run) taken while the machine moved: its trials' canaries
+    # apart by more than this (relative spread) retake the whole group, up to `retakes` times, keeping the
+    # steadiest take. Rows and runs are then used as measured, never rescaled by a canary ratio (DESIGN.md).
+    canary_tolerance: float = 0.10
+    retakes: int = 2
     # Return the worker's free heap to the kernel before each call of a block (malloc_trim), so that the
     # block pays for faulting in its buffers as it does inside a network run by a plain process, where
     # glibc trims and unmaps between blocks. Measured here: warm-heap blocks summed to 0.48-0.65 of
@@ -77,10 +82,13 @@ class Protocol:
             cold_heap=self.cold_heap,
         )
 
-    def canary_plan(self, first_visit: bool) -> TimingPlan:
+    def canary_plan(self) -> TimingPlan:
+        """Every visit of the canary warms it up in full, in a worker that times nothing else: the canary of
+        a block group and of a network's run are then timed the same way (same worker, warm state and
+        environment), and only the machine's speed tells them apart."""
         return TimingPlan(
-            warmup_runs=self.warmup_runs if first_visit else self.rewarm_runs,
-            warmup_s=self.warmup_s / 2 if first_visit else self.rewarm_s,
+            warmup_runs=self.warmup_runs,
+            warmup_s=self.warmup_s / 2,
             min_runs=self.canary_runs,
             min_time_s=self.canary_s,
             max_time_s=self.canary_s * 3,
@@ -103,6 +111,7 @@ PROTOCOLS: dict[str, Protocol] = {
         max_time_s=0.4,
         rewarm_s=0.01,
         canary_s=0.03,
+        retakes=1,
     ),
     # For smoke tests and CI: same structure, tiny budgets. Rows say so in their protocol.
     "quick": Protocol(
@@ -120,6 +129,7 @@ PROTOCOLS: dict[str, Protocol] = {
         canary_s=0.0,
         group_size=6,
         remeasure_rounds=1,
+        retakes=0,
         network_per_process=False,
         preloaded_workers=True,
     ),
@@ -214,10 +224,11 @@ class Scheduler:
     """Runs the protocol over targets with a pool of workers (one per launch, trial t in worker
     t mod len(workers)); yields each target's result as soon as it is final.
 
-    `canary_workers` time the canary instead of `workers` (same index): networks timed in a
-    deployment's environment keep the canary in the block protocol's, so that its time compares
-    with the table's canary and says only how fast the machine runs. `in_context`: whole networks
-    are timed block by block, and their results carry their blocks' (`Result.parts`).
+    `canary_workers` time the canary instead of `workers` (same index): workers of the block protocol's
+    that time nothing else, given by every path on this host (blocks and networks alike), so that a canary
+    says only how fast the machine ran, whatever the group beside it. A group whose trials' canaries
+    disagree is taken again (`Protocol.canary_tolerance`). `in_context`: whole networks are timed block by
+    block, and their results carry their blocks' (`Result.parts`).
     """
 
     def __init__(
@@ -244,7 +255,7 @@ class Scheduler:
             if deadline is not None and time.monotonic() >= deadline:
                 return
             group = list(targets[start : start + size])
-            results = {r.target.key: r for r in self._measure_group(group)}
+            results = {r.target.key: r for r in self._measure_steady(group)}
             for _ in range(self.protocol.remeasure_rounds):
                 unstable = [r.target for r in results.values() if r.ok and not r.stable]
                 if not unstable:
@@ -259,6 +270,19 @@ class Scheduler:
                         results[again.target.key] = replace(previous, remeasured=True)
             yield from (results[s.key] for s in group)
             self._forget(group)
+
+    def _measure_steady(self, group: list[Target]) -> list[Result]:
+        """Measure the group; while its trials' canaries say the machine moved during it (apart by more than
+        the protocol's tolerance), take it again, up to `retakes` times, and keep the steadiest take."""
+        best = self._measure_group(group)
+        taken = 1
+        while _canary_spread(best) > self.protocol.canary_tolerance and taken <= self.protocol.retakes:
+            self.progress.add_total(len(group) * self.protocol.trials)
+            again = self._measure_group(group)
+            taken += 1
+            if _canary_spread(again) < _canary_spread(best):
+                best = again
+        return [replace(r, details={**r.details, "takes": taken}) for r in best]
 
     def _forget(self, group: list[Target]) -> None:
         keys = [t.key for t in group]
@@ -285,8 +309,7 @@ class Scheduler:
             index = trial % len(self.workers)
             worker = self.workers[index]
             try:
-                plan = protocol.canary_plan(self._visit(index, canary.key))
-                timing = self.canary_workers[index].measure(canary.key, plan)
+                timing = self.canary_workers[index].measure(canary.key, protocol.canary_plan())
                 canary_medians.append(float(np.median(timing.samples_us)))
             except (BlockFailed, WorkerCrashed) as exc:
                 self._recover(index, exc, canary=True)
@@ -321,6 +344,12 @@ class Scheduler:
     def _restart(self, index: int, canary: bool = False) -> None:
         (self.canary_workers if canary else self.workers)[index].restart()
         self._visited = {(i, k) for i, k in self._visited if i != index}
+
+
+def _canary_spread(results: list[Result]) -> float:
+    """How far apart a group's trial canaries are (relative spread; 0 without a full set of them)."""
+    canaries = next((r.canary_medians_us for r in results if r.canary_medians_us), ())
+    return relative_spread(canaries)
 
 
 def _noise(result: Result) -> float:

@@ -129,6 +129,39 @@ def test_canary_ratio_cancels_machine_drift() -> None:
     assert result.canary_us == 100.0
 
 
+def test_a_group_taken_while_the_machine_moved_is_taken_again() -> None:
+    # The canary of the first take's second trial is 60% slower (the machine moved): the group is taken again,
+    # and the steady second take is kept, as measured.
+    block = SPECS[1].key
+    times = {block: [200.0, 330.0, 200.0, 210.0, 210.0, 210.0], CANARY: [100.0, 160.0, 100.0, 101.0, 100.0, 101.0]}
+    worker = ScriptedWorker(times)
+    result = next(iter(Scheduler(worker, Protocol()).run([SPECS[1]])))
+    assert worker.visits[CANARY] == 6 and worker.visits[block] == 6
+    assert result.details["takes"] == 2 and result.stats.median_us == 210.0
+    assert result.canary_medians_us == (101.0, 100.0, 101.0)
+
+
+def test_retakes_stop_at_the_protocols_limit_and_keep_the_steadiest_take() -> None:
+    block = SPECS[1].key
+    # every take moves, the second least
+    worker = ScriptedWorker({CANARY: [100.0, 150.0, 100.0, 100.0, 120.0, 100.0, 100.0, 140.0, 100.0]})
+    result = next(iter(Scheduler(worker, Protocol(retakes=2)).run([SPECS[1]])))
+    assert worker.visits[block] == 9 and result.details["takes"] == 3
+    assert result.canary_medians_us == (100.0, 120.0, 100.0)
+    steady = ScriptedWorker({CANARY: [100.0, 109.0, 100.0]})  # within the 10% tolerance: one take
+    assert next(iter(Scheduler(steady, Protocol()).run([SPECS[1]]))).details["takes"] == 1
+    assert steady.visits[block] == 3
+    never = ScriptedWorker({CANARY: [100.0, 150.0, 100.0]})
+    assert next(iter(Scheduler(never, Protocol(retakes=0)).run([SPECS[1]]))).details["takes"] == 1
+
+
+def test_the_canary_warms_up_in_full_at_every_visit() -> None:
+    worker = ScriptedWorker({})
+    list(Scheduler(worker, Protocol(group_size=2)).run(SPECS))
+    plans = [plan for key, plan in worker.calls if key == CANARY]
+    assert len(plans) == 3 * 3 and {(p.warmup_runs, p.warmup_s) for p in plans} == {(10, Protocol().warmup_s / 2)}
+
+
 def test_unstable_blocks_are_remeasured_then_flagged() -> None:
     noisy, steady = SPECS[1].key, SPECS[2].key
     worker = ScriptedWorker({noisy: [100.0, 130.0, 90.0], CANARY: [50.0]})

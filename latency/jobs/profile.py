@@ -162,7 +162,8 @@ def measure_targets(
 
     With `deploy_env` (whole networks taken as truth, on a device whose networks run in a host
     process), the networks run in fresh processes set up as that deployment runs them (each in its
-    own unless the protocol shares them), and the canary stays in the protocol's tuned workers.
+    own unless the protocol shares them). On this host the canary is timed in tuned workers of its own,
+    for blocks and networks alike.
     `in_context`: the networks are timed block by block (`Result.parts`)."""
     sink = progress or ProgressSink()
     sink.add_total(len(targets) * session.protocol.trials)
@@ -185,13 +186,19 @@ def measure_targets(
     pool_args = (session.backend, session.conditions.threads, protocol.launches)
     preloaded = protocol.preloaded_workers
     try:
-        if deploy_env is None or not device.host_process:
+        if not device.host_process:  # a phone: its one runner times the canary beside the blocks, in every path
             with device.workers(*pool_args, preloaded=preloaded) as pool:
                 scheduler = Scheduler(pool.workers, protocol, sink, in_context=in_context)
                 consume(scheduler.run(targets, deadline), pool.workers[0].info)
             return
-        batches = [[t] for t in targets] if protocol.network_per_process else [list(targets)]
+        # On this host the canary has workers of its own in every path (blocks, networks), timed the same way.
         with device.workers(*pool_args, preloaded=preloaded) as canaries:
+            if deploy_env is None:
+                with device.workers(*pool_args, preloaded=preloaded) as pool:
+                    scheduler = Scheduler(pool.workers, protocol, sink, canaries.workers, in_context)
+                    consume(scheduler.run(targets, deadline), pool.workers[0].info)
+                return
+            batches = [[t] for t in targets] if protocol.network_per_process else [list(targets)]
             for batch in batches:
                 if deadline is not None and time.monotonic() >= deadline:
                     return
