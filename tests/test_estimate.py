@@ -15,14 +15,14 @@ import pytest
 
 from latency.estimate.correction import FEATURES, Correction, block_features
 from latency.estimate.estimator import Estimator, MissingBlocksError
-from latency.estimate.fitting import Sample, error_metrics, fit_correction, run_contexts
+from latency.estimate.fitting import Sample, error_metrics, fit_correction, run_contexts, samples_from_runs
 from latency.jobs.profile import block_row
 from latency.jobs.rank import pareto_front, rank_family
 from latency.vocab.blocks import CONTEXT_ALONE, CONTEXT_NETWORK
 from latency.vocab.conditions import Conditions
 from latency.vocab.family import blocks_of, get_arch
 from latency.vocab.space import get_space
-from lut_db import FitRecord, LutStore, MeasurementRecord
+from lut_db import E2ERecord, FitRecord, LutStore, MeasurementRecord
 
 CANARY_US = 200.0
 
@@ -163,6 +163,51 @@ def test_calibration_recovers_a_known_correction_and_the_estimator_applies_it(st
     assert many == pytest.approx([s.measured_ms for s in samples], rel=1e-9)
     indices = np.array([[p.resolution, *p.widths, *p.mids] for p in map(space.point_of, archs)])
     assert calibrated.estimate_space(space, indices) == pytest.approx(many, rel=1e-9)
+
+
+def stored_run(arch, median_us: float, canary_us: float, tag: str, **fields) -> E2ERecord:
+    """An end-to-end run of `arch` on cpu/torch as the store keeps it (three trials, made-up spread)."""
+    defaults = {"protocol": {}, "environment": {}, "measured_at": datetime(2026, 1, 1, tzinfo=timezone.utc)}
+    return E2ERecord(
+        arch_name=arch.name,
+        arch_json=arch.to_json(),
+        **Conditions("cpu", "torch").columns(),
+        backend_version="2.13.0",
+        median_us=median_us,
+        p10_us=median_us * 0.97,
+        p90_us=median_us * 1.04,
+        iqr_us=median_us * 0.03,
+        mean_us=median_us,
+        std_us=median_us * 0.02,
+        min_us=median_us * 0.95,
+        n=50,
+        trials=3,
+        canary_ratio=None,
+        canary_us=canary_us,
+        tag=tag,
+        stable=True,
+        **{**defaults, **fields},
+    )
+
+
+def test_a_calibration_reproduces_its_own_runs_whatever_their_canary(store: LutStore) -> None:
+    # The runs' canary reads 15% above the table's, as a canary timed another way did (issue 25): the fit
+    # must still learn the runs' times as measured, not times shrunk by that ratio.
+    archs = get_space().sampled_archs(12, seed=6)
+    fill(store, [s for a in archs for s in a.specs()])
+    raw = Estimator("cpu", store=store, use_calibration=False)
+    rng = np.random.default_rng(3)
+    for arch in archs:
+        truth_ms = 1.1 * raw.estimate(arch).sum_ms + 0.3
+        measured_us = truth_ms * 1e3 * rng.normal(1.0, 0.02)
+        store.put_e2e_run(stored_run(arch, measured_us, CANARY_US * rng.uniform(1.05, 1.25), "calibration"))
+    runs = store.e2e_runs(Conditions("cpu", "torch"), tag="calibration")
+    correction = fit_correction(samples_from_runs(runs, raw), raw.table_canary_us)
+    assert correction.metrics["in_sample_median_ratio"] == pytest.approx(1.0, abs=0.03)
+    store_fit(store, correction, len(runs))
+    calibrated = Estimator("cpu", store=store)
+    ratios = [calibrated.estimate(r.arch).latency_ms / (r.median_us / 1e3) for r in runs]
+    assert np.median(ratios) == pytest.approx(1.0, abs=0.03) and min(ratios) > 0.93 and max(ratios) < 1.07
 
 
 def two_context_truth(arch, estimator: Estimator, alone_scale: float) -> float:

@@ -6,19 +6,17 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
 from latency.estimate.estimator import Estimator
 from latency.jobs.validate import compare
-from latency.vocab.conditions import Conditions
 from latency.vocab.family import blocks_of, get_arch, list_models
 from latency.vocab.space import get_space
-from lut_db import E2ERecord, LutStore
+from lut_db import LutStore
 from tests.cli import TINY_SPACE, lut
-from tests.test_estimate import CANARY_US, fill
+from tests.test_estimate import CANARY_US, fill, stored_run
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 WRITE = os.environ.get("LUT_GOLDEN_WRITE") == "1"
@@ -79,34 +77,10 @@ def test_json_output_is_unchanged(name: str, table: str, tmp_path: Path) -> None
     assert got == json.loads(path.read_text())
 
 
-def stored_run(arch, median_us: float, canary_us: float, tag: str) -> E2ERecord:
-    return E2ERecord(
-        arch_name=arch.name,
-        arch_json=arch.to_json(),
-        **Conditions("cpu", "torch").columns(),
-        backend_version="2.13.0",
-        median_us=median_us,
-        p10_us=median_us * 0.97,
-        p90_us=median_us * 1.04,
-        iqr_us=median_us * 0.03,
-        mean_us=median_us,
-        std_us=median_us * 0.02,
-        min_us=median_us * 0.95,
-        n=50,
-        trials=3,
-        canary_ratio=None,
-        canary_us=canary_us,
-        tag=tag,
-        protocol={},
-        environment={},
-        measured_at=datetime(2026, 1, 1, tzinfo=timezone.utc),
-        stable=True,
-    )
-
-
 def test_validation_metrics_on_stored_runs_are_unchanged(tmp_path: Path) -> None:
     """What `lut validate` reports once its runs are in the table (latency.jobs.validate.compare): the
-    estimate at each run's speed (its canary against the table's), the plain one, and the metrics."""
+    estimate against each run as measured and its metrics first, the estimate at each run's speed (its
+    canary against the table's) beside, and how far each network's fresh processes agreed."""
     archs = [get_arch(m) for m in ("dmasking_f1", "dmasking_f3", "dmasking_l1")]
     archs += get_space(str(TINY_SPACE)).sampled_archs(3, seed=4)
     with LutStore(str(tmp_path / "lut.sqlite")) as store:
@@ -116,7 +90,11 @@ def test_validation_metrics_on_stored_runs_are_unchanged(tmp_path: Path) -> None
             # made-up runs: slower than the block sum by 4-16%, on a machine whose canary drifts +-6%
             median_us = plain.estimate(arch).latency_ms * 1e3 * (1.04 + 0.03 * (i % 5))
             canary_us = CANARY_US * (0.94 + 0.03 * (i % 5))
-            store.put_e2e_run(stored_run(arch, median_us, canary_us, "validation"))
+            # three fresh processes, 2-8% apart: the noise floor the report states
+            processes = {"trial_medians_us": [median_us * (1 - 0.01 * i), median_us, median_us * (1 + 0.03 + 0.01 * i)]}
+            store.put_e2e_run(
+                stored_run(arch, median_us, canary_us, "validation", protocol={"launches": 3}, environment=processes)
+            )
             if i % 2:
                 store.put_e2e_run(stored_run(arch, median_us * 1.01, canary_us, "calibration"))
         got = compare(archs, plain, store).to_dict()

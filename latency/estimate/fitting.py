@@ -1,5 +1,10 @@
 """Fitting the correction from block sums to end-to-end runs (scikit-learn), with its cross-validated
-error; stored runs as training data, brought to the table's speed through the canary."""
+error; stored runs as training data, as measured.
+
+Runs are not rescaled by a canary ratio: a canary timed one way for the table and another way for the runs
+shrank every run by 14% and made every estimate 15% fast (DESIGN.md). The canary detects a run taken while
+the machine moved, and the protocol takes it again (profilers.protocol); a fit then reproduces its own runs
+(`in_sample_median_ratio`)."""
 
 from __future__ import annotations
 
@@ -39,27 +44,16 @@ class Sample:
     measured_ms: float
 
 
-def _run_over_table(run: E2ERecord, table_canary_us: float | None) -> float:
-    """How much slower the machine ran during `run` than when the table was measured: the machine
-    drifts as a whole, and the canary timed in the run's own trials says by how much (1: no canary)."""
-    return run.canary_us / table_canary_us if table_canary_us and run.canary_us else 1.0
-
-
-def at_table_speed(run: E2ERecord, table_canary_us: float | None) -> float:
-    """A run's time (ms) at the speed the table was measured at."""
-    return run.median_us / 1e3 / _run_over_table(run, table_canary_us)
-
-
 def at_run_speed(estimate_ms: float, run: E2ERecord, table_canary_us: float | None) -> float:
-    """An estimate (stated at the table's speed) at the machine's speed during `run`."""
-    return estimate_ms * _run_over_table(run, table_canary_us)
+    """An estimate restated at the machine's speed during `run` (its canary over the table's; 1 without
+    one): a view beside the plain comparison, never instead of it, and never fed back into a fit."""
+    ratio = run.canary_us / table_canary_us if table_canary_us and run.canary_us else 1.0
+    return estimate_ms * ratio
 
 
-def samples_from_runs(runs: list[E2ERecord], estimator: Estimator, canary_us: float | None) -> list[Sample]:
+def samples_from_runs(runs: list[E2ERecord], estimator: Estimator) -> list[Sample]:
     """Training rows: every run whose blocks are all in the estimator's table (others are skipped), its
-    features from that table, its time brought to the speed at which the canary took `canary_us` (the
-    table's own canary for a calibration; the target's for a transfer, whose blocks come from another
-    device's table)."""
+    features from that table, its time as measured."""
     samples = []
     for run in runs:
         specs = run.arch.specs(batch=run.batch, dtype=run.dtype)
@@ -69,8 +63,14 @@ def samples_from_runs(runs: list[E2ERecord], estimator: Estimator, canary_us: fl
         features = np.sum(
             [block_features(s, e.median_us / 1e3, e.context) for s, e in zip(specs, entries, strict=True)], axis=0
         )
-        samples.append(Sample(run.arch_name, features, at_table_speed(run, canary_us)))
+        samples.append(Sample(run.arch_name, features, run.median_us / 1e3))
     return samples
+
+
+def in_sample_ratio(predicted_ms: np.ndarray, measured_ms: np.ndarray) -> float:
+    """The median of a fit's estimates over the very runs it was fitted on: a fit that does not reproduce
+    its own runs (1 within a few percent) has learned something other than their times."""
+    return float(np.median(predicted_ms / measured_ms))
 
 
 def design(samples: list[Sample], model: str) -> np.ndarray:
@@ -135,6 +135,7 @@ def error_metrics(estimated: np.ndarray, measured: np.ndarray) -> dict[str, floa
         "within_10pct": float(np.mean(np.abs(relative) <= 0.10)),
         "rmspe": float(np.sqrt(np.mean(relative**2))),
         "mape": float(np.mean(np.abs(relative))),
+        "median_error": float(np.median(relative)),  # signed: below 0, the estimates are fast
         "kendall_tau": None,
         "spearman_rho": None,
     }
@@ -142,6 +143,27 @@ def error_metrics(estimated: np.ndarray, measured: np.ndarray) -> dict[str, floa
         metrics["kendall_tau"] = float(kendalltau(estimated, measured).statistic)
         metrics["spearman_rho"] = float(spearmanr(estimated, measured).statistic)
     return metrics
+
+
+def repeatability(process_medians_ms: list[list[float]]) -> dict[str, float | None]:
+    """How far runs of one network in fresh processes agree (per network, its processes' medians): the noise
+    floor no estimate can beat. `pair_gap_median`: the median gap between two processes' medians of one
+    network, relative to their mean; `pairs_within_10pct`: the share of such pairs within 10% of each other;
+    `floor_rmspe`: the RMSPE of a perfect estimate against a single process's median."""
+    gaps = [
+        abs(a - b) / ((a + b) / 2)
+        for medians in process_medians_ms
+        for i, a in enumerate(medians)
+        for b in medians[i + 1 :]
+    ]
+    repeated = [medians for medians in process_medians_ms if len(medians) > 1]
+    relative = [m / float(np.median(medians)) - 1 for medians in repeated for m in medians]
+    return {
+        "networks": len(repeated),
+        "pair_gap_median": float(np.median(gaps)) if gaps else None,
+        "pairs_within_10pct": float(np.mean(np.array(gaps) <= 0.10)) if gaps else None,
+        "floor_rmspe": float(np.sqrt(np.mean(np.square(relative)))) if relative else None,
+    }
 
 
 def held_out_metrics(predictions: np.ndarray, measured: np.ndarray) -> dict[str, float | None]:
@@ -201,10 +223,12 @@ def fit_correction(samples: list[Sample], table_canary_us: float | None = None) 
             best = (rmspe, model, predictions)
     assert best is not None
     _, model, predictions = best
-    coef, intercept = _fit(design(samples, model), measured, model)
+    x = design(samples, model)
+    coef, intercept = _fit(x, measured, model)
     metrics = {
         **held_out_metrics(predictions, measured),
         **{f"cv_rmspe_{name}": value for name, value in candidates.items()},
+        "in_sample_median_ratio": in_sample_ratio(x @ coef + intercept, measured),
     }
     return Correction(
         model=model,

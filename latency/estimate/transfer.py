@@ -25,7 +25,14 @@ from functools import partial
 import numpy as np
 
 from latency.estimate.correction import CONTEXTS, FEATURES, VARIANTS, Correction
-from latency.estimate.fitting import CalibrationError, Sample, design, held_out_metrics, leave_one_out
+from latency.estimate.fitting import (
+    CalibrationError,
+    Sample,
+    design,
+    held_out_metrics,
+    in_sample_ratio,
+    leave_one_out,
+)
 
 # Strengths of the pull toward the prior, in units of squared relative error per run: 1e-4 lets the data
 # decide, 10 keeps the prior.
@@ -120,7 +127,7 @@ def _clearly_better(candidate: _Candidate, default: _Candidate, y: np.ndarray) -
 
 def fit_transfer(samples: list[Sample], table_canary_us: float | None = None) -> Correction:
     """The target's correction over the source's block times, from the target's runs (`samples`: features
-    from the source's table, the target's times at one speed); its metrics are leave-one-out errors."""
+    from the source's table, the target's times as measured); its metrics are leave-one-out errors."""
     if len(samples) < MIN_TRANSFER_RUNS:
         raise CalibrationError(
             f"A transfer needs at least {MIN_TRANSFER_RUNS} end-to-end runs on the target whose blocks are all "
@@ -136,5 +143,6 @@ def fit_transfer(samples: list[Sample], table_canary_us: float | None = None) ->
         **held_out_metrics(choice.loo_ms, y),
         "penalty": choice.penalty,
         "prior_ratio": prior_ratio(_design(samples, "scale"), y),
+        "in_sample_median_ratio": in_sample_ratio(_design(samples, choice.model) @ choice.theta, y),
     }
     return choice.correction(metrics, table_canary_us)

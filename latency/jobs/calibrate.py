@@ -43,7 +43,8 @@ class CalibrationReport:
         return (
             f"calibrated {c.device}/{c.backend} for deployment '{self.deploy_env}' on {self.runs} end-to-end runs: "
             f"{self.correction.model} correction; cross-validated RMSPE {metrics['cv_rmspe']:.1%}, MAPE "
-            f"{metrics['cv_mape']:.1%}, within 10% {metrics['cv_within_10pct']:.0%}"
+            f"{metrics['cv_mape']:.1%}, within 10% {metrics['cv_within_10pct']:.0%}; on its own runs the estimate is "
+            f"{metrics['in_sample_median_ratio']:.3f} of the measured time (median)"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -117,8 +118,7 @@ def calibrate(
     conditions = conditions.with_backend(e2e.backend)
     estimator = Estimator(conditions, store=store, use_calibration=False)
     runs = store.e2e_runs(conditions, tag=tag, deploy_env=deploy_env.name)
-    samples = samples_from_runs(runs, estimator, estimator.table_canary_us)
-    correction = fit_correction(samples, estimator.table_canary_us)
+    correction = fit_correction(samples_from_runs(runs, estimator), estimator.table_canary_us)
     used = int(correction.metrics["cv_n"])  # the runs of the kind fitted, where they were of two (fit_correction)
     store.put_fit(
         FitRecord(

@@ -137,7 +137,7 @@ def transfer_from_runs(
     for source in sources:
         estimator = Estimator(source, store=store, use_calibration=False)
         fill_missing(estimator, archs, measure=False)  # S's own predictor fills what S lacks
-        samples = samples_from_runs(runs, estimator, target_canary_us)
+        samples = samples_from_runs(runs, estimator)
         try:
             fits.append((fit_transfer(samples, target_canary_us), estimator, len(samples)))
         except CalibrationError as exc:
