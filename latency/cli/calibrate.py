@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -208,38 +208,55 @@ def validate(
         "estimated (ms)",
         "measured (ms)",
         "error",
+        "processes apart",
         "calibration saw it",
         "blocks timed in it",
     ):
         table.add_column(column, justify="left" if column == "architecture" else "right")
     for row in report.rows:
+        processes = row["process_medians_ms"]
         table.add_row(
             row["name"],
-            f"{row['estimated_then_ms']:.3f}",
+            f"{row['estimated_ms']:.3f}",
             f"{row['measured_ms']:.3f}",
             f"{row['error']:+.1%}",
+            f"{(max(processes) - min(processes)) / min(processes):.1%}" if processes else "-",
             "yes" if row["in_calibration"] else "no",
             str(row["blocks_timed_inside_it"]),
         )
     console.print(table)
-    m = report.metrics
-    console.print(
-        f"n={m['n']}  within 10%: {m['within_10pct']:.0%}  RMSPE {m['rmspe']:.1%}  MAPE {m['mape']:.1%}  "
-        f"Kendall tau {fmt(m['kendall_tau'])}  Spearman rho {fmt(m['spearman_rho'])}"
-    )
-    if "held_out" in m:
-        held = m["held_out"]
-        console.print(
-            f"held out (neither calibrated on nor timed in context): n={held['n']}  within 10%: "
-            f"{held['within_10pct']:.0%}  RMSPE {held['rmspe']:.1%}"
-        )
-    plain = report.plain_metrics
-    console.print(
-        f"(each estimate stated at its run's speed, from the canary timed in the run's trials; at the table's "
-        f"speed: within 10% {plain['within_10pct']:.0%}, RMSPE {plain['rmspe']:.1%}, "
-        f"Kendall tau {fmt(plain['kendall_tau'])})"
-    )
+    for line in validation_lines(report.metrics, report.at_run_speed, report.repeatability):
+        console.print(line)
     if not report.calibrated:
         console.print(uncalibrated_hint(device, report.deploy_env, ()))
     if plot is not None:
         console.print(f"plot: {plot}")
+
+
+def validation_lines(metrics: dict[str, Any], at_run_speed: dict[str, Any], floor: dict[str, Any]) -> list[str]:
+    """What `lut validate` says under its table: the estimates against the runs as measured first, then the
+    noise floor the runs showed, then the view at each run's speed."""
+
+    def accuracy(m: dict[str, Any]) -> str:
+        return (
+            f"n={m['n']}  within 10%: {m['within_10pct']:.0%}  RMSPE {m['rmspe']:.1%}  MAPE {m['mape']:.1%}  "
+            f"median error {m['median_error']:+.1%}  Kendall tau {fmt(m['kendall_tau'])}  "
+            f"Spearman rho {fmt(m['spearman_rho'])}"
+        )
+
+    lines = [f"as measured: {accuracy(metrics)}  interval held {metrics['interval_coverage']:.0%} of the runs"]
+    if "held_out" in metrics:
+        lines.append(f"held out (neither calibrated on nor timed in context): {accuracy(metrics['held_out'])}")
+    if floor["networks"]:
+        lines.append(
+            f"noise floor: two fresh processes of one network agreed within 10% for "
+            f"{floor['pairs_within_10pct']:.0%} of {floor['networks']} networks' pairs (median gap "
+            f"{floor['pair_gap_median']:.1%}); a perfect estimate shows RMSPE {floor['floor_rmspe']:.1%} "
+            "against one process"
+        )
+    lines.append(
+        f"(beside it, each estimate restated at its run's speed from the run's canary: within 10% "
+        f"{at_run_speed['within_10pct']:.0%}, RMSPE {at_run_speed['rmspe']:.1%}, median error "
+        f"{at_run_speed['median_error']:+.1%})"
+    )
+    return lines

@@ -181,8 +181,9 @@ def time_command(
         return
     state = "calibrated" if report.calibrated else "uncalibrated"
     console.print(
-        f"lut estimate ({state}): {report.estimated_ms:.3f} ms at the table's speed, {report.estimated_then_ms:.3f} ms"
-        f" at the machine's speed during this run; measured {report.difference:+.1%} from it"
+        f"lut estimate ({state}): {report.estimated_ms:.3f} ms; measured {report.difference:+.1%} from it (restated "
+        f"at the machine's speed during this run, from its canary: {report.estimated_then_ms:.3f} ms, measured "
+        f"{report.difference_at_run_speed:+.1%} from that)"
     )
     if report.blocks_timed_inside_it:
         console.print(

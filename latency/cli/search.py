@@ -161,13 +161,18 @@ def search(
     )
     console.print(
         f"target {target_ms:.3f} ms | estimated {estimated:.3f} ms ({estimated / target_ms - 1:+.1%})"
-        + (f" | measured {measured:.3f} ms ({measured / estimated - 1:+.1%} from the estimate)" if measured else "")
+        + (
+            f" | measured {measured:.3f} ms ({measured / target_ms - 1:+.1%} from the target, "
+            f"{measured / estimated - 1:+.1%} from the estimate)"
+            if measured
+            else ""
+        )
     )
     if measured and estimated_then:
         console.print(
-            f"the machine ran at {estimated_then / estimated:.0%} of the table's time during the measurement "
-            f"(canary): measured {measured / estimated_then - 1:+.1%} from the estimate at that speed "
-            f"({estimated_then:.3f} ms)"
+            f"(beside it: the machine ran at {estimated_then / estimated:.0%} of the table's time during the "
+            f"measurement, by its canary; measured {measured / estimated_then - 1:+.1%} from the estimate at that "
+            f"speed, {estimated_then:.3f} ms)"
             + ("" if found.calibrated else "; uncalibrated: `lut calibrate` fits the block sum to end-to-end runs")
         )
 

@@ -24,7 +24,7 @@ def plot_validation(rows: Sequence[dict[str, Any]], metrics: dict[str, Any], tit
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 6.0), dpi=120)
     measured = [r["measured_ms"] for r in rows]
-    estimated = [r["estimated_then_ms"] for r in rows]
+    estimated = [r["estimated_ms"] for r in rows]
     low, high = min(measured + estimated) * 0.9, max(measured + estimated) * 1.1
     ax.plot([low, high], [low, high], color="black", linewidth=1, label="estimate = measured")
     ax.fill_between(
@@ -34,14 +34,14 @@ def plot_validation(rows: Sequence[dict[str, Any]], metrics: dict[str, Any], tit
     others = [r for r in rows if not r.get("family")]
     ax.scatter(
         [r["measured_ms"] for r in others],
-        [r["estimated_then_ms"] for r in others],
+        [r["estimated_ms"] for r in others],
         s=18,
         color="tab:blue",
         label="sampled architectures",
     )
     ax.scatter(
         [r["measured_ms"] for r in family],
-        [r["estimated_then_ms"] for r in family],
+        [r["estimated_ms"] for r in family],
         s=36,
         color="tab:red",
         marker="D",
@@ -50,7 +50,7 @@ def plot_validation(rows: Sequence[dict[str, Any]], metrics: dict[str, Any], tit
     for r in family:
         ax.annotate(
             r["name"].replace("dmasking_", ""),
-            (r["measured_ms"], r["estimated_then_ms"]),
+            (r["measured_ms"], r["estimated_ms"]),
             fontsize=7,
             xytext=(4, -8),
             textcoords="offset points",
@@ -58,7 +58,7 @@ def plot_validation(rows: Sequence[dict[str, Any]], metrics: dict[str, Any], tit
     ax.set_xlim(low, high)
     ax.set_ylim(low, high)
     ax.set_xlabel("measured end-to-end latency (ms)")
-    ax.set_ylabel("estimated latency at the run's speed (ms)")
+    ax.set_ylabel("estimated latency (ms)")
     summary = f"n={metrics['n']}  within 10%: {metrics['within_10pct']:.0%}  RMSPE {metrics['rmspe']:.1%}  " + (
         "" if metrics["kendall_tau"] is None else f"  tau {metrics['kendall_tau']:.2f}"
     )
