@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from latency.estimate.estimator import Estimator
 from latency.jobs.in_context import in_context_keys, profile_in_context
+from latency.jobs.space_fill import corner_specs, profile_space
 from latency.vocab.arch import Arch, covering
 from latency.vocab.blocks import CONTEXT_NETWORK
 from latency.vocab.conditions import Conditions
@@ -114,7 +116,49 @@ def test_covering_picks_few_networks_that_hold_the_blocks() -> None:
     assert covering(pool, set()) == []
 
 
-def test_cli_profiles_in_context_by_default_on_the_host_and_refuses_a_space(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["fbnetv2_f4", "fbnetv2_l1", str(TINY_SPACE)])
+def test_points_holding_give_networks_that_hold_every_shape_asked_for(name: str) -> None:
+    space = get_space(name)
+    ways = space.realizations()
+    assert set(ways) == {s.key for s in space.all_specs()}  # every shape of the grid is in some network
+    rng = np.random.default_rng(1)
+    for size in (1, 8, 60):
+        keys = set(rng.choice(sorted(ways), size=min(size, len(ways)), replace=False))
+        points = space.points_holding(keys, seed=2)
+        held = {s.key for p in points for s in space.arch(p).specs()}
+        assert keys <= held and len(points) <= len(keys)
+    corners = {s.key for s in corner_specs(space)}
+    points = space.points_holding(corners)
+    assert corners <= {s.key for p in points for s in space.arch(p).specs()}
+    assert len(points) <= len(corners) / 2  # networks hold many shapes each: few of them
+
+
+def test_a_space_fill_times_its_shapes_inside_networks_of_the_space(tmp_path: Path) -> None:
+    space = get_space(str(TINY_SPACE))
+    with LutStore(tmp_path / "lut.sqlite") as store:
+        summary = profile_space(space, store, TORCH, budget_min=0.0, protocol="quick")
+        assert summary.in_context and 0 < summary.networks < len(corner_specs(space))
+        rows = store.measurement_map(TORCH)
+        assert set(rows) == {s.key for s in space.all_specs()}
+        measured = [r for r in rows.values() if r.source == "measured"]
+        predicted = [r for r in rows.values() if r.source == "predicted"]
+        assert {s.key for s in corner_specs(space)} <= {r.block_key for r in measured}
+        # every measured row was timed inside networks of the space, each a point of it
+        for row in measured:
+            assert row.protocol["context"] == CONTEXT_NETWORK and row.protocol["deploy_env"] == "default"
+            names = row.environment["appearance_networks"]
+            assert names and all(n.startswith(f"{space.name}-r") for n in names)
+        # the rest is predicted from those rows, and stands for blocks timed in context
+        assert len(predicted) == summary.predicted > 0
+        assert all(r.protocol["context"] == CONTEXT_NETWORK for r in predicted)
+        estimator = Estimator(TORCH, store=store)
+        assert {e.context for e in estimator.entry_map().values()} == {CONTEXT_NETWORK}
+        assert estimator.space_tables(space)  # the search's tables are complete
+        alone = profile_space(space, store, TORCH, budget_min=0.0, protocol="quick", in_context=False)
+        assert not alone.in_context and alone.networks == 0
+
+
+def test_cli_profiles_in_context_by_default_on_the_host_and_refuses_the_queue(tmp_path: Path) -> None:
     db = str(tmp_path / "lut.sqlite")
     arch = tmp_path / "a.json"
     arch.write_text(A.to_json())
@@ -124,7 +168,7 @@ def test_cli_profiles_in_context_by_default_on_the_host_and_refuses_a_space(tmp_
     with LutStore(db) as store:
         rows = store.measurements(TORCH)
         assert rows and {r.protocol.get("context") for r in rows} == {CONTEXT_NETWORK}
-    refused = lut("profile", "--in-context", "--space", str(TINY_SPACE), "--db", db, check=False)
+    refused = lut("profile", "--in-context", "--queue", "--models", "dmasking_f1", "--db", db, check=False)
     assert refused.returncode == 2 and "--in-context" in refused.stderr
     alone = lut("profile", "--arch", str(arch), "--isolated", "--deploy-env", "tuned-malloc", "--db", db, check=False)
     assert alone.returncode == 2 and "drop --isolated" in alone.stderr

@@ -31,6 +31,7 @@ from latency.cli.common import (
 )
 from latency.vocab.blocks import BlockSpec
 from latency.vocab.conditions import Conditions
+from latency.vocab.deploy_env import DeployEnv
 from latency.vocab.errors import LutError
 
 app = typer.Typer()
@@ -40,7 +41,9 @@ app = typer.Typer()
 @user_errors
 def profile(
     device: DeviceOpt = "cpu",
-    backend: Annotated[str | None, typer.Option(help="torch or onnxruntime [default: the device's first].")] = None,
+    backend: Annotated[
+        str | None, typer.Option(help="torch, onnxruntime or executorch [default: the device's first].")
+    ] = None,
     models: Annotated[
         str | None, typer.Option(help="Comma-separated model names, or 'all' [default: all, unless --arch is given].")
     ] = None,
@@ -83,10 +86,11 @@ def profile(
         bool | None,
         typer.Option(
             "--in-context/--isolated",
-            help="Time the blocks inside the whole networks asked for, run as --deploy-env runs them (a plain "
-            "process by default): a network's blocks then sum to its time in that process; or each block alone, "
-            "again and again. [default: in context where the backend runs a network block by block on this "
-            "host (torch), alone elsewhere and for --space and --queue]",
+            help="Time the blocks inside the whole networks asked for (with --space: networks of the space that "
+            "hold the shapes to measure), run as --deploy-env runs them (a plain process by default): a network's "
+            "blocks then sum to its time in that process; or each block alone, again and again. [default: in "
+            "context where the backend runs a network block by block on this host (torch), alone elsewhere and "
+            "for --queue]",
         ),
     ] = None,
     deploy_env: DeployEnvOpt = "default",
@@ -100,14 +104,12 @@ def profile(
     conditions = Conditions(device, backend, threads, batch, dtype)
     if queue and force:
         raise LutError("--queue queues what the table lacks; --force cannot go with it.", exit_code=2)
-    if in_context and (queue or space is not None):
-        raise LutError(
-            "--in-context times whole networks here: give --models or --arch, not --queue or --space.", exit_code=2
-        )
+    if in_context and queue:
+        raise LutError("--in-context times whole networks here: --queue sends blocks to the farm alone.", exit_code=2)
     if in_context is None:
         from latency.jobs.in_context import times_in_context
 
-        in_context = not queue and space is None and times_in_context(conditions)
+        in_context = not queue and times_in_context(conditions)
     if deploy_env != "default" and not in_context:
         raise LutError("--deploy-env applies to blocks timed inside networks: drop --isolated.", exit_code=2)
     if queue and space is not None:  # the corners, which a space fill always measures in full
@@ -117,7 +119,9 @@ def profile(
         _queue(corner_specs(get_space(space), batch, dtype), conditions, protocol, job_size, db, as_json)
         return
     if space is not None:
-        _profile_space(space, conditions, budget_min, protocol, db, as_json, phone_options(serial, runner))
+        env = parse_deploy_env(deploy_env)
+        phone = phone_options(serial, runner)
+        _profile_space(space, conditions, budget_min, protocol, db, as_json, phone, in_context, env)
         return
     model_names = split_items(models, "--models") or ([] if arch else ["all"])
     specs = collect_specs(model_names, arch or [], batch=batch, dtype=dtype)
@@ -187,6 +191,8 @@ def _profile_space(
     db: str | None,
     as_json: bool,
     device_options: dict[str, str | None] | None,
+    in_context: bool,
+    deploy_env: DeployEnv,
 ) -> None:
     from latency.jobs.space_fill import profile_space
     from latency.vocab.space import get_space
@@ -195,16 +201,25 @@ def _profile_space(
     store = open_store(db)
     with RichProgress(f"profiling {name} on {conditions.device}") as bar:
         summary = profile_space(
-            search_space, store, conditions, budget_min, protocol, bar, device_options=device_options
+            search_space,
+            store,
+            conditions,
+            budget_min,
+            protocol,
+            bar,
+            device_options=device_options,
+            deploy_env=deploy_env,
+            in_context=in_context,
         )
     if as_json:
         print_json({**summary.to_dict(), "db": str(store.url)})
     else:
         p = summary.predictor
+        how = f"timed inside {summary.networks} networks of the space" if summary.in_context else "timed alone"
         console.print(
             f"{name} on {conditions.device} ({summary.backend}): {summary.grid} block shapes; "
-            f"{summary.measured_before} measured before, {summary.measured_now} measured now ({summary.rounds} "
-            f"adaptive rounds), {summary.predicted} predicted; {summary.seconds / 60:.1f} min."
+            f"{summary.measured_before} measured before, {summary.measured_now} measured now ({how}; "
+            f"{summary.rounds} adaptive rounds), {summary.predicted} predicted; {summary.seconds / 60:.1f} min."
         )
         if p:
             console.print(

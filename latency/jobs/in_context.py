@@ -56,11 +56,12 @@ def timed_inside(arch: Arch, rows: Mapping[str, MeasurementRecord], conditions: 
 def in_context_rows(
     store: LutStore,
     conditions: Conditions,
-    backend_version: str,
+    backend_version: str | None,
     deploy_env: DeployEnv,
     keys: Iterable[str] | None = None,
 ) -> dict[str, MeasurementRecord]:
-    """The rows (of `keys`; None: all) timed inside networks run in `deploy_env`, under these conditions."""
+    """The rows (of `keys`; None: all) timed inside networks run in `deploy_env`, under these conditions (and
+    `backend_version`; None: the newest row of each key)."""
     rows = store.measurement_map(conditions, keys, backend_version, source="measured")
     return {
         key: row

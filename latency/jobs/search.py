@@ -76,7 +76,13 @@ def space_estimator(
         say(f"the table does not cover {space.name} on {device} yet: filling it ({request.profile_budget_min:g} min)")
         with progress(f"profiling {space.name}") as bar:
             filled = profile_space(
-                space, store, estimator.conditions, request.profile_budget_min, request.protocol, bar
+                space,
+                store,
+                estimator.conditions,
+                request.profile_budget_min,
+                request.protocol,
+                bar,
+                deploy_env=request.deploy_env,
             )
         if filled.interrupted:
             raise KeyboardInterrupt from None

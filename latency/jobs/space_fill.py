@@ -4,6 +4,12 @@ The grid (every block position x input width x mid x output width x resolution) 
 measure. Measure its corners first (the extremes of every axis at every position), then, round
 after round, the shapes the block predictor is least sure of (as nn-Meter samples kernels), and
 let the predictor fill the rest: each such entry is stored as `predicted`, with its expected error.
+
+Where the runtime runs a network block by block on this host (torch), the shapes are timed in context:
+a few architectures of the space that together hold them (`Space.points_holding`) run as the deployment
+runs them, timed block by block (latency.jobs.in_context), so the table the search reads is made of
+blocks timed the way they run; the predictor learns from those rows only, and its rows say so. Elsewhere
+(ONNX Runtime, ExecuTorch, CUDA, phones: a network is one program) each shape is timed alone.
 """
 
 from __future__ import annotations
@@ -17,9 +23,11 @@ from typing import Any
 import numpy as np
 
 from latency.estimate.predictor import BlockPredictor, predict_blocks, training_set
+from latency.jobs.in_context import in_context_rows, profile_in_context, times_in_context
 from latency.jobs.profile import block_row, profile_blocks
-from latency.vocab.blocks import BlockSpec
+from latency.vocab.blocks import CONTEXT_NETWORK, BlockSpec
 from latency.vocab.conditions import Conditions
+from latency.vocab.deploy_env import DEFAULT, DeployEnv
 from latency.vocab.space import Space
 from lut_db import FitRecord, LutStore, MeasurementRecord
 from profilers.devices import resolve_device
@@ -41,6 +49,8 @@ class SpaceProfileSummary:
     seconds: float = 0.0
     predictor: dict[str, float] = field(default_factory=dict)
     interrupted: bool = False
+    in_context: bool = False  # shapes timed inside networks of the space (else alone)
+    networks: int = 0  # networks run to time them in context
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -58,8 +68,11 @@ def corner_specs(space: Space, batch: int = 1, dtype: str = "fp32") -> list[Bloc
     return list(unique.values())
 
 
-def _measured(store: LutStore, conditions: Conditions) -> dict[str, Any]:
-    return store.measurement_map(conditions, source="measured")
+def _measured(store: LutStore, conditions: Conditions, deploy_env: DeployEnv | None) -> dict[str, Any]:
+    """The measured rows a fill builds on: timed inside networks run in `deploy_env`, or (None) any."""
+    if deploy_env is None:
+        return store.measurement_map(conditions, source="measured")
+    return in_context_rows(store, conditions, None, deploy_env)
 
 
 def fit_predictor(specs: list[BlockSpec], latencies_us: list[float], seed: int = 0) -> BlockPredictor:
@@ -75,26 +88,43 @@ def profile_space(
     progress: ProgressSink | None = None,
     seed: int = 0,
     device_options: dict[str, Any] | None = None,
+    deploy_env: DeployEnv = DEFAULT,
+    in_context: bool | None = None,
 ) -> SpaceProfileSummary:
     """Measure the corners of `space` (always, in full: the predictor needs them), then the most
     uncertain shapes until `budget_min` minutes have passed since the start, then predict every
-    shape still unmeasured and store those rows as `predicted`. `device_options`: a phone's `serial`, `runner`."""
+    shape still unmeasured and store those rows as `predicted`. `in_context` (default: where the backend
+    allows it on this host) times the shapes inside networks of the space run as `deploy_env` runs them.
+    `device_options`: a phone's `serial`, `runner`."""
     started = time.monotonic()
     deadline = started + budget_min * 60
     backend = conditions.backend or resolve_device(conditions.device).default_backend
     conditions = conditions.with_backend(backend)
+    if in_context is None:
+        in_context = not device_options and times_in_context(conditions)
     batch, dtype = conditions.batch, conditions.dtype
     protocol = PROTOCOLS[protocol] if isinstance(protocol, str) else protocol
     grid = space.all_specs(batch, dtype)
     by_key = {s.key: s for s in grid}
-    summary = SpaceProfileSummary(space.name, conditions.device, backend, len(grid))
-    summary.measured_before = len(by_key.keys() & _measured(store, conditions).keys())
+    env = deploy_env if in_context else None
+    summary = SpaceProfileSummary(space.name, conditions.device, backend, len(grid), in_context=in_context)
+    summary.measured_before = len(by_key.keys() & _measured(store, conditions, env).keys())
+    reachable = set(space.realizations(batch, dtype)) if in_context else set(by_key)
 
     def measure(specs: list[BlockSpec], until: float | None) -> bool:
-        result = profile_blocks(
-            specs, store, conditions, protocol, progress=progress, deadline=until, device_options=device_options
-        )
-        summary.measured_now += result.measured
+        if in_context:
+            points = space.points_holding({s.key for s in specs}, batch, dtype, seed + summary.rounds)
+            networks = [space.arch(point) for point in points]
+            summary.networks += len(networks)
+            result = profile_in_context(
+                networks, store, conditions, protocol, deploy_env, progress=progress, deadline=until
+            )
+        else:
+            result = profile_blocks(
+                specs, store, conditions, protocol, progress=progress, deadline=until, device_options=device_options
+            )
+        # shapes of the grid measured since the start (a network in context re-times shapes measured before)
+        summary.measured_now = len(by_key.keys() & _measured(store, conditions, env).keys()) - summary.measured_before
         summary.interrupted = result.interrupted
         return not result.interrupted
 
@@ -103,8 +133,8 @@ def profile_space(
     if not measure(corner_specs(space, batch, dtype), None):
         return _finish(summary, started)
     while time.monotonic() < deadline:
-        rows = _measured(store, conditions)
-        todo = [s for k, s in by_key.items() if k not in rows]
+        rows = _measured(store, conditions, env)
+        todo = [s for k, s in by_key.items() if k not in rows and k in reachable]
         if not todo:
             break
         predictor = _fit_on_rows(rows, seed + summary.rounds)
@@ -118,7 +148,7 @@ def profile_space(
         summary.rounds += 1
         if not measure(chosen, deadline):
             return _finish(summary, started)
-    _predict_rest(space, store, summary, conditions, by_key, seed)
+    _predict_rest(space, store, summary, conditions, by_key, seed, env)
     return _finish(summary, started)
 
 
@@ -139,8 +169,11 @@ def _predict_rest(
     conditions: Conditions,
     by_key: dict[str, BlockSpec],
     seed: int,
+    deploy_env: DeployEnv | None,
 ) -> None:
-    rows = _measured(store, conditions)
+    """Predict the shapes not measured from those measured (in context: from blocks timed in context only,
+    and the predicted rows say they stand for such blocks)."""
+    rows = _measured(store, conditions, deploy_env)
     specs, latencies_us, canary_ref = training_set(rows)
     todo = [s for k, s in by_key.items() if k not in rows]
     predictions = predict_blocks(specs, latencies_us, todo, seed)
@@ -181,7 +214,11 @@ def _predict_rest(
                 trials=0,
                 canary_ratio=value / canary_ref if canary_ref else None,
                 canary_us=canary_ref,
-                protocol={"predicted_by": f"block_predictor:{space.name}", "trained_on": len(specs)},
+                protocol={
+                    "predicted_by": f"block_predictor:{space.name}",
+                    "trained_on": len(specs),
+                    **({"context": CONTEXT_NETWORK, "deploy_env": deploy_env.name} if deploy_env else {}),
+                },
                 environment={},
                 measured_at=datetime.now(timezone.utc),
                 stable=False,

@@ -223,6 +223,52 @@ class Space:
             mids[position.mid_dim] = (self.blocks[index].mids or ()).index(mid)
         return SpacePoint(resolution_index, tuple(widths), tuple(mids))
 
+    def realizations(self, batch: int = 1, dtype: str = "fp32") -> dict[str, list[dict[int, int]]]:
+        """Every block shape some architecture of the space holds, by key: for each position it can take, the
+        choices that put it there (dimension, as in `dimensions`, -> option index). Shapes of the grid that no
+        architecture holds (a block whose input and output widths are one group's, at two different widths)
+        have none."""
+        found: dict[str, list[dict[int, int]]] = {}
+        groups = len(self.groups)
+        for position in self.positions:
+            for (a, m, b, r), spec in np.ndenumerate(self.position_specs(position, batch, dtype)):
+                choices = {0: r}
+                if position.mid_dim is not None:
+                    choices[1 + groups + position.mid_dim] = m
+                if position.out_group is not None:
+                    choices[1 + self.groups.index(position.out_group)] = b
+                if position.in_group is not None:
+                    dimension = 1 + self.groups.index(position.in_group)
+                    if choices.setdefault(dimension, a) != a:
+                        continue
+                found.setdefault(spec.key, []).append(choices)
+        return found
+
+    def points_holding(self, keys: set[str], batch: int = 1, dtype: str = "fp32", seed: int = 0) -> list[SpacePoint]:
+        """A few points whose architectures together hold every shape of `keys` that the space's architectures
+        hold (blocks timed in context need networks that hold them): each shape joins the first point whose
+        choices so far allow it, else starts one; choices no shape fixed are drawn with `seed`."""
+        ways = self.realizations(batch, dtype)
+        partial: list[dict[int, int]] = []
+        for key in sorted(k for k in keys if k in ways):
+            fits = (
+                (point, choices)
+                for choices in ways[key]
+                for point in partial
+                if all(point.get(d, v) == v for d, v in choices.items())
+            )
+            match = next(fits, None)
+            if match is None:
+                partial.append(dict(ways[key][0]))
+            else:
+                match[0].update(match[1])
+        rng = np.random.default_rng(seed)
+        counts = [n for _, n in self.dimensions]
+        return [
+            self.point_from_row([point[d] if d in point else int(rng.integers(n)) for d, n in enumerate(counts)])
+            for point in partial
+        ]
+
     def all_specs(self, batch: int = 1, dtype: str = "fp32") -> list[BlockSpec]:
         """Every distinct block shape of the space (the full grid), in position order."""
         unique: dict[str, BlockSpec] = {}
