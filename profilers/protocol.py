@@ -48,8 +48,9 @@ class Protocol:
     unstable_spread: float = 0.05  # trials' medians apart, relative (raw or canary-corrected)
     remeasure_rounds: int = 1
     # The canary detects a group (or a network's run) taken while the machine moved: its trials' canaries
-    # apart by more than this (relative spread) retake the whole group, up to `retakes` times, keeping the
-    # steadiest take. Rows and runs are then used as measured, never rescaled by a canary ratio (DESIGN.md).
+    # apart, or away from the session's usual canary, by more than this (relative) retake the whole group, up
+    # to `retakes` times, keeping the steadiest take. Rows and runs are then used as measured, never rescaled
+    # by a canary ratio (DESIGN.md).
     canary_tolerance: float = 0.10
     retakes: int = 2
     # Return the worker's free heap to the kernel before each call of a block (malloc_trim), so that the
@@ -224,11 +225,14 @@ class Scheduler:
     """Runs the protocol over targets with a pool of workers (one per launch, trial t in worker
     t mod len(workers)); yields each target's result as soon as it is final.
 
-    `canary_workers` time the canary instead of `workers` (same index): workers of the block protocol's
-    that time nothing else, given by every path on this host (blocks and networks alike), so that a canary
-    says only how fast the machine ran, whatever the group beside it. A group whose trials' canaries
-    disagree is taken again (`Protocol.canary_tolerance`). `in_context`: whole networks are timed block by
-    block, and their results carry their blocks' (`Result.parts`).
+    `canary_worker` times the canary of every trial instead of `workers`: a worker of the block protocol's
+    that times nothing else, given by every path on this host (blocks and networks alike), so that a canary
+    says only how fast the machine ran, whatever the group beside it; one process, so that its trials differ
+    by the machine's movement, not by where each process's buffers landed (fresh processes' canaries were
+    up to 17% apart here). A group taken while the machine moved is taken again (`_take`,
+    `Protocol.canary_tolerance`); `canary_history` carries the canaries of the takes kept so far from one
+    scheduler to the next (a network per scheduler). `in_context`: whole networks are timed block by block, and their
+    results carry their blocks' (`Result.parts`).
     """
 
     def __init__(
@@ -236,13 +240,14 @@ class Scheduler:
         workers: Worker | Sequence[Worker],
         protocol: Protocol,
         progress: ProgressSink | None = None,
-        canary_workers: Sequence[Worker] | None = None,
+        canary_worker: Worker | None = None,
         in_context: bool = False,
+        canary_history: list[float] | None = None,
     ) -> None:
         self.workers = list(workers) if isinstance(workers, Sequence) else [workers]
-        self.canary_workers = list(canary_workers) if canary_workers else self.workers
-        if len(self.canary_workers) != len(self.workers):
-            raise ValueError("one canary worker per worker")
+        self.canary_worker = canary_worker
+        # the canaries of every take kept so far (schedulers of one session share it: the machine's usual speed)
+        self.canary_history = canary_history if canary_history is not None else []
         self.protocol = protocol
         self.in_context = in_context
         self.progress = progress or ProgressSink()
@@ -265,24 +270,41 @@ class Scheduler:
                     previous = results[again.target.key]
                     # Keep the steadier of the two; flag it unstable if neither is.
                     if again.ok and (not previous.ok or _noise(again) <= _noise(previous)):
-                        results[again.target.key] = replace(again, remeasured=True)
+                        takes = {"takes": previous.details["takes"]} if "takes" in previous.details else {}
+                        results[again.target.key] = replace(again, remeasured=True, details={**again.details, **takes})
                     else:
                         results[again.target.key] = replace(previous, remeasured=True)
             yield from (results[s.key] for s in group)
             self._forget(group)
 
     def _measure_steady(self, group: list[Target]) -> list[Result]:
-        """Measure the group; while its trials' canaries say the machine moved during it (apart by more than
-        the protocol's tolerance), take it again, up to `retakes` times, and keep the steadiest take."""
-        best = self._measure_group(group)
+        """Measure the group; while its canaries say the machine moved (`_moved` beyond the protocol's
+        tolerance), take it again, up to `retakes` times, and keep the steadiest take."""
+        best, best_moved = self._take(group)
         taken = 1
-        while _canary_spread(best) > self.protocol.canary_tolerance and taken <= self.protocol.retakes:
+        while best_moved > self.protocol.canary_tolerance and taken <= self.protocol.retakes:
             self.progress.add_total(len(group) * self.protocol.trials)
-            again = self._measure_group(group)
+            again, moved = self._take(group)
             taken += 1
-            if _canary_spread(again) < _canary_spread(best):
-                best = again
-        return [replace(r, details={**r.details, "takes": taken}) for r in best]
+            if moved < best_moved:
+                best, best_moved = again, moved
+        self.canary_history.extend(_canaries(best))  # the kept take's: a lasting change of speed moves the median
+        return [replace(r, details={**r.details, "takes": taken, "canary_moved": best_moved}) for r in best]
+
+    def _take(self, group: list[Target]) -> tuple[list[Result], float]:
+        """One take of the group and how far the machine moved during it: its trials' canaries apart
+        (relative spread), or their median away from the median of the canaries of the takes kept before
+        (once there are three), whichever is larger. A machine that swings between speeds for
+        seconds at a time (here: the canary of one process 900 -> 1330 us and back) can hold still through a
+        whole group in its slow state: the spread alone would not see that."""
+        results = self._measure_group(group)
+        canaries = _canaries(results)
+        if not canaries:
+            return results, 0.0
+        moved = relative_spread(canaries)
+        if len(self.canary_history) >= 3:
+            moved = max(moved, abs(float(np.median(canaries)) / float(np.median(self.canary_history)) - 1))
+        return results, moved
 
     def _forget(self, group: list[Target]) -> None:
         keys = [t.key for t in group]
@@ -309,10 +331,10 @@ class Scheduler:
             index = trial % len(self.workers)
             worker = self.workers[index]
             try:
-                timing = self.canary_workers[index].measure(canary.key, protocol.canary_plan())
+                timing = (self.canary_worker or worker).measure(canary.key, protocol.canary_plan())
                 canary_medians.append(float(np.median(timing.samples_us)))
             except (BlockFailed, WorkerCrashed) as exc:
-                self._recover(index, exc, canary=True)
+                self._recover(index, exc, canary=self.canary_worker is not None)
             # Rotate the order each trial so no block always follows the same neighbour.
             shift = trial * len(group) // protocol.trials
             for target in group[shift:] + group[:shift]:
@@ -342,14 +364,17 @@ class Scheduler:
             self._restart(index, canary)
 
     def _restart(self, index: int, canary: bool = False) -> None:
-        (self.canary_workers if canary else self.workers)[index].restart()
+        if canary:
+            assert self.canary_worker is not None
+            self.canary_worker.restart()
+            return
+        self.workers[index].restart()
         self._visited = {(i, k) for i, k in self._visited if i != index}
 
 
-def _canary_spread(results: list[Result]) -> float:
-    """How far apart a group's trial canaries are (relative spread; 0 without a full set of them)."""
-    canaries = next((r.canary_medians_us for r in results if r.canary_medians_us), ())
-    return relative_spread(canaries)
+def _canaries(results: list[Result]) -> tuple[float, ...]:
+    """A group's trial canaries (every result of a group has the same; none where a trial's failed)."""
+    return next((r.canary_medians_us for r in results if r.canary_medians_us), ())
 
 
 def _noise(result: Result) -> float:

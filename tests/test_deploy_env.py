@@ -40,17 +40,15 @@ def test_deployment_workers_run_without_the_protocol_tuning() -> None:
         assert tuned.workers[0].info["environment"]["malloc"] == MALLOC_ENV
         assert plain.workers[0].info["environment"]["malloc"] == {k: None for k in MALLOC_ENV}
         # A whole network timed in the plain process, the canary in the tuned one.
-        result = next(Scheduler(plain.workers, quick, canary_workers=tuned.workers).run([ArchTarget(arch)]))
+        result = next(Scheduler(plain.workers, quick, canary_worker=tuned.workers[0]).run([ArchTarget(arch)]))
     assert result.ok and result.stats.median_us > 0 and result.canary_us is not None
 
 
-def test_the_canary_runs_in_the_canary_workers() -> None:
+def test_the_canary_runs_in_its_own_worker_for_every_trial() -> None:
     protocol = PROTOCOLS["standard"]
     networks = [ScriptedWorker({}) for _ in range(protocol.launches)]
-    canaries = [ScriptedWorker({CANARY: [300.0]}) for _ in range(protocol.launches)]
-    result = next(Scheduler(networks, protocol, canary_workers=canaries).run([SPECS[0]]))
+    canary = ScriptedWorker({CANARY: [300.0]})
+    result = next(Scheduler(networks, protocol, canary_worker=canary).run([SPECS[0]]))
     assert all(CANARY not in [k for k, _ in w.calls] for w in networks)
-    assert all([k for k, _ in w.calls] == [CANARY] for w in canaries)
+    assert [k for k, _ in canary.calls] == [CANARY] * protocol.trials
     assert result.canary_us == 300.0
-    with pytest.raises(ValueError):
-        Scheduler(networks, protocol, canary_workers=canaries[:1])

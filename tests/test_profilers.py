@@ -155,6 +155,16 @@ def test_retakes_stop_at_the_protocols_limit_and_keep_the_steadiest_take() -> No
     assert next(iter(Scheduler(never, Protocol(retakes=0)).run([SPECS[1]]))).details["takes"] == 1
 
 
+def test_a_group_taken_all_in_a_slow_spell_is_taken_again() -> None:
+    # The first group sets the usual canary at 100 us; the second holds still at 140 us throughout (the
+    # machine in a slow spell): its trials agree, but it is off the usual speed, and taken again.
+    worker = ScriptedWorker({CANARY: [100.0] * 3 + [140.0] * 3 + [101.0] * 3})
+    first, second = Scheduler(worker, Protocol(group_size=1)).run(SPECS[:2])
+    assert first.details["takes"] == 1 and second.details["takes"] == 2
+    assert second.canary_medians_us == (101.0, 101.0, 101.0)
+    assert second.details["canary_moved"] == pytest.approx(0.01)
+
+
 def test_the_canary_warms_up_in_full_at_every_visit() -> None:
     worker = ScriptedWorker({})
     list(Scheduler(worker, Protocol(group_size=2)).run(SPECS))
@@ -168,6 +178,7 @@ def test_unstable_blocks_are_remeasured_then_flagged() -> None:
     results = {r.target.key: r for r in Scheduler(worker, Protocol()).run([SPECS[1], SPECS[2]])}
     assert worker.visits[noisy] == 6 and worker.visits[steady] == 3  # one re-measurement round
     assert not results[noisy].stable and results[noisy].remeasured
+    assert results[noisy].details["takes"] == results[steady].details["takes"] == 1  # kept through re-measurement
     assert results[steady].stable and not results[steady].remeasured
 
 

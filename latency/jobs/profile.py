@@ -162,7 +162,7 @@ def measure_targets(
 
     With `deploy_env` (whole networks taken as truth, on a device whose networks run in a host
     process), the networks run in fresh processes set up as that deployment runs them (each in its
-    own unless the protocol shares them). On this host the canary is timed in tuned workers of its own,
+    own unless the protocol shares them). On this host the canary is timed in a tuned worker of its own,
     for blocks and networks alike.
     `in_context`: the networks are timed block by block (`Result.parts`)."""
     sink = progress or ProgressSink()
@@ -191,11 +191,12 @@ def measure_targets(
                 scheduler = Scheduler(pool.workers, protocol, sink, in_context=in_context)
                 consume(scheduler.run(targets, deadline), pool.workers[0].info)
             return
-        # On this host the canary has workers of its own in every path (blocks, networks), timed the same way.
-        with device.workers(*pool_args, preloaded=preloaded) as canaries:
+        # On this host the canary has a worker of its own in every path (blocks, networks), timed the same way.
+        with device.workers(session.backend, session.conditions.threads, 1, preloaded=preloaded) as canaries:
+            canary, history = canaries.workers[0], []
             if deploy_env is None:
                 with device.workers(*pool_args, preloaded=preloaded) as pool:
-                    scheduler = Scheduler(pool.workers, protocol, sink, canaries.workers, in_context)
+                    scheduler = Scheduler(pool.workers, protocol, sink, canary, in_context)
                     consume(scheduler.run(targets, deadline), pool.workers[0].info)
                 return
             batches = [[t] for t in targets] if protocol.network_per_process else [list(targets)]
@@ -203,7 +204,7 @@ def measure_targets(
                 if deadline is not None and time.monotonic() >= deadline:
                     return
                 with device.workers(*pool_args, deploy_env, preloaded) as pool:
-                    scheduler = Scheduler(pool.workers, protocol, sink, canaries.workers, in_context)
+                    scheduler = Scheduler(pool.workers, protocol, sink, canary, in_context, history)
                     consume(scheduler.run(batch, deadline), pool.workers[0].info)
     except KeyboardInterrupt:
         summary.interrupted = True
