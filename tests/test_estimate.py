@@ -377,6 +377,19 @@ def test_blocks_missing_on_a_phone_are_predicted_from_its_measured_ones(store: L
         assert block.expected_error is not None and block.expected_error > 0
     assert est.latency_ms == pytest.approx(sum(fake_latency_us(s) for s in target.specs()) / 1e3, rel=0.05)
     assert store.measurements(Conditions("phone"), source="predicted") == []  # nothing stored
+    assert {estimator.entry(s).context for s in absent} == {CONTEXT_ALONE}  # learnt from blocks timed alone
+
+
+def test_blocks_predicted_from_blocks_timed_in_context_stand_for_such_blocks(store: LutStore) -> None:
+    from latency.jobs.profile import predict_missing
+
+    space = get_space()
+    fill(store, [s for a in space.sampled_archs(12, seed=9) for s in a.specs()], context=CONTEXT_NETWORK)
+    fill(store, blocks_of("dmasking_f1")[:3])  # a few timed alone beside them
+    estimator = Estimator("cpu", store=store)
+    absent = estimator.missing(get_arch("dmasking_f4"))
+    assert predict_missing(estimator, absent) == len(absent)
+    assert {estimator.entry(s).context for s in absent} == {CONTEXT_NETWORK}
 
 
 def test_too_few_measured_blocks_predict_nothing(store: LutStore) -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from latency.estimate.estimator import Estimator
+from latency.jobs.calibrate import ensure_blocks
 from latency.jobs.in_context import in_context_keys, profile_in_context
 from latency.jobs.space_fill import corner_specs, profile_space
 from latency.vocab.arch import Arch, covering
@@ -154,6 +155,10 @@ def test_a_space_fill_times_its_shapes_inside_networks_of_the_space(tmp_path: Pa
         estimator = Estimator(TORCH, store=store)
         assert {e.context for e in estimator.entry_map().values()} == {CONTEXT_NETWORK}
         assert estimator.space_tables(space)  # the search's tables are complete
+        # a calibration on networks of the space corrects that table: it measures none of their blocks alone
+        blocks = ensure_blocks(space.sampled_archs(4, seed=5), store, TORCH, "quick", None)
+        assert blocks.measured == 0 and blocks.already_present == blocks.requested > 0
+        assert {r.protocol.get("context") for r in store.measurements(TORCH)} == {CONTEXT_NETWORK}
         alone = profile_space(space, store, TORCH, budget_min=0.0, protocol="quick", in_context=False)
         assert not alone.in_context and alone.networks == 0
 

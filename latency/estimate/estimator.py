@@ -158,12 +158,17 @@ class Estimator:
         self.alone_keys = {k for k, e in self._entries.items() if e.context == CONTEXT_ALONE} if mixed else set()
 
     def add_predictions(
-        self, specs: Sequence[BlockSpec], latencies_us: Sequence[float], expected_errors: Sequence[float]
+        self,
+        specs: Sequence[BlockSpec],
+        latencies_us: Sequence[float],
+        expected_errors: Sequence[float],
+        context: str = CONTEXT_ALONE,
     ) -> None:
-        """Entries for blocks the table lacks, predicted (not stored), each with its expected error."""
+        """Entries for blocks the table lacks, predicted (not stored), each with its expected error; `context`:
+        the kind of rows the predictions were learnt from, which they stand for."""
         for spec, value, error in zip(specs, latencies_us, expected_errors, strict=True):
             self._entries[spec.key] = Entry(
-                float(value), "predicted", float(value) / (1 + error), float(value) * (1 + error), float(error)
+                float(value), "predicted", float(value) / (1 + error), float(value) * (1 + error), float(error), context
             )
 
     @property

@@ -71,10 +71,23 @@ def ensure_blocks(
     progress: ProgressSink | None,
     device_options: dict[str, Any] | None = None,
 ) -> ProfileSummary:
+    """Measure, alone, the blocks of `archs` that have no row of the device's own (measured or predicted).
+
+    A predicted row is part of the table a calibration corrects (a space fill's rows, what the search and
+    every estimate read): measuring it alone here would turn the calibration's networks into another kind
+    of table than the networks it is meant for (a space filled in context gets blocks timed alone)."""
     specs = {s.key: s for a in archs for s in a.specs(batch=conditions.batch, dtype=conditions.dtype)}
-    return profile_blocks(
-        list(specs.values()), store, conditions, protocol, progress=progress, device_options=device_options
+    held = {r.block_key for r in store.measurements(conditions, specs) if r.source in ("measured", "predicted")}
+    summary = profile_blocks(
+        [s for k, s in specs.items() if k not in held],
+        store,
+        conditions,
+        protocol,
+        progress=progress,
+        device_options=device_options,
     )
+    summary.requested, summary.already_present = len(specs), summary.already_present + len(held)
+    return summary
 
 
 def measure_runs(

@@ -17,7 +17,7 @@ from typing import Any
 
 from latency.estimate.estimator import Estimator
 from latency.vocab.arch import Arch
-from latency.vocab.blocks import BlockSpec
+from latency.vocab.blocks import CONTEXT_ALONE, BlockSpec
 from latency.vocab.conditions import Conditions
 from latency.vocab.deploy_env import DEFAULT, DeployEnv
 from latency.vocab.family import blocks_of, expand_models, resolve_arch
@@ -377,13 +377,17 @@ def fill_missing(
 
 
 def predict_missing(estimator: Estimator, missing: Sequence[BlockSpec], minimum: int = 20) -> int:
-    """Predict blocks from the device's measured ones (none when it has fewer than `minimum`)."""
+    """Predict blocks from the device's measured ones (none when it has fewer than `minimum`): from the rows of
+    the kind most of them are (timed alone, or inside networks), and the predictions stand for that kind."""
     from latency.estimate.predictor import predict_blocks, training_set
 
     rows = estimator.store.measurement_map(estimator.conditions, source="measured")
+    contexts = [r.protocol.get("context", CONTEXT_ALONE) for r in rows.values()]
+    context = max(set(contexts), key=contexts.count, default=CONTEXT_ALONE)
+    rows = {k: r for k, r in rows.items() if r.protocol.get("context", CONTEXT_ALONE) == context}
     if len(rows) < minimum:
         return 0
     specs, latencies_us, _ = training_set(rows)
     predictions = predict_blocks(specs, latencies_us, missing)
-    estimator.add_predictions(list(missing), predictions.latency_us, predictions.expected_error)
+    estimator.add_predictions(list(missing), predictions.latency_us, predictions.expected_error, context)
     return len(missing)
