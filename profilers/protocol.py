@@ -231,8 +231,8 @@ class Scheduler:
     by the machine's movement, not by where each process's buffers landed (fresh processes' canaries were
     up to 17% apart here). A group taken while the machine moved is taken again (`_take`,
     `Protocol.canary_tolerance`); `canary_history` carries the canaries of the takes kept so far from one
-    scheduler to the next (a network per scheduler). `in_context`: whole networks are timed block by block, and their
-    results carry their blocks' (`Result.parts`).
+    scheduler to the next (a network per scheduler). `in_context`: whole networks are timed block by block,
+    and their results carry their blocks' (`Result.parts`).
     """
 
     def __init__(
@@ -278,8 +278,8 @@ class Scheduler:
             self._forget(group)
 
     def _measure_steady(self, group: list[Target]) -> list[Result]:
-        """Measure the group; while its canaries say the machine moved (`_moved` beyond the protocol's
-        tolerance), take it again, up to `retakes` times, and keep the steadiest take."""
+        """Measure the group; while its canaries say the machine moved (`_take`) by more than the protocol's
+        tolerance, take it again, up to `retakes` times, and keep the steadiest take."""
         best, best_moved = self._take(group)
         taken = 1
         while best_moved > self.protocol.canary_tolerance and taken <= self.protocol.retakes:
