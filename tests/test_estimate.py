@@ -25,6 +25,7 @@ from latency.vocab.space import get_space
 from lut_db import E2ERecord, FitRecord, LutStore, MeasurementRecord
 
 CANARY_US = 200.0
+CPU_TORCH = Conditions("cpu", "torch")
 
 
 def fake_latency_us(spec) -> float:
@@ -165,14 +166,23 @@ def test_calibration_recovers_a_known_correction_and_the_estimator_applies_it(st
     assert calibrated.estimate_space(space, indices) == pytest.approx(many, rel=1e-9)
 
 
-def stored_run(arch, median_us: float, canary_us: float, tag: str, **fields) -> E2ERecord:
-    """An end-to-end run of `arch` on cpu/torch as the store keeps it (three trials, made-up spread)."""
+def stored_run(
+    arch,
+    median_us: float,
+    canary_us: float,
+    tag: str,
+    conditions: Conditions = CPU_TORCH,
+    backend_version: str = "2.13.0",
+    **fields,
+) -> E2ERecord:
+    """An end-to-end run of `arch` as the store keeps it (three trials, made-up spread; cpu/torch unless
+    `conditions` say otherwise)."""
     defaults = {"protocol": {}, "environment": {}, "measured_at": datetime(2026, 1, 1, tzinfo=timezone.utc)}
     return E2ERecord(
         arch_name=arch.name,
         arch_json=arch.to_json(),
-        **Conditions("cpu", "torch").columns(),
-        backend_version="2.13.0",
+        **conditions.columns(),
+        backend_version=backend_version,
         median_us=median_us,
         p10_us=median_us * 0.97,
         p90_us=median_us * 1.04,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timezone
 
 import numpy as np
 import pytest
@@ -16,10 +15,10 @@ from latency.estimate.transfer import fit_transfer
 from latency.jobs.transfer import TRANSFER_TAG, transfer_archs, transfer_from_runs
 from latency.vocab.conditions import Conditions
 from latency.vocab.space import get_space
-from lut_db import E2ERecord, LutStore
+from lut_db import LutStore
 from search_cost import LatencyCost
 from tests.cli import TINY_SPACE, lut
-from tests.test_estimate import fake_latency_us, fill
+from tests.test_estimate import fake_latency_us, fill, stored_run
 
 SPACE = get_space("fbnetv2_f4")
 TINY_SEARCH_SPACE = get_space(str(TINY_SPACE))
@@ -158,30 +157,8 @@ def put_runs(store: LutStore, archs, rng: np.random.Generator) -> None:
     store.get_or_create_device(TARGET.device, "android", {"model": "Board"}, {"model": "Board"})
     for arch in archs:
         time_us = target_ms(arch.specs(), rng, 0.01) * 1e3
-        store.put_e2e_run(
-            E2ERecord(
-                arch_name=arch.name,
-                arch_json=arch.to_json(),
-                **TARGET.columns(),
-                backend_version="1.5.1",
-                median_us=time_us,
-                p10_us=time_us * 0.98,
-                p90_us=time_us * 1.03,
-                iqr_us=time_us * 0.02,
-                mean_us=time_us,
-                std_us=time_us * 0.01,
-                min_us=time_us * 0.97,
-                n=30,
-                trials=3,
-                canary_ratio=None,
-                canary_us=TARGET_CANARY_US * rng.uniform(0.98, 1.02),
-                tag=TRANSFER_TAG,
-                protocol={},
-                environment={},
-                measured_at=datetime.now(timezone.utc),
-                stable=True,
-            )
-        )
+        canary_us = TARGET_CANARY_US * rng.uniform(0.98, 1.02)
+        store.put_e2e_run(stored_run(arch, time_us, canary_us, TRANSFER_TAG, TARGET, backend_version="1.5.1"))
 
 
 def test_a_transfer_writes_the_targets_table_and_estimates_say_so(tmp_path) -> None:
