@@ -242,3 +242,88 @@ def test_ctrl_c_lets_the_job_at_hand_finish(pg_store_url: str, tmp_path: Path) -
         assert set(job_states(pg_store_url).values()) == {"succeeded"}
         assert len(store.measurements(Conditions("cpu"))) == len(blocks_of(MODELS[0]))
         assert ledger.workers("cpu") == []  # it signed off
+
+
+def job_attempts(url: str) -> dict[int, int]:
+    with LutStore(url) as store, store.engine.connect() as conn:
+        return dict(conn.execute(text("SELECT id, attempts FROM procrastinate_jobs")).all())
+
+
+def test_a_worker_runs_only_the_deployment_environments_its_owner_allows(pg_store_url: str, tmp_path: Path) -> None:
+    site, marker = tmp_path / "site", tmp_path / "marker"
+    site.mkdir()  # a module any Python process on PYTHONPATH runs at start: code a queued job would carry
+    (site / "sitecustomize.py").write_text(f"open({str(marker)!r}, 'a').write('ran\\n')\n")
+    env_text = f"PYTHONPATH={site}"
+    calibration = ["calibrate", "--device", "cpu", "--models", "none", "--random", "1", "--space", str(TINY_SPACE)]
+    calibration += ["--protocol", "quick", "--queue", "--deploy-env", env_text, "--db", pg_store_url, "--json"]
+    queued = json.loads(lut(*calibration, check=True).stdout)
+    assert queued["queued_networks"] == 1 and queued["blocks"]["queued_blocks"] > 0
+    (network_job,) = queued["jobs"]
+    model = tmp_path / "m.json"  # a job queued after it: the worker goes on with it
+    model.write_text(json.dumps(MODELS[0]))
+    after = ["profile", "--arch", str(model), "--queue", "--protocol", "quick", "--db", pg_store_url, "--json"]
+    later = json.loads(lut(*after, check=True).stdout)
+    assert later["jobs"] and min(later["jobs"]) > network_job
+    block_jobs = len(queued["blocks"]["jobs"]) + len(later["jobs"])
+
+    summary = json.loads(finish(worker(pg_store_url, "--device", "cpu", "--drain", "--json"))[0])
+    assert summary["jobs_failed"] == 1 and summary["jobs_done"] == block_jobs
+    assert not marker.exists()  # the module never ran
+    assert job_states(pg_store_url)[network_job] == "failed" and job_attempts(pg_store_url)[network_job] == 1
+    sentence = (
+        f"this worker does not allow the deployment environment '{env_text}'; start it with "
+        f"--allow-deploy-env '{env_text}' to measure it"
+    )
+    (cpu,) = json.loads(lut("jobs", "--device", "cpu", "--db", pg_store_url, "--json", check=True).stdout)
+    assert cpu["failures"] == [{"job": network_job, "block": "(the job)", "unit": summary["unit"], "message": sentence}]
+    assert sentence in lut("jobs", "--db", pg_store_url, check=True).stdout
+    with LutStore(pg_store_url) as store:
+        assert store.e2e_runs(Conditions("cpu", "torch"), tag="calibration", deploy_env=env_text) == []
+        assert store.measured_keys(Conditions("cpu", "torch")) >= {s.key for s in blocks_of(MODELS[0])}
+
+    lut("jobs", "retry", "--device", "cpu", "--db", pg_store_url, check=True)
+    allowed = worker(pg_store_url, "--device", "cpu", "--drain", "--json", env={"LUT_ALLOW_DEPLOY_ENV": env_text})
+    summary = json.loads(finish(allowed)[0])
+    assert summary["jobs_done"] == 1 and summary["jobs_failed"] == 0 and summary["measured"] == 1
+    assert marker.exists()  # its owner allowed it: the network ran in that environment
+    with LutStore(pg_store_url) as store:
+        (run,) = store.e2e_runs(Conditions("cpu", "torch"), tag="calibration", deploy_env=env_text)
+        assert run.deploy_env == env_text
+
+
+def test_malformed_jobs_written_straight_into_the_queue_fail_once_with_their_reason(pg_store_url: str) -> None:
+    import procrastinate
+    from sqlalchemy.engine import make_url
+
+    from latency.jobs.farm import TASK_NAME
+
+    lut("jobs", "--db", pg_store_url, check=True)  # the queue's tables
+    conditions = {"device": "cpu", "backend": "torch", "threads": 1, "batch": 1, "dtype": "fp32", "protocol": "quick"}
+    key = blocks_of(MODELS[0])[1].key
+    runs = {**conditions, "tag": "calibration", "deploy_env": "default"}
+    malformed = [
+        ({**conditions, "keys": [key], "runner": "/bin/sh"}, "the job holds 'runner', which no job lut queues holds"),
+        ({**conditions, "keys": ["ir_k3_rm_-rf"]}, "'ir_k3_rm_-rf' is not a block key"),
+        ({**conditions, "keys": 7}, "'keys' must be a non-empty list, got 7"),
+        ({**runs, "archs": ["x" * 10_000_000]}, "an item of 'archs' is 10000000 characters long"),
+        ({**conditions, "device": "pixel", "keys": [key]}, "the job is for device 'pixel'"),
+    ]
+    conninfo = make_url(pg_store_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    app = procrastinate.App(connector=procrastinate.SyncPsycopgConnector(conninfo=conninfo))
+    with app.open():
+        task = app.configure_task(TASK_NAME, queue="lut:cpu")
+        ids = [task.defer(**args) for args, _ in malformed]
+        good = task.defer(**conditions, keys=[key])  # after them: the worker goes on
+    assert "queued" in lut("jobs", "--db", pg_store_url, check=True).stdout  # malformed jobs trip nothing
+
+    summary = json.loads(finish(worker(pg_store_url, "--device", "cpu", "--drain", "--json"))[0])
+    assert summary["jobs_failed"] == len(malformed) and summary["jobs_done"] == 1 and summary["measured"] == 1
+    states, attempts = job_states(pg_store_url), job_attempts(pg_store_url)
+    assert [states[i] for i in ids] == ["failed"] * len(malformed) and states[good] == "succeeded"
+    assert [attempts[i] for i in ids] == [1] * len(malformed)  # once each, never retried
+    (cpu,) = json.loads(lut("jobs", "--device", "cpu", "--db", pg_store_url, "--json", check=True).stdout)
+    message = {f["job"]: f["message"] for f in cpu["failures"]}
+    for job_id, (_, reason) in zip(ids, malformed, strict=True):
+        assert reason in message[job_id] and len(message[job_id]) < 400
+    with LutStore(pg_store_url) as store:
+        assert store.measured_keys(Conditions("cpu", "torch")) == {key}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import math
 import os
@@ -275,7 +276,9 @@ def test_onnxruntime_worker_measures_real_blocks() -> None:
 
 
 @pytest.mark.skipif(importlib.util.find_spec("executorch") is None, reason="executorch not installed")
-def test_an_executorch_program_is_exported_once_and_a_damaged_copy_again(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_executorch_program_is_exported_once_and_a_damaged_or_swapped_copy_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from profilers.backends import executorch_cpu
 
     target = SMALL[0]
@@ -290,11 +293,19 @@ def test_an_executorch_program_is_exported_once_and_a_damaged_copy_again(monkeyp
 
     monkeypatch.setattr(executorch_cpu, "export_program", refuse)
     assert executorch_cpu.program_bytes(target) == program  # every later process reads it
+    assert path.with_name(f"{path.name}.sha256").read_text() == hashlib.sha256(program).hexdigest()
     backend = executorch_cpu.ExecuTorchCPU(1)
     backend.setup()
     path.write_bytes(b"not a program")
     monkeypatch.setattr(executorch_cpu, "export_program", exported)
     backend.prepare(target)()  # the damaged copy is replaced, and the block runs
+    assert path.read_bytes() == program
+    other = executorch_cpu.program_bytes(SMALL[1])  # a valid program, of another block
+    assert other != program
+    path.write_bytes(other)  # swapped in: it would load and run, and time the wrong block
+    exports: list[object] = []
+    monkeypatch.setattr(executorch_cpu, "export_program", lambda t: exports.append(t) or exported(t))
+    assert executorch_cpu.program_bytes(target) == program and exports == [target]  # exported again
     assert path.read_bytes() == program
 
 

@@ -44,17 +44,31 @@ def worker(
             help="Seconds between heartbeats; a worker silent for three is gone and its job is queued again.",
         ),
     ] = 10.0,
+    allow_deploy_env: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-deploy-env",
+            envvar="LUT_ALLOW_DEPLOY_ENV",
+            help="A deployment environment (a preset's name or VAR=VALUE,...) whose whole-network jobs this "
+            "worker runs, beside the presets default and tuned-malloc; repeatable (in the variable: separated "
+            "by spaces). A job asking for any other fails at once: its variables (LD_PRELOAD, PYTHONPATH) "
+            "would run in this host's processes.",
+        ),
+    ] = None,
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Take the device's profiling jobs from the shared table's queue and measure them, one at a time on
-    this unit, until stopped (Ctrl-C finishes the job at hand)."""
+    this unit, until stopped (Ctrl-C finishes the job at hand). A job is data: the runner, the serial and
+    the deployment environments allowed come from this command line, never from the queue."""
     from latency.jobs.farm import run_worker
+    from latency.vocab.deploy_env import DeployEnv
 
     def say(message: str) -> None:
         err_console.print(message, highlight=False, soft_wrap=True)
 
-    summary = run_worker(open_store(db), device, phone_options(serial, runner), say, drain, heartbeat_s)
+    allowed = [DeployEnv.parse(text) for text in allow_deploy_env or ()]
+    summary = run_worker(open_store(db), device, phone_options(serial, runner), say, drain, heartbeat_s, allowed)
     if as_json:
         print_json(summary.to_dict())
     else:

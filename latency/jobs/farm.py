@@ -28,11 +28,12 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 
+from latency.jobs.job_args import BlocksJob, InvalidJob, RunsJob, parse_job
 from latency.jobs.profile import profile_archs, profile_blocks
 from latency.vocab.arch import Arch
 from latency.vocab.blocks import BlockSpec
 from latency.vocab.conditions import Conditions
-from latency.vocab.deploy_env import DEFAULT, DeployEnv
+from latency.vocab.deploy_env import DEFAULT, PRESETS, DeployEnv
 from latency.vocab.errors import LutError
 from lut_db import LutStore, arch_hash
 from lut_db.farm import FarmLedger
@@ -95,13 +96,19 @@ def _job_args(conditions: Conditions, protocol: str, keys: Sequence[str]) -> dic
     return {**conditions.columns(), "protocol": protocol, "keys": list(keys)}
 
 
+def _listed(args: dict[str, Any], kind: str) -> list[Any]:
+    """The blocks (`keys`) or whole networks (`archs`) a job holds; none where the job is malformed (anyone
+    who writes the table can write the queue: a worker refuses such a job, and nothing else trips on it)."""
+    values = args.get(kind) if isinstance(args, dict) else None
+    return values if isinstance(values, list) else []
+
+
 def _size(args: dict[str, Any], kind: str) -> int:
-    """The blocks (`keys`) or whole networks (`archs`) a job holds."""
-    return len(args.get(kind) or ())
+    return len(_listed(args, kind))
 
 
 def _same_conditions(args: dict[str, Any], conditions: Conditions) -> bool:
-    return all(args.get(name) == value for name, value in conditions.columns().items())
+    return isinstance(args, dict) and all(args.get(name) == value for name, value in conditions.columns().items())
 
 
 # ---- queueing ----------------------------------------------------------------------------------------
@@ -148,7 +155,7 @@ def enqueue_blocks(
     conditions = replace(conditions, backend=backend)
     summary = QueueSummary(conditions.device, backend, conditions.threads, requested=len(specs))
     present = store.measured_keys(conditions)
-    queued = {key for args in _active_args(store, conditions) for key in args.get("keys", ())}
+    queued = {key for args in _active_args(store, conditions) for key in _listed(args, "keys") if isinstance(key, str)}
     unique = list({s.key: s for s in specs}.values())
     todo = [s.key for s in unique if s.key not in present and s.key not in queued]
     summary.already_present = sum(s.key in present for s in unique)
@@ -223,7 +230,8 @@ def enqueue_runs(
         arch_hash(text_)
         for args in _active_args(store, conditions)
         if args.get("tag") == tag
-        for text_ in args.get("archs", ())
+        for text_ in _listed(args, "archs")
+        if isinstance(text_, str)
     }
     unique = list({arch_hash(a.to_json()): a for a in archs}.items())
     todo = [a for h, a in unique if h not in present and h not in queued]
@@ -255,6 +263,23 @@ class BlocksFailed(Exception):
     """Blocks (or the network) of a job failed on a unit: the job is retried, then fails."""
 
 
+class JobRefused(Exception):
+    """A job this worker does not run (malformed, another device's, an environment its owner did not allow):
+    it fails at once, never retried, whichever unit took it."""
+
+
+# A worker runs whole networks only in the environments its owner allows: a queued environment could
+# otherwise load any library (LD_PRELOAD) or module (PYTHONPATH) into the worker host's processes.
+ALLOWED_BY_DEFAULT = frozenset(DeployEnv(variables) for variables in PRESETS.values())
+
+
+def refusal(env: DeployEnv) -> str:
+    return (
+        f"this worker does not allow the deployment environment '{env.name}'; start it with "
+        f"--allow-deploy-env '{env.name}' to measure it"
+    )
+
+
 @dataclass
 class WorkerSummary:
     device: str
@@ -272,6 +297,7 @@ class WorkerSummary:
 class _WorkerState:
     summary: WorkerSummary
     heartbeat_s: float
+    allowed_envs: frozenset[DeployEnv] = ALLOWED_BY_DEFAULT
     job_id: int | None = None
     unit_error: str | None = None  # the unit itself failed (a phone unplugged): the worker stops
 
@@ -283,9 +309,11 @@ def run_worker(
     say: Callable[[str], None] = print,
     drain: bool = False,
     heartbeat_s: float = HEARTBEAT_S,
+    allow_envs: Sequence[DeployEnv] = (),
 ) -> WorkerSummary:
     """Take `device`'s jobs one at a time until stopped (Ctrl-C ends after the job at hand; with `drain`,
-    also when the device's queue is empty), measuring each on one unit of the device."""
+    also when the device's queue is empty), measuring each on one unit of the device. Whole networks run
+    only in the presets' environments and `allow_envs`; a job asking for another fails at once."""
     import psycopg
 
     _require_postgres(store)
@@ -295,14 +323,15 @@ def run_worker(
     unit = target.unit()  # a phone: reaches it over adb now, and fails in one sentence when it is absent
     options = {**(device_options or {}), "serial": unit} if target.kind == "android" else device_options
     started = time.monotonic()
-    state = _WorkerState(WorkerSummary(device, unit), heartbeat_s)
+    state = _WorkerState(WorkerSummary(device, unit), heartbeat_s, ALLOWED_BY_DEFAULT | set(allow_envs))
     with psycopg.connect(_conninfo(store.url), autocommit=True) as lock:
         key = (_UNIT_LOCK, unit)
         if not lock.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", key).fetchone()[0]:
             say(f"waiting: another worker is measuring on {unit}")
             lock.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", key)
         ledger.start(unit, device, socket.gethostname(), os.getpid(), heartbeat_s)
-        say(f"worker on {device} ({unit}): taking jobs from queue {queue_of(device)}")
+        allowed = ", ".join(sorted(env.name for env in state.allowed_envs))
+        say(f"worker on {device} ({unit}): taking jobs from queue {queue_of(device)}; environments allowed: {allowed}")
         try:
             asyncio.run(_serve(store, ledger, device, unit, options, state, say, drain, heartbeat_s))
         finally:
@@ -311,6 +340,19 @@ def run_worker(
     if state.unit_error:
         raise LutError(f"The worker on {unit} stopped: {state.unit_error}; its job is tried again by another unit.")
     return state.summary
+
+
+def admitted(args: dict[str, Any], device: str, allowed_envs: frozenset[DeployEnv]) -> BlocksJob | RunsJob:
+    """The job `args` describe if this worker runs it, else JobRefused with the one sentence why."""
+    try:
+        job = parse_job(args)
+    except InvalidJob as exc:
+        raise JobRefused(f"the job's arguments are not a job lut queues: {exc}") from None
+    if job.conditions.device != device:
+        raise JobRefused(f"the job is for device '{job.conditions.device}', and this worker measures '{device}'")
+    if isinstance(job, RunsJob) and job.deploy_env not in allowed_envs:
+        raise JobRefused(refusal(job.deploy_env))
+    return job
 
 
 def _measure_job(
@@ -323,19 +365,23 @@ def _measure_job(
     job_id: int,
     args: dict[str, Any],
 ) -> None:
-    conditions = Conditions(args["device"], args["backend"], args["threads"], args["batch"], args["dtype"])
+    job = admitted(args, state.summary.device, state.allowed_envs)
+    conditions = job.conditions
     state.job_id = job_id
     ledger.beat(unit, conditions.device, socket.gethostname(), os.getpid(), job_id, state.heartbeat_s)
     try:
-        if "archs" in args:  # whole networks, as `lut calibrate` runs them
-            archs = [Arch.from_json_text(text_, "a queued job") for text_ in args["archs"]]
-            env = DeployEnv.parse(args["deploy_env"])
+        if isinstance(job, RunsJob):  # whole networks, as `lut calibrate` runs them
             summary = profile_archs(
-                archs, store, conditions, args["tag"], args["protocol"], device_options=device_options, deploy_env=env
+                list(job.archs),
+                store,
+                conditions,
+                job.tag,
+                job.protocol,
+                device_options=device_options,
+                deploy_env=job.deploy_env,
             )
         else:
-            specs = [BlockSpec.from_key(key) for key in args["keys"]]
-            summary = profile_blocks(specs, store, conditions, args["protocol"], device_options=device_options)
+            summary = profile_blocks(list(job.specs), store, conditions, job.protocol, device_options=device_options)
     finally:
         state.job_id = None
     state.summary.measured += summary.measured
@@ -365,8 +411,15 @@ async def _serve(
 
     app = _app(store.url, asynchronous=True)
 
-    # A failed job waits two heartbeats before its next try, so that another idle unit takes it first.
-    retry = procrastinate.RetryStrategy(max_attempts=MAX_ATTEMPTS - 1, wait=math.ceil(2 * heartbeat_s))
+    # A failed job waits two heartbeats before its next try, so that another idle unit takes it first; a
+    # refused one is not tried again (no unit would run it).
+    class Retry(procrastinate.RetryStrategy):
+        def get_retry_decision(self, *, exception: BaseException, job: Any) -> Any:
+            if isinstance(exception, JobRefused):
+                return None
+            return super().get_retry_decision(exception=exception, job=job)
+
+    retry = Retry(max_attempts=MAX_ATTEMPTS - 1, wait=math.ceil(2 * heartbeat_s))
 
     @app.task(name=TASK_NAME, retry=retry, pass_context=True)
     def measure_blocks(context: Any, **args: Any) -> None:
@@ -374,6 +427,11 @@ async def _serve(
         try:
             _measure_job(store, ledger, unit, device_options, state, say, job_id, args)
         except BlocksFailed:
+            state.summary.jobs_failed += 1
+            raise
+        except JobRefused as exc:
+            ledger.record_failure(job_id, device, unit, "(the job)", str(exc))
+            say(f"job {job_id} refused: {exc}")
             state.summary.jobs_failed += 1
             raise
         except ProfilerError as exc:  # the unit, not the job: stop taking jobs; this one is tried elsewhere

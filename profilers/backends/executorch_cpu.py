@@ -22,18 +22,24 @@ from profilers.targets import Target
 def program_bytes(target: Target) -> bytes:
     """The target's `.pte` program, exported once per torch and ExecuTorch version and kept in the user's
     cache (`programs/`): exporting a whole network takes 20-30 s here, and every process of a run, every
-    trial and every session needs the same program. A cache that cannot be written is skipped."""
+    trial and every session needs the same program. Each program's SHA-256 lies beside it (`.sha256`): a
+    program whose bytes do not match (damaged, or swapped for another) is exported again, never timed as
+    the block. A cache that cannot be written is skipped."""
     path = program_path(target)
+    digest_path = path.with_name(f"{path.name}.sha256")
     try:
-        return path.read_bytes()
+        program = path.read_bytes()
+        if digest_path.read_text().strip() == hashlib.sha256(program).hexdigest():
+            return program
     except OSError:
         pass
     program = export_program(target)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_bytes(program)
-        os.replace(partial, path)  # whole or absent: processes exporting at once each write their own
+        for final, content in ((path, program), (digest_path, hashlib.sha256(program).hexdigest().encode())):
+            partial = final.with_name(f"{final.name}.{os.getpid()}.tmp")
+            partial.write_bytes(content)
+            os.replace(partial, final)  # whole or absent: processes exporting at once each write their own
     except OSError:
         pass
     return program
