@@ -12,6 +12,7 @@ from numbers import Integral, Real
 from typing import Any
 
 from latency.vocab.blocks import DTYPES, BlockSpec, BlockSpecError
+from latency.vocab.conditions import MAX_DEVICE_CHARS, is_device_name
 from lut_db.errors import StoreError
 from lut_db.models import SOURCES
 
@@ -64,7 +65,15 @@ def check_timing(values: Mapping[str, Any], *, predicted: bool = False) -> None:
 
 
 def check_conditions(values: Mapping[str, Any]) -> None:
-    """threads and batch >= 1, a known dtype."""
+    """A device's name, threads and batch >= 1, a known dtype."""
+    if not is_device_name(values["device"]):
+        shown = repr(values["device"])
+        shown = shown if len(shown) <= 60 else f"{shown[:57]}..."
+        raise RowError(
+            "device",
+            f"device must be a device's name (letters, digits and _.:-, at most {MAX_DEVICE_CHARS} characters, "
+            f"as --device takes it), not {shown}.",
+        )
     _whole(values, "threads", 1)
     _whole(values, "batch", 1)
     if values["dtype"] not in DTYPES:

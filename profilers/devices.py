@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from latency.vocab.conditions import is_device_name
 from latency.vocab.deploy_env import DeployEnv
 from profilers.errors import ProfilerError
 from profilers.host import host_environment, host_fingerprint, host_identity
@@ -221,6 +222,12 @@ def _cuda_device(name: str, index: int) -> CudaDevice:
     return CudaDevice(name=name, kind="cuda", backends=("torch", "torch-eager"), default_backend="torch", index=index)
 
 
+def check_device_name(name: str) -> None:
+    """A name `--device` takes, else one sentence (a device that is not attached here may still be named)."""
+    if not is_device_name(name):
+        raise ProfilerError(f"'{name}' is not a device name: use cpu, cuda[:N], or a phone's name.", exit_code=2)
+
+
 def resolve_device(name: str, serial: str | None = None, runner: str | None = None) -> Device:
     """The device called `name`: `cpu` is this host, `cuda[:N]` one of its GPUs, and any other name
     an Android phone over adb (`pixel` picks the connected Pixel; `serial` picks one explicitly)."""
@@ -230,8 +237,7 @@ def resolve_device(name: str, serial: str | None = None, runner: str | None = No
         return _cuda_device(name, int(match.group(1) or 0))
     if name.startswith("cuda"):
         raise ProfilerError(f"'{name}' is not a GPU name: use cuda or cuda:N (N a number).", exit_code=2)
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]*", name):
-        raise ProfilerError(f"'{name}' is not a device name: use cpu, cuda[:N], or a phone's name.", exit_code=2)
+    check_device_name(name)
     return AndroidDevice(
         name=name,
         kind="android",

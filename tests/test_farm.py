@@ -327,3 +327,14 @@ def test_malformed_jobs_written_straight_into_the_queue_fail_once_with_their_rea
         assert reason in message[job_id] and len(message[job_id]) < 400
     with LutStore(pg_store_url) as store:
         assert store.measured_keys(Conditions("cpu", "torch")) == {key}
+
+
+def test_retry_and_cancel_on_an_empty_queue_or_a_device_without_jobs(pg_store_url: str) -> None:
+    for command, word in (("retry", "queued again"), ("cancel", "cancelled")):
+        for device in ("cpu", "galaxy-s99"):  # an empty queue; a device no job was ever queued for
+            ran = lut("jobs", command, "--device", device, "--db", pg_store_url, check=True)
+            assert f"0 {'failed' if command == 'retry' else 'queued'} job(s) of {device} {word}" in ran.stdout
+        bad = lut("jobs", command, "--device", "tpu/0", "--db", pg_store_url)
+        assert bad.returncode == 2 and "'tpu/0' is not a device name" in bad.stderr and "Traceback" not in bad.stderr
+    shown = json.loads(lut("jobs", "--device", "galaxy-s99", "--db", pg_store_url, "--json", check=True).stdout)
+    assert [(d["device"], sum(d["jobs"].values()), d["workers"]) for d in shown] == [("galaxy-s99", 0, [])]

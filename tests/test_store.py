@@ -461,6 +461,12 @@ def _csv_lines(store: LutStore, path: Path) -> list[str]:
         ("block_key", "x_y", "line 3, column 'block_key': block_key 'x_y' does not parse"),
         ("kernel", "7", "line 3, column 'kernel': kernel is 7 but block_key"),
         ("block_dtype", "bf16", "line 3, column 'block_dtype': block_dtype is 'bf16' but block_key"),
+        # device names a later `--device` could never ask for (PostgreSQL refuses a NUL in a text outright)
+        ("device", "p" * 100_000, "line 3, column 'device': device must be a device's name"),
+        ("device", "Pixel 8 Pro 日本語", "line 3, column 'device': device must be a device's name"),
+        ("device", "", "line 3, column 'device': device must be a device's name (letters, digits and _.:-, at most"),
+        ("device", "pi\x00xel", "not 'pi\\x00xel'"),
+        ("device", "../../etc", "line 3, column 'device': device must be a device's name"),
     ],
 )
 def test_malformed_csv_names_file_line_and_column(

@@ -37,7 +37,7 @@ from latency.vocab.deploy_env import DEFAULT, PRESETS, DeployEnv
 from latency.vocab.errors import LutError
 from lut_db import LutStore, arch_hash
 from lut_db.farm import FarmLedger
-from profilers.devices import resolve_device
+from profilers.devices import check_device_name, resolve_device
 from profilers.errors import ProfilerError
 from profilers.protocol import PROTOCOLS
 
@@ -542,6 +542,8 @@ _NAMES = {"todo": "queued", "doing": "running", "succeeded": "done"}
 
 def farm_status(store: LutStore, device: str | None = None, window_min: float = 10.0) -> list[DeviceJobs]:
     """Jobs and blocks per state, live workers, throughput and ETA, per device (one or all)."""
+    if device is not None:
+        check_device_name(device)
     _require_postgres(store)
     _ensure_queue(store)
     ledger = FarmLedger(store.engine)
@@ -605,6 +607,7 @@ def farm_status(store: LutStore, device: str | None = None, window_min: float = 
 
 def retry_failed(store: LutStore, device: str) -> int:
     """Put `device`'s failed jobs back in the queue with fresh attempts; how many."""
+    check_device_name(device)
     _require_postgres(store)
     _ensure_queue(store)
     stmt = text(  # the newest failed job of each group, unless the group is queued or running again
@@ -620,6 +623,7 @@ def retry_failed(store: LutStore, device: str) -> int:
 
 def cancel_queued(store: LutStore, device: str) -> int:
     """Cancel `device`'s queued jobs (running ones finish); how many."""
+    check_device_name(device)
     _require_postgres(store)
     _ensure_queue(store)
     stmt = text("SELECT id FROM procrastinate_jobs WHERE queue_name = :q AND task_name = :t AND status = 'todo'")

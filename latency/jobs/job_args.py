@@ -9,14 +9,13 @@ worker's own command line.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from latency.vocab.arch import Arch
 from latency.vocab.blocks import DTYPES, MAX_SIZE, BlockSpec
-from latency.vocab.conditions import Conditions
+from latency.vocab.conditions import Conditions, is_device_name
 from latency.vocab.deploy_env import DeployEnv
 from latency.vocab.errors import LutError
 from profilers.backends import BACKENDS
@@ -32,7 +31,6 @@ MAX_NAME_CHARS = 128  # device, tag
 MAX_DEPLOY_ENV_CHARS = 4096
 MAX_ARCH_CHARS = 256 * 1024  # the largest FBNetV2 architecture is under 8 KB of JSON
 MAX_THREADS = 1024
-_DEVICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
 
 
 class InvalidJob(LutError):
@@ -96,7 +94,7 @@ def _shown(value: Any) -> str:
 
 def _conditions(args: Mapping[str, Any]) -> Conditions:
     device = _text(args, "device", MAX_NAME_CHARS)
-    if not _DEVICE.fullmatch(device):
+    if not is_device_name(device):
         raise InvalidJob(f"'device' must be a device name, got {_shown(device)}.")
     backend = _text(args, "backend", MAX_NAME_CHARS)
     if backend not in BACKENDS:

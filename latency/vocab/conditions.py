@@ -6,8 +6,18 @@ every job that measures, estimates or fits works under one; this is the value th
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from typing import Any
+
+# A device's name as `--device` takes it (cpu, cuda:0, pixel, galaxy-s24): what a table row, a job and
+# a command may name; a name outside it could never be asked for again.
+DEVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
+MAX_DEVICE_CHARS = 128
+
+
+def is_device_name(name: object) -> bool:
+    return isinstance(name, str) and len(name) <= MAX_DEVICE_CHARS and DEVICE_NAME.fullmatch(name) is not None
 
 
 @dataclass(frozen=True)
