@@ -12,7 +12,7 @@ from numbers import Integral, Real
 from typing import Any
 
 from latency.vocab.blocks import DTYPES, BlockSpec, BlockSpecError
-from latency.vocab.conditions import MAX_DEVICE_CHARS, is_device_name
+from latency.vocab.conditions import MAX_DEVICE_CHARS, MAX_LABEL_CHARS, is_device_name, is_label
 from lut_db.errors import StoreError
 from lut_db.models import SOURCES
 
@@ -64,16 +64,31 @@ def check_timing(values: Mapping[str, Any], *, predicted: bool = False) -> None:
         _whole(values, name, 0 if predicted else 1)
 
 
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def check_label(values: Mapping[str, Any], name: str) -> None:
+    if not is_label(values[name]):
+        raise RowError(
+            name,
+            f"{name} must be letters, digits and _.:+- (at most {MAX_LABEL_CHARS} characters), "
+            f"not {_shown(values[name])}.",
+        )
+
+
 def check_conditions(values: Mapping[str, Any]) -> None:
-    """A device's name, threads and batch >= 1, a known dtype."""
+    """A device's name, a backend and its version as labels, threads and batch >= 1, a known dtype."""
     if not is_device_name(values["device"]):
-        shown = repr(values["device"])
-        shown = shown if len(shown) <= 60 else f"{shown[:57]}..."
         raise RowError(
             "device",
             f"device must be a device's name (letters, digits and _.:-, at most {MAX_DEVICE_CHARS} characters, "
-            f"as --device takes it), not {shown}.",
+            f"as --device takes it), not {_shown(values['device'])}.",
         )
+    for name in ("backend", "backend_version"):
+        if name in values:
+            check_label(values, name)
     _whole(values, "threads", 1)
     _whole(values, "batch", 1)
     if values["dtype"] not in DTYPES:

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from latency.vocab.conditions import Conditions
 from lut_db import csvio
-from lut_db.checks import RowError, check_measurement, check_run
+from lut_db.checks import RowError, check_label, check_measurement, check_run
 from lut_db.engine import WRITE_OPTION, build_engine, ensure_parent, is_sqlite, resolve_url, sqlite_read_only
 from lut_db.errors import StoreError, one_line
 from lut_db.models import (
@@ -605,6 +605,10 @@ class LutStore:
         chosen: dict[tuple[Any, ...], tuple[int, dict[str, Any]]] = {}
         duplicates = 0
         for line, row in rows:
+            try:
+                check_label(row, "device_kind")
+            except RowError as exc:
+                raise StoreError(f"{name}: line {line}, column '{exc.column}': {exc}") from None
             held = devices.setdefault(row["device"], (line, row))[1]
             if (held["device_kind"], held["device_identity"]) != (row["device_kind"], row["device_identity"]):
                 raise StoreError(

@@ -467,6 +467,9 @@ def _csv_lines(store: LutStore, path: Path) -> list[str]:
         ("device", "", "line 3, column 'device': device must be a device's name (letters, digits and _.:-, at most"),
         ("device", "pi\x00xel", "not 'pi\\x00xel'"),
         ("device", "../../etc", "line 3, column 'device': device must be a device's name"),
+        ("backend", "t" * 100_000, "line 3, column 'backend': backend must be letters, digits and _.:+-"),
+        ("backend_version", "2.13\x00", "line 3, column 'backend_version': backend_version must be letters"),
+        ("device_kind", "cp\x00u", "line 3, column 'device_kind': device_kind must be letters"),
     ],
 )
 def test_malformed_csv_names_file_line_and_column(

@@ -16,8 +16,17 @@ DEVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
 MAX_DEVICE_CHARS = 128
 
 
+# A backend's name, its version and a device's kind (torch, 2.13.0+cpu, android): what rows may say.
+LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:+-]*")
+MAX_LABEL_CHARS = 128
+
+
 def is_device_name(name: object) -> bool:
     return isinstance(name, str) and len(name) <= MAX_DEVICE_CHARS and DEVICE_NAME.fullmatch(name) is not None
+
+
+def is_label(text: object) -> bool:
+    return isinstance(text, str) and len(text) <= MAX_LABEL_CHARS and LABEL.fullmatch(text) is not None
 
 
 @dataclass(frozen=True)
