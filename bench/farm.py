@@ -1,4 +1,4 @@
-"""The device farm's throughput and the queue's overhead (latency.jobs.farm).
+"""The device farm's throughput and the queue's overhead (latency.jobs.farm.queue).
 
 Throughput: the blocks of a model queued for a phone model, then drained by 1, 2 and 3 workers, each on
 its own stand-in phone (tests/stand_in: the runner is busy for the time it reports, so the phones'

@@ -53,6 +53,8 @@ def test_estimate_on_a_fresh_table_measures_then_answers(db: str) -> None:
     assert sum(b["latency_ms"] for b in out["blocks"]) == pytest.approx(out["sum_ms"])
     table = lut("estimate", "dmasking_f3", "--breakdown", db=db).stdout
     assert "uncalibrated" in table and "stem_k3_s2_c3-8-8_se0_hswish_192x192_b1_fp32" in table
+    first = f"dmasking_f3 on cpu (torch, 1 thread(s), batch 1, fp32): {out['latency_ms']:.3f} ms (interval "
+    assert table.startswith(first) and "[" not in table.splitlines()[0]  # plain text: no markup leaks
 
 
 def test_missing_blocks_with_no_profile_or_strict_are_an_error(db: str) -> None:

@@ -18,12 +18,12 @@ import pytest
 from sqlalchemy import text
 
 from latency.estimate.estimator import Estimator
+from latency.jobs.farm.ledger import FarmLedger
 from latency.jobs.space_fill import corner_specs
 from latency.vocab.conditions import Conditions
 from latency.vocab.family import blocks_of
 from latency.vocab.space import get_space
 from lut_db import LutStore
-from lut_db.farm import FarmLedger
 from profilers.protocol import canary_spec
 from tests.cli import TINY_SPACE, lut
 from tests.test_android import HAS_EXECUTORCH, PIXEL, fake_adb, runner_binary  # noqa: F401  (a fixture)

@@ -1,4 +1,4 @@
-"""A farm job's arguments are data, checked by one schema before anything runs (latency.jobs.job_args)."""
+"""A farm job's arguments are data, checked by one schema before anything runs (latency.jobs.farm.job_args)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 import pytest
 
 from latency.jobs.farm import ALLOWED_BY_DEFAULT, JobRefused, admitted
-from latency.jobs.job_args import BlocksJob, InvalidJob, RunsJob, parse_job
+from latency.jobs.farm.job_args import BlocksJob, InvalidJob, RunsJob, parse_job
 from latency.vocab.deploy_env import DeployEnv
 from latency.vocab.family import blocks_of
 from tests.test_farm import MODELS

@@ -88,8 +88,8 @@ def estimate(
         return
     low, high = result.interval_ms
     console.print(
-        f"[bold]{result.model}[/] on {result.device} ({result.backend}, {result.threads} thread(s), batch "
-        f"{result.batch}, {result.dtype}): [bold]{result.latency_ms:.3f} ms[/] (interval {low:.3f}-{high:.3f} ms)"
+        f"{result.model} on {result.device} ({result.backend}, {result.threads} thread(s), batch "
+        f"{result.batch}, {result.dtype}): {result.latency_ms:.3f} ms (interval {low:.3f}-{high:.3f} ms)"
     )
     predicted = sum(b.source == "predicted" for b in result.blocks)
     console.print(
@@ -170,9 +170,9 @@ def time_command(
         print_json(report.to_dict())
         return
     console.print(
-        f"[bold]{report.name}[/] on {report.device} ({report.backend}, {report.threads} thread(s), batch "
-        f"{report.batch}, {report.dtype}, deployment '{report.deploy_env}'): measured [bold]{report.measured_ms:.3f} ms"
-        f"[/] (median of {report.trials} fresh processes; IQR {report.iqr_ms:.3f} ms, p10-p90 "
+        f"{report.name} on {report.device} ({report.backend}, {report.threads} thread(s), batch "
+        f"{report.batch}, {report.dtype}, deployment '{report.deploy_env}'): measured {report.measured_ms:.3f} ms"
+        f" (median of {report.trials} fresh processes; IQR {report.iqr_ms:.3f} ms, p10-p90 "
         f"{report.p10_ms:.3f}-{report.p90_ms:.3f} ms, {report.calls} calls)"
         + ("" if report.stable else "; unstable: the machine was noisy")
     )

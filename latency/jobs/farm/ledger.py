@@ -1,6 +1,6 @@
 """The device farm's ledger beside the table: which workers are alive on which unit, and why jobs failed.
 
-The queue itself is procrastinate's (latency.jobs.farm); it knows jobs and anonymous worker heartbeats
+The queue itself is procrastinate's (latency.jobs.farm.queue); it knows jobs and anonymous worker heartbeats
 only. A farm's operator asks which unit of which device a worker drives, what it is doing, and what the
 runner printed when a block failed: that is kept here, in two tables of the table's own PostgreSQL
 database, apart from the lut schema (the lookup table's rows never depend on them).
