@@ -37,7 +37,10 @@ class DataError(LutError):
     """An image folder the search cannot use, in one sentence."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, exit_code=2)
+        # A DataLoader worker's error reaches the main process as its type, its traceback prepended to the
+        # message ("Caught DataError in DataLoader worker process 0. Original Traceback ..."): keep the sentence.
+        last = message.rstrip().splitlines()[-1] if "Original Traceback" in message else message
+        super().__init__(last.split(f"{type(self).__name__}: ", 1)[-1], exit_code=2)
 
 
 # ---- digits ------------------------------------------------------------------------------------------
@@ -142,8 +145,13 @@ def scan_folder(root: Path, seed: int = 0) -> tuple[list[str], Split, Split]:
         try:
             with Image.open(path) as image:
                 image.size  # noqa: B018 (the header is read)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DataError(f"{path} is not a readable image ({type(exc).__name__}): fix or remove it.") from None
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+            raise DataError(f"{path} is not a readable image ({_reason(exc)}): fix or remove it.") from None
+    if not any(val.values()):  # every class of train/ has a single image, and no val/
+        raise DataError(
+            f"{train_root}: no image is held out to score the search (each class has one image and there is no "
+            "val/): add a val/ folder, or more images per class."
+        )
     index = {name: i for i, name in enumerate(classes)}
 
     def split(part: dict[str, list[Path]]) -> Split:
@@ -166,8 +174,12 @@ class FolderImages(Dataset[tuple[torch.Tensor, int]]):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         from PIL import Image
 
-        with Image.open(self.split.paths[i]) as opened:
-            image = opened.convert("RGB")
+        path = self.split.paths[i]
+        try:  # the scan read each header; the pixels are read only here (a truncated file fails now)
+            with Image.open(path) as opened:
+                image = opened.convert("RGB")
+        except (OSError, Image.DecompressionBombError) as exc:
+            raise DataError(f"{path} is not a readable image ({_reason(exc)}): fix or remove it.") from None
         width, height = image.size
         if self.train:  # a random resized crop (8-100% of the area, aspect 3/4-4/3) and a flip
             generator = torch.Generator().manual_seed((self.seed * 1_000_003 + i) % 2**63)
@@ -185,6 +197,10 @@ class FolderImages(Dataset[tuple[torch.Tensor, int]]):
         array = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
         mean, std = torch.tensor(MEAN)[:, None, None], torch.tensor(STD)[:, None, None]
         return (array - mean) / std, self.split.labels[i]
+
+
+def _reason(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _random_crop(width: int, height: int, generator: torch.Generator) -> tuple[int, int, int, int]:
@@ -228,9 +244,11 @@ class FolderData:
         train = [order[start : start + batch] for start in range(0, len(order), batch)]
         if ranks.world > 1 and len(train[-1]) < ranks.world:  # a last batch some process would get none of
             train = train[:-1]
-        # held-out batches go round the split, so that each is whole and every process gets some of it
-        cycled = held_order.repeat(-(-batch * (len(train) + 1) // max(len(held_order), 1)))
-        held = [cycled[step * batch : (step + 1) * batch] for step in range(len(train))]
+        # held-out batches go round the split, so that each is whole and every process gets some of it; no
+        # longer than the split (a batch beyond it would load the same images many times over)
+        held_batch = min(batch, max(len(held_order), ranks.world))
+        cycled = held_order.repeat(-(-held_batch * (len(train) + 1) // max(len(held_order), 1)))
+        held = [cycled[step * held_batch : (step + 1) * held_batch] for step in range(len(train))]
         train_mine, held_mine = [rank_slice(b, ranks) for b in train], [rank_slice(b, ranks) for b in held]
         loaded = zip(
             self._loader(self.train_images, train_mine, train_seed),

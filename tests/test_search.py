@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -235,6 +237,8 @@ def test_an_image_folder_is_split_and_loaded_as_the_search_expects(tmp_path: Pat
     again = next(data.epoch(torch.Generator().manual_seed(0), batch=8))
     torch.testing.assert_close(again[0], x)  # the same crops from the same seed (a resumed epoch)
     assert sum(len(b[1]) for b in data.held_out(batch=4)) == 15
+    *_, n, held_n = next(data.epoch(torch.Generator().manual_seed(0), batch=10_000_000))
+    assert (n, held_n) == (30, 15)  # one batch of every image, the held-out one no longer than its split
 
 
 @pytest.mark.parametrize(
@@ -247,6 +251,11 @@ def test_an_image_folder_is_split_and_loaded_as_the_search_expects(tmp_path: Pat
             lambda root: (image_folder(root) / "train" / "class1" / "bad.png").write_bytes(b"not a png"),
             "bad.png is not",
         ),
+        (
+            lambda root: png_header(image_folder(root) / "val" / "class2" / "bomb.png", 100_000, 100_000),
+            "bomb.png is not a readable image (DecompressionBombError: Image size (10000000000 pixels) exceeds",
+        ),
+        (lambda root: image_folder(root, per_class=1, val=False), "no image is held out to score the search"),
     ],
 )
 def test_folders_the_search_cannot_use_are_refused_before_training(
@@ -260,6 +269,31 @@ def test_folders_the_search_cannot_use_are_refused_before_training(
     )
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not Path(f"{out}.ckpt").exists()  # before any epoch
+
+
+def png_header(path: Path, width: int, height: int) -> None:
+    """A PNG that claims `width` x `height` pixels and holds none."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + header + chunk(b"IEND", b""))
+
+
+def test_an_image_truncated_after_its_header_stops_the_search_with_its_path(table: str, tmp_path: Path) -> None:
+    from PIL import Image
+
+    root = image_folder(tmp_path / "data")
+    cut = root / "train" / "class0" / "cut.jpg"
+    Image.fromarray(np.full((64, 64, 3), 99, np.uint8)).save(cut)
+    cut.write_bytes(cut.read_bytes()[: int(cut.stat().st_size * 0.8)])  # the header reads, the pixels do not
+    args = ["search", "--space", str(TINY_SPACE), "--target-ms", "1", "--data", str(root), "--epochs", "1"]
+    args += ["--batch-size", "40", "--workers", "2", "--train-device", "cpu", "--no-measure"]
+    proc = lut(*args, "--out", str(tmp_path / "found.json"), db=table)  # one batch holds every image
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    (line,) = [x for x in proc.stderr.splitlines() if "cut.jpg" in x]  # one sentence, from a loading process
+    assert line == f"error: {cut} is not a readable image (OSError: Truncated File Read): fix or remove it."
 
 
 def test_a_search_on_an_image_folder(table: str, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from sqlalchemy import text
 
 from latency.estimate.correction import VARIANTS, block_features
 from latency.estimate.estimator import Estimator
@@ -236,3 +237,24 @@ def test_two_threads_from_one_on_this_host_through_the_command(tmp_path) -> None
         ).stdout
     )
     assert shown["calibration"]["transferred_from"] == "cpu/torch, 1 thread(s)" and shown["latency_ms"] > 0
+
+    # sources that cannot be: refused in one sentence before any network runs, the table as it was
+    def counts() -> tuple[int, ...]:
+        with LutStore(db) as store, store.engine.connect() as conn:
+            return tuple(
+                conn.execute(text(f"SELECT count(*) FROM {t}")).scalar() for t in ("e2e_runs", "fits", "measurements")
+            )
+
+    before = counts()
+    common = ["calibrate", "--device", "cpu", "--threads", "2", "--runs", "5", "--models", "none"]
+    common += ["--space", str(TINY_SPACE), "--protocol", "quick", "--db", db]
+    for extra, said in [
+        (["--from", "cpu", "--from-threads", "2"], "--from cpu is the target itself (cpu/torch, 2 thread(s))"),
+        (["--from", "cpu", "--from-backend", "tflite"], "Unknown backend 'tflite'; known backends: torch"),
+        (["--from", "pixel", "--from-threads", "1"], "The table has no measured rows for the source pixel/torch"),
+        (["--from", "cpu/0"], "'cpu/0' is not a device name"),
+        (["--from", "cpu", "--from-threads", "1", "--runs", "100000"], "Invalid value for '--runs'"),
+    ]:
+        refused = lut(*common, *extra)
+        assert refused.returncode == 2 and said in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+    assert counts() == before

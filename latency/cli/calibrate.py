@@ -70,7 +70,10 @@ def calibrate(
     from_backend: Annotated[str | None, typer.Option(help="The sources' backend [default: DEVICE's].")] = None,
     from_threads: Annotated[int | None, typer.Option(min=1, help="The sources' threads [default: --threads].")] = None,
     runs: Annotated[
-        int, typer.Option(min=3, help="Transfer: whole networks to run on DEVICE (the family first, then sampled).")
+        int,
+        typer.Option(
+            min=3, max=1000, help="Transfer: whole networks to run on DEVICE (the family first, then sampled)."
+        ),
     ] = 10,
     serial: SerialOpt = None,
     runner: RunnerOpt = None,
@@ -89,7 +92,7 @@ def calibrate(
     with its CV error. With --from: a transfer, DEVICE's table from other devices' tables and a few runs."""
     from latency.jobs.calibrate import calibrate as run_calibration
     from latency.jobs.calibrate import run_archs
-    from latency.jobs.transfer import transfer, transfer_archs
+    from latency.jobs.transfer import check_sources, transfer, transfer_archs
     from profilers.devices import resolve_device
 
     backend = backend or resolve_device(device).default_backend
@@ -107,6 +110,8 @@ def calibrate(
         ]
         archs = transfer_archs(runs, seed, space, split_items(models, "--models"))
         title = f"running {len(archs)} networks on {device}"
+    if from_devices is not None:
+        check_sources(store, conditions, sources)  # before any network runs or is queued
     if queue:
         _queue(store, conditions, archs, from_devices is None, env, check_protocol(protocol), as_json)
         return

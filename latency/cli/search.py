@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -72,7 +73,12 @@ def search(
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per step (weights and architecture).")] = 64,
-    workers: Annotated[int, typer.Option(min=0, help="Processes loading the image folder's images.")] = 4,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=0, max=64, help="Processes loading the image folder's images [default: 4, or fewer on fewer CPUs]."
+        ),
+    ] = None,
     train_device: Annotated[
         str | None,
         typer.Option(help="Where the supernet trains: cpu, cuda or cuda:N (mixed precision) [default: cuda if any]."),
@@ -118,7 +124,7 @@ def search(
             images=images,
             batch=batch_size,
             data=None if data is None else str(data),
-            workers=workers,
+            workers=min(4, os.cpu_count() or 1) if workers is None else workers,
             train_device=pick_train_device(train_device),
             mixed_precision=mixed_precision,
         )

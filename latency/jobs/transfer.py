@@ -27,7 +27,10 @@ from latency.vocab.arch import Arch
 from latency.vocab.blocks import BlockSpec
 from latency.vocab.conditions import Conditions
 from latency.vocab.deploy_env import DEFAULT, DeployEnv
+from latency.vocab.errors import LutError
 from lut_db import E2ERecord, FitRecord, LutStore, MeasurementRecord
+from profilers.backends import backend_class
+from profilers.devices import check_device_name
 from profilers.protocol import ProgressSink, Protocol
 
 TRANSFER_TAG = "transfer"
@@ -91,6 +94,27 @@ def transfer_archs(
     return run_archs(models, runs, seed, space)[:runs]
 
 
+def check_sources(store: LutStore, target: Conditions, sources: Sequence[Conditions]) -> None:
+    """Each source names a backend lut knows, is not the target itself, and has measured rows in the table:
+    checked before any network runs on the target (a run of minutes would otherwise end in "found 0")."""
+    for source in sources:
+        check_device_name(source.device)
+        backend_class(source.backend or "")  # an unknown backend, in one sentence
+        if source == target:
+            raise LutError(
+                f"--from {source.device} is the target itself ({describe(source)}): a transfer builds a table "
+                "from another one; `lut calibrate` without --from corrects a table from its own runs.",
+                exit_code=2,
+            )
+        if not store.measured_keys(source):
+            raise LutError(
+                f"The table has no measured rows for the source {describe(source)} ({store.url}): "
+                f"profile it first (lut profile --device {source.device} --backend {source.backend} --threads "
+                f"{source.threads}), or name another source.",
+                exit_code=2,
+            )
+
+
 def transfer(
     store: LutStore,
     target: Conditions,
@@ -103,6 +127,7 @@ def transfer(
 ) -> TransferReport:
     """Run `archs` end to end on `target` (as `deploy_env` runs them; `device_options`: a phone's `serial`
     and `runner`), then fit and store the transfer (transfer_from_runs)."""
+    check_sources(store, target, sources)
     e2e = profile_archs(
         archs,
         store,
