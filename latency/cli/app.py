@@ -1,11 +1,28 @@
-"""The `lut` command: typer apps joined here, one module per command group; each command parses, calls
-the library, prints."""
+"""The `lut` command: typer apps joined here, one module per command (named after it; `import_` for
+`lut import`); each command parses, calls the library, prints."""
 
 from __future__ import annotations
 
 import typer
 
-from latency.cli import calibrate, estimate, family, farm, profile, search, space, table
+from latency.cli import (
+    blocks,
+    calibrate,
+    devices,
+    estimate,
+    export,
+    import_,
+    jobs,
+    models,
+    profile,
+    rank,
+    sample,
+    search,
+    space,
+    time,
+    validate,
+    worker,
+)
 
 app = typer.Typer(
     name="lut",
@@ -16,12 +33,13 @@ app = typer.Typer(
     rich_markup_mode=None,  # help texts verbatim: "[default: ...]" and "lut[executorch]" are text, not markup
 )
 
-for group in (family, profile, table, estimate, calibrate, space):
-    app.add_typer(group.app)
+# One module per command, in the order `lut --help` lists them; `space` and `jobs` are groups.
+for command in (models, blocks, profile, devices, export, import_, estimate, time, rank, calibrate, validate, sample):
+    app.add_typer(command.app)
 app.add_typer(space.group, name="space")
-app.add_typer(search.app)
-app.add_typer(farm.app)
-app.add_typer(farm.jobs, name="jobs")
+for command in (search, worker):
+    app.add_typer(command.app)
+app.add_typer(jobs.jobs, name="jobs")
 
 
 def main() -> None:
