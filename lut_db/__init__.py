@@ -2,9 +2,10 @@
 
 from lut_db.engine import ENV_URL, default_sqlite_path, resolve_url
 from lut_db.errors import StoreError
+from lut_db.exchange import TABLES
 from lut_db.models import SCHEMA_VERSION
 from lut_db.records import DeviceInfo, E2ERecord, FitRecord, MeasurementRecord, arch_hash, canonical_json
-from lut_db.store import TABLES, LutStore
+from lut_db.store import LutStore
 
 __all__ = [
     "ENV_URL",

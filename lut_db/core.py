@@ -1,0 +1,286 @@
+"""The store's core: opening SQLite or PostgreSQL, the schema and its upgrade, and short transactions.
+
+Every write is its own short transaction that commits before returning, so that a process killed at any
+moment loses at most the row being written. Opening never modifies a database that is not ours or was
+written by a newer lut.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy import Select, inspect, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from latency.vocab.conditions import Conditions
+from lut_db.engine import WRITE_OPTION, build_engine, ensure_parent, is_sqlite, resolve_url, sqlite_read_only
+from lut_db.errors import StoreError, one_line
+from lut_db.models import (
+    APP_MARKER,
+    SCHEMA_VERSION,
+    Base,
+    DeviceRow,
+    Meta,
+)
+from lut_db.upgrade import upgrade
+
+if TYPE_CHECKING:
+    pass
+
+T = TypeVar("T")
+S = TypeVar("S", bound="StoreCore")  # the store itself (typing.Self needs Python 3.11)
+R = TypeVar("R")
+
+_LOCK_RETRIES = 5  # last resort on SQLite: busy_timeout and BEGIN IMMEDIATE normally make writers wait
+_PG_SCHEMA_LOCK = 0x6C7574  # advisory lock id ("lut") serialising schema creation on PostgreSQL
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def under(stmt: Select[Any], model: Any, conditions: Conditions | None) -> Select[Any]:
+    """Rows measured under `conditions` (a backend of None: any)."""
+    if conditions is None:
+        return stmt
+    stmt = stmt.where(DeviceRow.name == conditions.device)
+    return filtered(
+        stmt,
+        model,
+        backend=conditions.backend,
+        threads=conditions.threads,
+        batch=conditions.batch,
+        dtype=conditions.dtype,
+    )
+
+
+def filtered(stmt: Select[Any], model: Any, **filters: Any) -> Select[Any]:
+    for column, value in filters.items():
+        if value is not None:
+            stmt = stmt.where(getattr(model, column) == value)
+    return stmt
+
+
+def chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+_JSON_COLUMNS = {
+    "protocol": "protocol",
+    "environment": "environment",
+    "params": "params_json",
+    "metrics": "metrics_json",
+}
+
+
+def as_record(cls: type[R], row: Any, device: str) -> R:
+    """A stored row as its record (MeasurementRecord, E2ERecord, FitRecord): the device's name in place
+    of its id, the JSON columns parsed, an end-to-end run's empty tag as None."""
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        if f.name == "device":
+            values[f.name] = device
+        elif f.name in _JSON_COLUMNS:
+            values[f.name] = json.loads(getattr(row, _JSON_COLUMNS[f.name]))
+        else:
+            values[f.name] = getattr(row, f.name)
+    if "tag" in values:
+        values["tag"] = values["tag"] or None
+    return cls(**values)
+
+
+class StoreCore:
+    """The engine and its schema, and the short transactions every room writes and reads through.
+
+    `url`: a SQLAlchemy URL (`sqlite:///PATH`, `postgresql+psycopg://USER@HOST/DB`) or a file path; by
+    default `$LUT_DB_URL`, else `$XDG_CACHE_HOME/lut/lut.sqlite` (`~/.cache/lut/lut.sqlite`).
+    """
+
+    def __init__(self, url: str | os.PathLike[str] | None = None) -> None:
+        self._url = resolve_url(url)
+        ensure_parent(self._url)
+        self._sqlite = is_sqlite(self._url)
+        self._read_only = sqlite_read_only(self._url)
+        version = self._check_existing()
+        self._engine = build_engine(self._url)
+        self._write_engine = self._engine.execution_options(**{WRITE_OPTION: True})
+        # A current table is opened without a write (it may be a read-only file).
+        if version is None or version < SCHEMA_VERSION:
+            try:
+                self._create_schema(upgrading=version)
+            except BaseException:
+                self._engine.dispose()
+                raise
+
+    # ---- opening ----------------------------------------------------------------------------
+    @property
+    def url(self) -> URL:
+        """The resolved URL; `str(store.url)` masks the password."""
+        return self._url
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def _fail_open(self, exc: BaseException) -> StoreError:
+        return StoreError(f"Cannot open the lut database {self._url}: {one_line(exc)}.")
+
+    def _check_existing(self) -> int | None:
+        """Our table's schema version, None for an empty database; refuses a database that is not ours
+        or is too new before anything (even WAL mode) touches it."""
+        # On SQLite a bare engine reads the file without the pragmas; on PostgreSQL reading changes nothing.
+        probe = build_engine(self._url, probe=True)
+        try:
+            with probe.connect() as conn:
+                return self._validate(conn)
+        except StoreError:
+            raise
+        except DBAPIError as exc:
+            if "file is not a database" in str(exc.orig):
+                raise StoreError(f"{self._url} is not a lut database (the file is not an SQLite database).") from exc
+            raise self._fail_open(exc) from exc
+        except SQLAlchemyError as exc:
+            raise self._fail_open(exc) from exc
+        finally:
+            probe.dispose()
+
+    def _validate(self, conn: Connection) -> int | None:
+        """The schema version of the lut table the database holds, None when it is empty; else StoreError."""
+        names = set(inspect(conn).get_table_names())
+        if not names:
+            return None
+        not_ours = StoreError(
+            f"{self._url} is not a lut database (it has tables but no lut meta table); "
+            "point LUT_DB_URL at a lut database or at an empty one."
+        )
+        if Meta.__tablename__ not in names:
+            raise not_ours
+        try:
+            meta = dict(conn.execute(select(Meta.key, Meta.value)).all())
+        except DBAPIError as exc:
+            raise not_ours from exc
+        if meta.get("app") != APP_MARKER:
+            raise not_ours
+        try:
+            version = int(meta.get("schema_version", ""))
+        except ValueError:
+            raise not_ours from None
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self._url} was written by a newer lut (schema {version}); "
+                f"this lut reads schema {SCHEMA_VERSION} — upgrade lut."
+            )
+        if version < 1:
+            raise not_ours
+        return version
+
+    def _create_schema(self, upgrading: int | None = None) -> None:
+        """Create the table in an empty database, or upgrade an older lut's (`upgrading`: its version),
+        in one transaction."""
+
+        def create(conn: Connection) -> None:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_SCHEMA_LOCK})
+            # Checked again under the write lock: another process may have created or upgraded it since.
+            version = self._validate(conn)
+            if version == SCHEMA_VERSION:
+                return
+            if version is not None:
+                upgrade(conn, version)
+                conn.execute(update(Meta).where(Meta.key == "schema_version").values(value=str(SCHEMA_VERSION)))
+                return
+            Base.metadata.create_all(conn)
+            rows = [{"key": "schema_version", "value": str(SCHEMA_VERSION)}, {"key": "app", "value": APP_MARKER}]
+            conn.execute(self._insert(Meta).on_conflict_do_nothing(index_elements=["key"]), rows)
+
+        def attempt() -> None:
+            with self._write_engine.begin() as conn:
+                create(conn)
+
+        try:
+            self._retry(attempt)
+        except StoreError:
+            raise
+        except SQLAlchemyError as exc:
+            if upgrading:
+                raise StoreError(
+                    f"{self._url} has lut schema {upgrading}; this lut upgrades it to schema {SCHEMA_VERSION} "
+                    f"in place, which failed ({one_line(exc)}): open it once where it can be written."
+                ) from exc
+            raise self._fail_open(exc) from exc
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self: S) -> S:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"LutStore({str(self._url)!r})"
+
+    # ---- plumbing ---------------------------------------------------------------------------
+    def _insert(self, model: Any) -> Any:
+        """The dialect's INSERT, which has on_conflict_do_update / on_conflict_do_nothing."""
+        table = model.__table__
+        return postgresql.insert(table) if self._engine.dialect.name == "postgresql" else sqlite.insert(table)
+
+    def _retry(self, fn: Callable[[], T]) -> T:
+        for attempt in range(_LOCK_RETRIES):
+            try:
+                return fn()
+            except OperationalError as exc:
+                if not (self._sqlite and "locked" in str(exc.orig)) or attempt + 1 == _LOCK_RETRIES:
+                    raise
+                time.sleep(0.1 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _write(self, fn: Callable[[Session], T]) -> T:
+        """Run `fn` in its own write transaction (BEGIN IMMEDIATE on SQLite), committed on return."""
+
+        def attempt() -> T:
+            with Session(self._write_engine, expire_on_commit=False) as session, session.begin():
+                return fn(session)
+
+        try:
+            return self._retry(attempt)
+        except StoreError:
+            raise
+        except SQLAlchemyError as exc:
+            if self._read_only:
+                raise StoreError(
+                    f"The lut database {self._url} is read-only here (no write access to the file or its "
+                    "directory): it can be read, not changed; copy it somewhere writable or pass another --db."
+                ) from exc
+            raise StoreError(f"Writing to the lut database {self._url} failed: {one_line(exc)}.") from exc
+
+    def _read(self, fn: Callable[[Session], T]) -> T:
+        try:
+            with Session(self._engine) as session, session.begin():
+                return fn(session)
+        except StoreError:
+            raise
+        except SQLAlchemyError as exc:
+            raise StoreError(f"Reading the lut database {self._url} failed: {one_line(exc)}.") from exc
+
+    def _device_id(self, session: Session, name: str) -> int:
+        device_id = session.scalar(select(DeviceRow.id).where(DeviceRow.name == name))
+        if device_id is None:
+            raise StoreError(
+                f"There is no device '{name}' in {self._url}; register it with get_or_create_device first."
+            )
+        return device_id

@@ -1,0 +1,182 @@
+"""The measurements room: blocks and their measured, predicted and transferred rows."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session
+
+from latency.vocab.conditions import Conditions
+from lut_db.checks import check_measurement
+from lut_db.core import StoreCore, as_record, chunks, filtered, under
+from lut_db.errors import StoreError
+from lut_db.models import (
+    BLOCK_COLUMNS,
+    MEASUREMENT_KEY,
+    SOURCES,
+    STAT_COLUMNS,
+    Block,
+    DeviceRow,
+    Measurement,
+)
+from lut_db.records import (
+    MeasurementRecord,
+    canonical_json,
+    check_aware,
+)
+
+if TYPE_CHECKING:
+    pass
+
+
+KEYS_CHUNK = 500  # bound parameters per IN (...) query
+
+MEASUREMENT_VALUES = (*STAT_COLUMNS, "protocol", "environment", "measured_at", "stable", "source", "expected_error")
+
+
+class Measurements(StoreCore):
+    def upsert_blocks(self, blocks: Iterable[dict[str, Any]]) -> None:
+        """Add blocks not yet in the table (a key's fields never change, so existing rows are kept).
+
+        Each dict holds `key` and the BlockSpec fields plus `flops` and `params`; other keys are ignored.
+        """
+        rows = [block_values(b) for b in blocks]
+        if not rows:
+            return
+        stmt = self._insert(Block).on_conflict_do_nothing(index_elements=["key"])
+        self._write(lambda session: session.execute(stmt, rows))
+
+    # ---- measurements -----------------------------------------------------------------------
+    def put_measurement(self, rec: MeasurementRecord) -> None:
+        """Insert or replace the row of (block, device, backend, version, threads, dtype, batch).
+
+        A row never replaces one of a stronger source (SOURCES: nothing measured is lost).
+        """
+        self.put_measurements([rec])
+
+    def put_measurements(self, recs: Sequence[MeasurementRecord]) -> None:
+        """put_measurement for many rows, in one transaction: all are written or none."""
+        rows = []
+        for rec in recs:
+            check_aware(rec.measured_at, "measured_at")
+            check_measurement(dataclasses.asdict(rec))
+            rows.append(
+                {
+                    "block_key": rec.block_key,
+                    "backend": rec.backend,
+                    "backend_version": rec.backend_version,
+                    "threads": rec.threads,
+                    "dtype": rec.dtype,
+                    "batch": rec.batch,
+                    **{c: getattr(rec, c) for c in STAT_COLUMNS},
+                    "protocol": canonical_json(rec.protocol, "protocol"),
+                    "environment": canonical_json(rec.environment, "environment"),
+                    "measured_at": rec.measured_at,
+                    "stable": bool(rec.stable),
+                    "source": rec.source,
+                    "expected_error": rec.expected_error,
+                }
+            )
+
+        def write(session: Session) -> None:
+            device_ids: dict[str, int] = {}
+            for rec, values in zip(recs, rows, strict=True):
+                if rec.device not in device_ids:
+                    device_ids[rec.device] = self._device_id(session, rec.device)
+                values["device_id"] = device_ids[rec.device]
+                if session.get(Block, rec.block_key) is None:
+                    raise StoreError(
+                        f"Block '{rec.block_key}' is not in {self._url}; pass it to upsert_blocks before "
+                        "put_measurement."
+                    )
+            if rows:
+                session.execute(self._measurement_upsert(), rows)
+
+        self._write(write)
+
+    def _measurement_upsert(self) -> Any:
+        stmt = self._insert(Measurement)
+        table = Measurement.__table__
+        return stmt.on_conflict_do_update(
+            index_elements=list(MEASUREMENT_KEY),
+            set_={c: stmt.excluded[c] for c in MEASUREMENT_VALUES},
+            # A row replaces one of its own source or a weaker one (SOURCES), never a stronger one.
+            where=or_(
+                *(
+                    # or_ of equalities, not in_(): an expanding IN cannot run with executemany()
+                    and_(
+                        stmt.excluded.source == source,
+                        or_(*(table.c.source == weaker for weaker in SOURCES[: rank + 1])),
+                    )
+                    for rank, source in enumerate(SOURCES)
+                )
+            ),
+        )
+
+    def measured_keys(
+        self, conditions: Conditions, backend_version: str | None = None, source: str | None = "measured"
+    ) -> set[str]:
+        """Block keys with a row under these conditions (`source=None`: measured and predicted)."""
+        stmt = under(select(Measurement.block_key).join(DeviceRow), Measurement, conditions)
+        stmt = filtered(stmt, Measurement, backend_version=backend_version, source=source)
+        return self._read(lambda session: set(session.scalars(stmt)))
+
+    def measurements(
+        self,
+        conditions: Conditions | None = None,
+        keys: Iterable[str] | None = None,
+        backend_version: str | None = None,
+        source: str | None = None,
+    ) -> list[MeasurementRecord]:
+        """Rows under `conditions` (None: every row; a backend of None: any backend) and every other filter
+        given (None: any), ordered by key, device, backend, version, threads, dtype, batch."""
+        stmt = under(select(Measurement, DeviceRow.name).join(DeviceRow), Measurement, conditions)
+        stmt = filtered(stmt, Measurement, backend_version=backend_version, source=source)
+        order = (
+            Measurement.block_key,
+            DeviceRow.name,
+            Measurement.backend,
+            Measurement.backend_version,
+            Measurement.threads,
+            Measurement.dtype,
+            Measurement.batch,
+        )
+
+        def read(session: Session) -> list[MeasurementRecord]:
+            if keys is None:
+                found = session.execute(stmt.order_by(*order)).all()
+            else:
+                found = []
+                for chunk in chunks(sorted(set(keys)), KEYS_CHUNK):
+                    found += session.execute(stmt.where(Measurement.block_key.in_(chunk)).order_by(*order))
+            return [as_record(MeasurementRecord, m, name) for m, name in found]
+
+        return self._read(read)
+
+    def measurement_map(
+        self,
+        conditions: Conditions,
+        keys: Iterable[str] | None = None,
+        backend_version: str | None = None,
+        source: str | None = None,
+    ) -> dict[str, MeasurementRecord]:
+        """`measurements(...)` by block key; where a key has several rows (backend versions), the newest."""
+        rows = self.measurements(conditions, keys, backend_version, source)
+        best: dict[str, MeasurementRecord] = {}
+        for rec in rows:
+            held = best.get(rec.block_key)
+            if held is None or rec.measured_at > held.measured_at:
+                best[rec.block_key] = rec
+        return best
+
+
+def block_values(block: dict[str, Any]) -> dict[str, Any]:
+    missing = [f for f in ("key", *BLOCK_COLUMNS) if f not in block]
+    if missing:
+        raise StoreError(f"Block {block.get('key', block)!r} lacks the field '{missing[0]}'.")
+    row = {f: block[f] for f in ("key", *BLOCK_COLUMNS)}
+    row["bias"] = bool(row["bias"])
+    return row

@@ -1,0 +1,83 @@
+"""The end-to-end runs room: whole networks timed as a deployment runs them, by tag."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from latency.vocab.conditions import Conditions
+from lut_db.checks import check_run
+from lut_db.core import StoreCore, as_record, filtered, under
+from lut_db.models import (
+    E2E_KEY,
+    STAT_COLUMNS,
+    DeviceRow,
+    E2ERun,
+)
+from lut_db.records import (
+    E2ERecord,
+    canonical_json,
+    check_aware,
+)
+
+if TYPE_CHECKING:
+    pass
+
+
+E2E_VALUES = (*STAT_COLUMNS, "arch_name", "arch_json", "protocol", "environment", "measured_at", "stable")
+
+
+class Runs(StoreCore):
+    def put_e2e_run(self, rec: E2ERecord) -> None:
+        """Insert or replace the run of (architecture, device, backend, version, threads, dtype, batch, tag)."""
+        check_aware(rec.measured_at, "measured_at")
+        check_run(dataclasses.asdict(rec))
+        values = {
+            "arch_hash": rec.arch_hash,
+            "backend": rec.backend,
+            "backend_version": rec.backend_version,
+            "threads": rec.threads,
+            "dtype": rec.dtype,
+            "batch": rec.batch,
+            "tag": rec.tag or "",
+            "deploy_env": rec.deploy_env,
+            **{c: getattr(rec, c) for c in STAT_COLUMNS},
+            "arch_name": rec.arch_name,
+            "arch_json": rec.arch_json,
+            "protocol": canonical_json(rec.protocol, "protocol"),
+            "environment": canonical_json(rec.environment, "environment"),
+            "measured_at": rec.measured_at,
+            "stable": bool(rec.stable),
+        }
+        stmt = self._insert(E2ERun)
+        stmt = stmt.on_conflict_do_update(index_elements=list(E2E_KEY), set_={c: stmt.excluded[c] for c in E2E_VALUES})
+
+        def write(session: Session) -> None:
+            values["device_id"] = self._device_id(session, rec.device)
+            session.execute(stmt, values)
+
+        self._write(write)
+
+    def e2e_runs(
+        self, conditions: Conditions | None = None, tag: str | None = None, deploy_env: str | None = None
+    ) -> list[E2ERecord]:
+        """Runs under `conditions` (None: every run; a backend of None: any backend) with this tag and
+        deployment (None: any), ordered by architecture name and conditions."""
+        stmt = under(select(E2ERun, DeviceRow.name).join(DeviceRow), E2ERun, conditions)
+        stmt = filtered(stmt, E2ERun, tag=tag, deploy_env=deploy_env)
+        stmt = stmt.order_by(
+            E2ERun.arch_name,
+            E2ERun.arch_hash,
+            DeviceRow.name,
+            E2ERun.backend,
+            E2ERun.backend_version,
+            E2ERun.threads,
+            E2ERun.dtype,
+            E2ERun.batch,
+            E2ERun.deploy_env,
+            E2ERun.tag,
+        )
+        return self._read(lambda session: [as_record(E2ERecord, r, name) for r, name in session.execute(stmt)])
