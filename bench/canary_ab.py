@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from latency.jobs.profile import latest_run, profile_archs, profile_blocks
+from latency.jobs.measure import latest_run, profile_archs, profile_blocks
 from latency.vocab.conditions import Conditions
 from latency.vocab.deploy_env import DEFAULT
 from latency.vocab.family import get_arch

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from latency.estimate.estimator import Estimator
-from latency.jobs.profile import block_row
+from latency.jobs.measure import block_row
 from latency.vocab.family import blocks_of, list_models
 from latency.vocab.space import get_space
 from lut_db import LutStore, MeasurementRecord

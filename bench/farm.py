@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from latency.estimate.estimator import Estimator  # noqa: E402
 from latency.jobs.farm import enqueue_blocks  # noqa: E402
-from latency.jobs.profile import collect_specs, profile_blocks  # noqa: E402
+from latency.jobs.measure import collect_specs, profile_blocks  # noqa: E402
 from latency.vocab.conditions import Conditions  # noqa: E402
 from lut_db import LutStore  # noqa: E402
 from profilers.protocol import canary_spec  # noqa: E402

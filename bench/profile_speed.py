@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from latency.jobs.profile import collect_specs, profile_blocks
+from latency.jobs.measure import collect_specs, profile_blocks
 from latency.vocab.conditions import Conditions
 from lut_db import LutStore
 

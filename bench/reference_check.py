@@ -50,8 +50,9 @@ from latency.estimate.correction import block_features
 from latency.estimate.estimator import Estimator
 from latency.estimate.fitting import Sample, at_run_speed, error_metrics, fit_correction, samples_from_runs
 from latency.jobs.calibrate import calibrate
+from latency.jobs.cover import predict_missing
 from latency.jobs.in_context import profile_in_context
-from latency.jobs.profile import latest_run, predict_missing, profile_archs, profile_blocks
+from latency.jobs.measure import latest_run, profile_archs, profile_blocks
 from latency.jobs.space_fill import profile_space
 from latency.vocab.arch import Arch, covering
 from latency.vocab.conditions import Conditions

@@ -26,7 +26,7 @@ from pathlib import Path
 from bench.reference_check import user_loop_ms
 from latency.estimate.estimator import Estimator
 from latency.estimate.fitting import at_run_speed
-from latency.jobs.profile import latest_run, profile_archs
+from latency.jobs.measure import latest_run, profile_archs
 from latency.vocab.space import get_space
 from lut_db import LutStore
 from search_cost.cost import LatencyCost

@@ -42,7 +42,8 @@ from latency.estimate.fitting import (
 )
 from latency.estimate.transfer import fit_transfer
 from latency.jobs.calibrate import run_archs
-from latency.jobs.profile import fill_missing, latest_run, profile_archs, profile_blocks
+from latency.jobs.cover import fill_missing
+from latency.jobs.measure import latest_run, profile_archs, profile_blocks
 from latency.jobs.transfer import runs_canary_us
 from latency.vocab.arch import Arch
 from latency.vocab.conditions import Conditions

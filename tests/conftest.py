@@ -56,6 +56,32 @@ def randomize_model(model, seed: int = 0):
 SLOW_TEST_S = 60.0
 
 
+# What makes a test an integration test: a real server or phone among its fixtures, or a module whose
+# tests run the lut command, measure in worker processes or train (each takes seconds, not milliseconds).
+INTEGRATION_FIXTURES = {"pg_server_url", "pg_store_url", "fake_adb"}
+INTEGRATION_MODULES = {
+    "test_android",
+    "test_cli_estimate",
+    "test_cli_profile",
+    "test_cuda",
+    "test_deploy_env",
+    "test_farm",
+    "test_in_context",
+    "test_install",
+    "test_profilers",
+    "test_search",
+    "test_store_sqlite",
+    "test_transfer",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if module in INTEGRATION_MODULES or INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     """Name a failure or a slow test the moment it finishes (in the controller under xdist), so that a
     run cut off by CI's time limit still shows what failed and where the time went."""

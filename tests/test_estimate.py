@@ -16,7 +16,7 @@ import pytest
 from latency.estimate.correction import FEATURES, Correction, block_features
 from latency.estimate.estimator import Estimator, MissingBlocksError
 from latency.estimate.fitting import Sample, error_metrics, fit_correction, run_contexts, samples_from_runs
-from latency.jobs.profile import block_row
+from latency.jobs.measure import block_row
 from latency.jobs.rank import pareto_front, rank_family
 from latency.vocab.blocks import CONTEXT_ALONE, CONTEXT_NETWORK
 from latency.vocab.conditions import Conditions
@@ -368,7 +368,7 @@ def test_ranking_over_two_devices_reports_rank_changes(store: LutStore) -> None:
 
 
 def test_blocks_missing_on_a_phone_are_predicted_from_its_measured_ones(store: LutStore) -> None:
-    from latency.jobs.profile import fill_missing
+    from latency.jobs.cover import fill_missing
 
     space = get_space()
     measured = [s for a in space.sampled_archs(12, seed=9) for s in a.specs()]
@@ -391,7 +391,7 @@ def test_blocks_missing_on_a_phone_are_predicted_from_its_measured_ones(store: L
 
 
 def test_blocks_predicted_from_blocks_timed_in_context_stand_for_such_blocks(store: LutStore) -> None:
-    from latency.jobs.profile import predict_missing
+    from latency.jobs.cover import predict_missing
 
     space = get_space()
     fill(store, [s for a in space.sampled_archs(12, seed=9) for s in a.specs()], context=CONTEXT_NETWORK)
@@ -403,7 +403,7 @@ def test_blocks_predicted_from_blocks_timed_in_context_stand_for_such_blocks(sto
 
 
 def test_too_few_measured_blocks_predict_nothing(store: LutStore) -> None:
-    from latency.jobs.profile import fill_missing
+    from latency.jobs.cover import fill_missing
 
     fill(store, blocks_of("dmasking_f1")[:5], device="phone")
     estimator = Estimator("phone", store=store)
@@ -414,7 +414,7 @@ def test_too_few_measured_blocks_predict_nothing(store: LutStore) -> None:
 
 def test_the_predictor_learns_blocks_at_the_tables_speed_when_the_machine_drifted(store: LutStore) -> None:
     from latency.estimate.predictor import training_set
-    from latency.jobs.profile import fill_missing
+    from latency.jobs.cover import fill_missing
 
     space = get_space()
     measured = list({s.key: s for a in space.sampled_archs(12, seed=9) for s in a.specs()}.values())

@@ -27,7 +27,7 @@ def ready_estimator(
     deploy_env: str = "default",
 ) -> Any:
     """The covering_estimator job with the command's options checked and its progress bar."""
-    from latency.jobs.profile import covering_estimator
+    from latency.jobs.cover import covering_estimator
 
     return covering_estimator(
         archs,

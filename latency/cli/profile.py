@@ -98,7 +98,7 @@ def profile(
     as_json: JsonOpt = False,
 ) -> None:
     """Measure every block of the models asked for that the table lacks, and store each at once."""
-    from latency.jobs.profile import collect_specs, profile_blocks
+    from latency.jobs.measure import collect_specs, profile_blocks
 
     check_protocol(protocol)
     conditions = Conditions(device, backend, threads, batch, dtype)

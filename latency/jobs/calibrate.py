@@ -11,7 +11,7 @@ from typing import Any
 from latency.estimate.correction import VARIANTS, Correction
 from latency.estimate.estimator import Estimator
 from latency.estimate.fitting import fit_correction, samples_from_runs
-from latency.jobs.profile import ProfileSummary, profile_archs, profile_blocks
+from latency.jobs.measure import ProfileSummary, profile_archs, profile_blocks
 from latency.vocab.arch import Arch
 from latency.vocab.conditions import Conditions
 from latency.vocab.deploy_env import DEFAULT, DeployEnv

@@ -2,10 +2,10 @@
 
 An isolated block is timed alone, again and again: its weights and buffers stay in cache between calls
 and its heap is whatever the protocol makes it (warm, or trimmed before each call), so the plain sum of
-isolated blocks is what those conditions make it (measured here: 0.5-0.65 of a user's process with a
-warm heap, 1.0-2.5 with a cold one, the fault cost of the machine deciding which). Inside a network,
-each block starts where the one before left the caches and the heap, in the deployment's own process:
-its time there is what it costs in that network, and a network's blocks sum to its time by construction.
+isolated blocks is what those conditions make it, below or above a user's process as the machine's
+fault cost decides (docs/design.md). Inside a network, each block starts where the one before left the
+caches and the heap, in the deployment's own process: its time there is what it costs in that network,
+and a network's blocks sum to its time by construction.
 A block seen in several networks gets the median of its times there (a row records the networks).
 """
 
@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from latency.jobs.profile import (
+from latency.jobs.measure import (
     ProfileSummary,
     block_row,
     check_deploy_env,
@@ -156,9 +156,10 @@ def _share(network: Result) -> float:
     """What scales the blocks' medians to sum to the network's median.
 
     A median of sums is not the sum of the medians: a slow call's extra time falls in one block or
-    another, and each block's median leaves it out (measured here: the blocks' medians summed to 0.96-1.0
-    of the network's median, less the noisier the machine). Scaling the blocks by this ratio keeps their
-    proportions and makes a network's estimate its own median, the number a user's loop reports."""
+    another, and each block's median leaves it out (the blocks' medians sum a little short of the
+    network's median, the more so the noisier the machine: docs/design.md). Scaling the blocks by this
+    ratio keeps their proportions and makes a network's estimate its own median, the number a user's loop
+    reports."""
     assert network.stats is not None
     total_us = sum(part.stats.median_us for part in network.parts if part.stats is not None)
     return network.stats.median_us / total_us if total_us > 0 else 1.0

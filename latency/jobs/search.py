@@ -11,7 +11,7 @@ from typing import Any
 
 from latency.estimate.estimator import Estimator, MissingBlocksError
 from latency.estimate.fitting import at_run_speed
-from latency.jobs.profile import Progress, latest_run, profile_archs
+from latency.jobs.measure import Progress, latest_run, profile_archs
 from latency.jobs.report import plot_search
 from latency.jobs.space_fill import profile_space
 from latency.vocab.conditions import Conditions

@@ -24,7 +24,7 @@ import numpy as np
 
 from latency.estimate.predictor import BlockPredictor, predict_blocks, training_set
 from latency.jobs.in_context import in_context_rows, profile_in_context, times_in_context
-from latency.jobs.profile import block_row, profile_blocks
+from latency.jobs.measure import block_row, profile_blocks
 from latency.vocab.blocks import CONTEXT_NETWORK, BlockSpec
 from latency.vocab.conditions import Conditions
 from latency.vocab.deploy_env import DEFAULT, DeployEnv

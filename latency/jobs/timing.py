@@ -13,8 +13,9 @@ from typing import Any
 
 from latency.estimate.estimator import Estimator, MissingBlocksError
 from latency.estimate.fitting import at_run_speed
+from latency.jobs.cover import fill_missing
 from latency.jobs.in_context import timed_inside
-from latency.jobs.profile import ProfileSummary, fill_missing, latest_run, profile_archs
+from latency.jobs.measure import ProfileSummary, latest_run, profile_archs
 from latency.vocab.arch import Arch
 from latency.vocab.conditions import Conditions
 from latency.vocab.deploy_env import DEFAULT, DeployEnv

@@ -22,7 +22,8 @@ from latency.estimate.estimator import Estimator
 from latency.estimate.fitting import CalibrationError, samples_from_runs
 from latency.estimate.transfer import fit_transfer
 from latency.jobs.calibrate import DEFAULT_SPACE, run_archs
-from latency.jobs.profile import ProfileSummary, block_row, fill_missing, profile_archs
+from latency.jobs.cover import fill_missing
+from latency.jobs.measure import ProfileSummary, block_row, profile_archs
 from latency.vocab.arch import Arch
 from latency.vocab.blocks import BlockSpec
 from latency.vocab.conditions import Conditions

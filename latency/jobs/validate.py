@@ -21,7 +21,7 @@ from latency.estimate.estimator import Estimator
 from latency.estimate.fitting import at_run_speed, error_metrics, repeatability
 from latency.jobs.calibrate import measure_runs
 from latency.jobs.in_context import timed_inside
-from latency.jobs.profile import ProfileSummary
+from latency.jobs.measure import ProfileSummary
 from latency.vocab.arch import Arch
 from latency.vocab.conditions import Conditions
 from latency.vocab.deploy_env import DEFAULT, DeployEnv

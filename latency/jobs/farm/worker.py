@@ -17,7 +17,7 @@ from sqlalchemy import text
 from latency.jobs.farm.job_args import BlocksJob, InvalidJob, RunsJob, parse_job
 from latency.jobs.farm.ledger import FarmLedger
 from latency.jobs.farm.queue import TASK_NAME, UNIT_LOCK, conninfo, ensure_queue, queue_app, queue_of, require_postgres
-from latency.jobs.profile import profile_archs, profile_blocks
+from latency.jobs.measure import profile_archs, profile_blocks
 from latency.vocab.deploy_env import PRESETS, DeployEnv
 from latency.vocab.errors import LutError
 from lut_db import LutStore

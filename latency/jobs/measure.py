@@ -1,4 +1,4 @@
-"""The profile job: which blocks a request needs, which the table lacks, measure them, store each.
+"""The measuring core: which blocks a request needs, which the table lacks, measure them, store each.
 
 This is where the two packages meet: `profilers` measures and never stores, `lut_db` stores and
 never measures. Every result is committed the moment its block is final, so a run killed at any
@@ -15,15 +15,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from latency.estimate.estimator import Estimator
 from latency.vocab.arch import Arch
-from latency.vocab.blocks import CONTEXT_ALONE, BlockSpec
+from latency.vocab.blocks import BlockSpec
 from latency.vocab.conditions import Conditions
 from latency.vocab.deploy_env import DEFAULT, DeployEnv
 from latency.vocab.family import blocks_of, expand_models, resolve_arch
 from lut_db import E2ERecord, LutStore, MeasurementRecord, arch_hash
 from profilers.backends import backend_class
-from profilers.devices import Device, is_local, resolve_device
+from profilers.devices import Device, resolve_device
 from profilers.errors import ProfilerError
 from profilers.protocol import PROTOCOLS, ProgressSink, Protocol, Result, Scheduler
 from profilers.targets import ArchTarget, Target, label
@@ -315,79 +314,3 @@ def check_deploy_env(device: Device, deploy_env: DeployEnv) -> None:
 
 # Opens a progress display for a phase of a job, by its description (the CLI's progress bar).
 Progress = Callable[[str], AbstractContextManager[ProgressSink]]
-
-
-def covering_estimator(
-    archs: Sequence[Arch],
-    conditions: Conditions,
-    store: LutStore,
-    progress: Progress,
-    measure_missing: bool = True,
-    strict: bool = False,
-    protocol: Protocol | str = "standard",
-    deploy_env: str = "default",
-) -> Estimator:
-    """An Estimator whose table covers `archs`: missing blocks are measured on a local device (unless
-    `measure_missing` is False), or predicted on another; `strict` leaves every missing block missing."""
-    estimator = Estimator(conditions, store=store, deploy_env=deploy_env)
-    if not strict:
-        with progress(f"measuring missing blocks on {conditions.device}") as bar:
-            fill_missing(estimator, archs, measure=measure_missing, protocol=protocol, progress=bar)
-    return estimator
-
-
-def fill_missing(
-    estimator: Estimator,
-    archs: Sequence[Arch],
-    measure: bool = True,
-    protocol: Protocol | str = "standard",
-    progress: ProgressSink | None = None,
-) -> None:
-    """Make the estimator's table cover `archs`: on a local device (this host, its GPUs) measure
-    the missing blocks, unless `measure` is False: inside the networks that hold them, run as the
-    estimator's deployment runs them, where the backend allows it (latency.jobs.in_context), else one by
-    one; on another device (a phone) predict them from the blocks measured on it, marked `predicted`.
-    What stays missing is left for `estimate`."""
-    from latency.jobs.in_context import profile_in_context, times_in_context
-
-    lacking = [(a, estimator.missing(a)) for a in archs]
-    missing = list({s.key: s for _, specs in lacking for s in specs}.values())
-    if not missing:
-        return
-    if not is_local(estimator.conditions.device):
-        predict_missing(estimator, missing)
-        return
-    if not measure:
-        return
-    conditions = estimator.conditions
-    if times_in_context(conditions):
-        networks = [a for a, specs in lacking if specs]
-        deploy_env = DeployEnv.parse(estimator.deploy_env)
-        summary = profile_in_context(networks, estimator.store, conditions, protocol, deploy_env, progress=progress)
-    else:
-        summary = profile_blocks(missing, estimator.store, conditions, protocol, progress=progress)
-    if summary.interrupted:
-        raise KeyboardInterrupt
-    if summary.failed:
-        key, error = next(iter(summary.failed.items()))
-        raise ProfilerError(
-            f"{len(summary.failed)} blocks could not be measured on {estimator.conditions.device}: {key}: {error}."
-        )
-    estimator.reload()
-
-
-def predict_missing(estimator: Estimator, missing: Sequence[BlockSpec], minimum: int = 20) -> int:
-    """Predict blocks from the device's measured ones (none when it has fewer than `minimum`): from the rows of
-    the kind most of them are (timed alone, or inside networks), and the predictions stand for that kind."""
-    from latency.estimate.predictor import predict_blocks, training_set
-
-    rows = estimator.store.measurement_map(estimator.conditions, source="measured")
-    contexts = [r.protocol.get("context", CONTEXT_ALONE) for r in rows.values()]
-    context = max(set(contexts), key=contexts.count, default=CONTEXT_ALONE)
-    rows = {k: r for k, r in rows.items() if r.protocol.get("context", CONTEXT_ALONE) == context}
-    if len(rows) < minimum:
-        return 0
-    specs, latencies_us, _ = training_set(rows)
-    predictions = predict_blocks(specs, latencies_us, missing)
-    estimator.add_predictions(list(missing), predictions.latency_us, predictions.expected_error, context)
-    return len(missing)
