@@ -1,13 +1,12 @@
-"""The measurement protocol (DESIGN.md): warm-up, adaptive run counts, interleaved trials in
+"""The measurement protocol (docs/design.md): warm-up, adaptive run counts, interleaved trials in
 independent processes, a canary block timed in every trial, and re-measurement of unstable entries.
 
 Blocks are measured in groups: within a group every block is visited once per trial, round-robin,
 with the canary first, so drift during the group hits all its blocks alike. Trial t runs in worker
 process t mod `launches`: a block's time depends on where its buffers landed in memory, which
-differs from process to process (measured here: same block, four processes, medians 5% apart), so
-trials in separate processes and the median of their medians give a number the next run
-reproduces. A block's result is final when its group's last trial ends, and is handed to the caller
-at once (who stores it).
+differs from process to process, so trials in separate processes and the median of their medians
+give a number the next run reproduces. A block's result is final when its group's last trial ends,
+and is handed to the caller at once (who stores it).
 """
 
 from __future__ import annotations
@@ -50,13 +49,13 @@ class Protocol:
     # The canary detects a group (or a network's run) taken while the machine moved: its trials' canaries
     # apart, or away from the session's usual canary, by more than this (relative) retake the whole group, up
     # to `retakes` times, keeping the steadiest take. Rows and runs are then used as measured, never rescaled
-    # by a canary ratio (DESIGN.md).
+    # by a canary ratio (docs/design.md).
     canary_tolerance: float = 0.10
     retakes: int = 2
     # Return the worker's free heap to the kernel before each call of a block (malloc_trim), so that the
     # block pays for faulting in its buffers as it does inside a network run by a plain process, where
-    # glibc trims and unmaps between blocks. Measured here: warm-heap blocks summed to 0.48-0.65 of
-    # such a process's end-to-end time, cold-heap blocks to 1.0-1.06.
+    # glibc trims and unmaps between blocks; warm-heap blocks sum well short of such a process's end-to-end
+    # time (docs/design.md).
     cold_heap: bool = True
     # Whole networks timed as truth (in a deployment's environment) each get processes of their own, as
     # in the user's process: no other model's memory beside them. Smoke tests share one process.
@@ -228,8 +227,8 @@ class Scheduler:
     `canary_worker` times the canary of every trial instead of `workers`: a worker of the block protocol's
     that times nothing else, given by every path on this host (blocks and networks alike), so that a canary
     says only how fast the machine ran, whatever the group beside it; one process, so that its trials differ
-    by the machine's movement, not by where each process's buffers landed (fresh processes' canaries were
-    up to 17% apart here). A group taken while the machine moved is taken again (`_take`,
+    by the machine's movement, not by where each process's buffers landed (fresh processes' canaries
+    differ: docs/design.md). A group taken while the machine moved is taken again (`_take`,
     `Protocol.canary_tolerance`); `canary_history` carries the canaries of the takes kept so far from one
     scheduler to the next (a network per scheduler). `in_context`: whole networks are timed block by block,
     and their results carry their blocks' (`Result.parts`).
@@ -294,9 +293,9 @@ class Scheduler:
     def _take(self, group: list[Target]) -> tuple[list[Result], float]:
         """One take of the group and how far the machine moved during it: its trials' canaries apart
         (relative spread), or their median away from the median of the canaries of the takes kept before
-        (once there are three), whichever is larger. A machine that swings between speeds for
-        seconds at a time (here: the canary of one process 900 -> 1330 us and back) can hold still through a
-        whole group in its slow state: the spread alone would not see that."""
+        (once there are three), whichever is larger. A machine that swings between speeds for seconds at a
+        time (docs/design.md) can hold still through a whole group in its slow state: the spread alone would
+        not see that."""
         results = self._measure_group(group)
         canaries = _canaries(results)
         if not canaries:

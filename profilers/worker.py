@@ -1,7 +1,7 @@
 """Each backend runs in its own worker process; the parent talks to it over a pipe.
 
-One process per backend keeps runtimes' thread pools apart (an XNNPACK pool beside a torch block
-made the torch block 50x slower here) and lets a crashing runtime take down only its worker.
+One process per backend keeps runtimes' thread pools apart (they slow each other's blocks down
+badly: docs/design.md) and lets a crashing runtime take down only its worker.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from profilers.errors import BlockFailed, ProfilerError
 from profilers.targets import ARCH_PREFIX, ArchTarget, parse_target
 from profilers.zygote import ForkedProcess, log_tail, start_python, zygote_for
 
-READY_TIMEOUT_S = 600.0  # importing torch took 60-110 s here on a loaded 2-core machine, more beside others
+READY_TIMEOUT_S = 600.0  # importing torch takes well over a minute on a loaded machine (docs/design.md)
 # glibc hands large buffers back to the kernel after each call by default (mmap/munmap, heap trim),
-# so every run of a block with big activations page-faults afresh: measured here, that made
-# the same block 1.3-2x slower at random between passes. Block workers keep freed memory in the heap
-# instead; end-to-end runs taken as truth run in the deployment's environment (latency.vocab.deploy_env).
+# so every run of a block with big activations page-faults afresh, and its time varies at random between
+# passes (docs/design.md). Block workers keep freed memory in the heap instead; end-to-end runs taken as
+# truth run in the deployment's environment (latency.vocab.deploy_env).
 MALLOC_ENV = dict(TUNED_MALLOC)
 # Run via -c so that pickled classes resolve to this module, not to __main__.
 _ENTRY = "import sys; from profilers.worker import main; main(sys.argv[1:])"

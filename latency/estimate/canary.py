@@ -1,4 +1,4 @@
-"""The table's speed: the median of the canary timed beside every measured block (DESIGN.md). A time
+"""The table's speed: the median of the canary timed beside every measured block (docs/design.md). A time
 measured while the canary took c us is stated at the table's speed by multiplying it by table/c."""
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ def unit_speeds(rows: Iterable[Any], table_canary_us: float | None) -> dict[str 
     """Per physical unit that measured rows (a phone's serial; None: the host), the factor that states its
     rows at the table's speed: the table's canary median over the unit's own. Units of one phone model
     differ in speed by several percent (a farm: latency.jobs.farm); within a unit, rows are used as
-    measured (dividing each by its own trial's canary added more per-process noise than it removed), so
-    a table measured on one unit is read exactly as before."""
+    measured (dividing each by its own trial's canary added more per-process noise than it removed:
+    docs/design.md), so a table measured on one unit is read exactly as before."""
     rows = list(rows)
     measured = [r for r in rows if r.source == "measured" and r.canary_us]
     cold = [r for r in measured if "cold_heap" in r.protocol]

@@ -2,8 +2,8 @@
 error; stored runs as training data, as measured.
 
 Runs are not rescaled by a canary ratio: a canary timed one way for the table and another way for the runs
-shrank every run by 14% and made every estimate 15% fast (DESIGN.md). The canary detects a run taken while
-the machine moved, and the protocol takes it again (profilers.protocol); a fit then reproduces its own runs
+biased every run and every estimate (docs/design.md). The canary detects a run taken while the machine
+moved, and the protocol takes it again (profilers.protocol); a fit then reproduces its own runs
 (`in_sample_median_ratio`)."""
 
 from __future__ import annotations

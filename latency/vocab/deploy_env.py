@@ -1,9 +1,9 @@
 """The deployment environment: how the user's own process runs a network, which end-to-end times refer to.
 
 Block workers tune their process for stable numbers (glibc keeps freed memory in the heap, see
-profilers/worker.py); a user's process does not, and measured here that made whole networks 18-20%
-slower than in the tuned workers. So an end-to-end time used as truth (calibration, validation,
-`lut time`) is taken in a process set up as the deployment runs it, and every run and calibration
+profilers/worker.py); a user's process does not, and runs whole networks measurably slower than the
+tuned workers (docs/design.md). So an end-to-end time used as truth (calibration, validation, `lut time`)
+is taken in a process set up as the deployment runs it, and every run and calibration
 records which deployment that was: `default` (the runtime's defaults: a plain process), a preset, or
 explicit variables such as `LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2`.
 """
