@@ -66,6 +66,7 @@ INTEGRATION_MODULES = {
     "test_cuda",
     "test_deploy_env",
     "test_farm",
+    "test_human_output",
     "test_in_context",
     "test_install",
     "test_profilers",

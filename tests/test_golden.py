@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,29 @@ def test_validation_metrics_on_stored_runs_are_unchanged(tmp_path: Path) -> None
     if WRITE:
         path.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
     assert got == json.loads(path.read_text())
+
+
+# The human-readable output of the same commands (and of devices, sample, export), as a user reads it:
+# plain text (no markup leaking), tables at the width a pipe gets (160 columns), byte for byte.
+HUMAN = {name: [a for a in args if a != "--json"] for name, args in COMMANDS.items()}
+HUMAN |= {
+    "devices": ["devices"],
+    "sample": ["sample", "--n", "2", "--seed", "3", "--space", str(TINY_SPACE), "--out", "OUT"],
+    "export": ["export", "--device", "pixel", "--out", "OUT/rows.csv"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(HUMAN))
+def test_human_output_is_unchanged(name: str, table: str, tmp_path: Path) -> None:
+    point = tmp_path / "tiny_point.json"
+    point.write_text(json.dumps({"name": "tiny_point", **json.loads((GOLDEN / "tiny_point.arch.json").read_text())}))
+    args = [str(point) if a == "TINY_POINT" else a.replace("OUT", str(tmp_path)) for a in HUMAN[name]]
+    ran = lut(*args, "--db", table) if args[0] not in ("models", "blocks", "space", "sample") else lut(*args)
+    assert ran.returncode == 0, ran.stderr
+    got = re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d", "YYYY-MM-DD HH:MM", ran.stdout.replace(str(tmp_path), "TMP"))
+    got = got.replace(table, "DB").replace(str(TINY_SPACE), "TINY_SPACE")  # where the checkout lies varies
+    assert "[bold" not in got and "[/" not in got
+    path = GOLDEN / f"{name}.txt"
+    if WRITE:
+        path.write_text(got)
+    assert got == path.read_text()
