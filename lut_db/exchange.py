@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, Select, func, select
@@ -76,95 +77,56 @@ class Exchange(StoreCore):
         replaces a measured one.
         """
         rows = csvio.read_csv(path)
-        name = os.fspath(path)
-        devices: dict[str, tuple[int, dict[str, Any]]] = {}
-        blocks: dict[str, dict[str, Any]] = {}
-        chosen: dict[tuple[Any, ...], tuple[int, dict[str, Any]]] = {}
-        duplicates = 0
-        for line, row in rows:
-            try:
-                check_label(row, "device_kind")
-            except RowError as exc:
-                raise StoreError(f"{name}: line {line}, column '{exc.column}': {exc}") from None
-            held = devices.setdefault(row["device"], (line, row))[1]
-            if (held["device_kind"], held["device_identity"]) != (row["device_kind"], row["device_identity"]):
-                raise StoreError(
-                    f"{name}: line {line}: device '{row['device']}' has another kind or identity than on line "
-                    f"{devices[row['device']][0]}."
-                )
-            block = _block_row_from_csv(row)
-            try:
-                check_measurement(row, block={f: block[f] for f in BLOCK_COLUMNS if f not in ("flops", "params")})
-            except RowError as exc:
-                raise StoreError(f"{name}: line {line}, column '{exc.column}': {exc}") from None
-            key = (row["block_key"], row["device"], *(row[c] for c in MEASUREMENT_KEY[2:]))
-            if key in chosen:
-                first_line, first = chosen[key]
-                differ = [c for c in csvio.COLUMN_NAMES if first[c] != row[c]]
-                if differ:
-                    raise StoreError(
-                        f"{name}: lines {first_line} and {line} are two different rows for one measurement "
-                        f"({row['block_key']} on {row['device']}, {row['backend']} {row['backend_version']}, "
-                        f"{row['threads']} threads; column '{differ[0]}' differs): keep one of them."
-                    )
-                duplicates += 1
-                continue
-            chosen[key] = (line, row)
-            blocks.setdefault(row["block_key"], block)
+        checked = _check_rows(rows, os.fspath(path))
+        return self._write(lambda session: self._merge(session, checked, os.fspath(path), replace))
+
+    def _merge(self, session: Session, checked: _CheckedRows, name: str, replace: bool) -> ImportSummary:
+        """Write checked rows: devices (their identity checked against the table's), blocks, measurements."""
+        devices, blocks, chosen, rows = checked.devices, checked.blocks, checked.chosen, checked.rows
         now = utcnow()
-
-        def write(session: Session) -> ImportSummary:
-            ids: dict[str, int] = {}
-            for device, (line, row) in devices.items():
-                values = {
-                    "name": device,
-                    "kind": row["device_kind"],
-                    "fingerprint": row["device_fingerprint"],
-                    "identity": row["device_identity"],
-                    "created_at": now,
-                    "last_seen_at": now,
-                }
-                session.execute(
-                    self._insert(DeviceRow).values(**values).on_conflict_do_nothing(index_elements=["name"])
-                )
-                stored = session.scalars(select(DeviceRow).where(DeviceRow.name == device)).one()
-                try:
-                    self._check_identity(
-                        device, stored.kind, stored.identity, row["device_kind"], row["device_identity"]
-                    )
-                except StoreError as exc:
-                    raise StoreError(f"{name}: line {line}: {exc}") from None
-                ids[device] = stored.id
-            if blocks:
-                session.execute(
-                    self._insert(Block).on_conflict_do_nothing(index_elements=["key"]), list(blocks.values())
-                )
-            wanted = [(ids[r["device"]], r["block_key"]) for _, r in chosen.values()]
-            existing = self._existing_measurements(session, wanted)
-            own = ("block_key", *MEASUREMENT_KEY[2:], *MEASUREMENT_VALUES)
-            counts = {"new": 0, "updated": 0, "unchanged": 0, "kept": 0}
-            to_write = []
-            for _, row in chosen.values():
-                values = {**{c: row[c] for c in own}, "device_id": ids[row["device"]]}
-                current = existing.get(tuple(values[c] for c in MEASUREMENT_KEY))
-                if current is None:
-                    counts["new"] += 1
-                elif all(getattr(current, c) == values[c] for c in MEASUREMENT_VALUES):
-                    counts["unchanged"] += 1
-                    continue
-                elif SOURCES.index(current.source) > SOURCES.index(row["source"]) or (
-                    not replace and current.measured_at > row["measured_at"]
-                ):
-                    counts["kept"] += 1
-                    continue
-                else:
-                    counts["updated"] += 1
-                to_write.append(values)
-            if to_write:
-                session.execute(self._measurement_upsert(), to_write)
-            return ImportSummary(rows=len(rows), duplicates=duplicates, **counts)
-
-        return self._write(write)
+        ids: dict[str, int] = {}
+        for device, (line, row) in devices.items():
+            values = {
+                "name": device,
+                "kind": row["device_kind"],
+                "fingerprint": row["device_fingerprint"],
+                "identity": row["device_identity"],
+                "created_at": now,
+                "last_seen_at": now,
+            }
+            session.execute(self._insert(DeviceRow).values(**values).on_conflict_do_nothing(index_elements=["name"]))
+            stored = session.scalars(select(DeviceRow).where(DeviceRow.name == device)).one()
+            try:
+                self._check_identity(device, stored.kind, stored.identity, row["device_kind"], row["device_identity"])
+            except StoreError as exc:
+                raise StoreError(f"{name}: line {line}: {exc}") from None
+            ids[device] = stored.id
+        if blocks:
+            session.execute(self._insert(Block).on_conflict_do_nothing(index_elements=["key"]), list(blocks.values()))
+        wanted = [(ids[r["device"]], r["block_key"]) for _, r in chosen.values()]
+        existing = self._existing_measurements(session, wanted)
+        own = ("block_key", *MEASUREMENT_KEY[2:], *MEASUREMENT_VALUES)
+        counts = {"new": 0, "updated": 0, "unchanged": 0, "kept": 0}
+        to_write = []
+        for _, row in chosen.values():
+            values = {**{c: row[c] for c in own}, "device_id": ids[row["device"]]}
+            current = existing.get(tuple(values[c] for c in MEASUREMENT_KEY))
+            if current is None:
+                counts["new"] += 1
+            elif all(getattr(current, c) == values[c] for c in MEASUREMENT_VALUES):
+                counts["unchanged"] += 1
+                continue
+            elif SOURCES.index(current.source) > SOURCES.index(row["source"]) or (
+                not replace and current.measured_at > row["measured_at"]
+            ):
+                counts["kept"] += 1
+                continue
+            else:
+                counts["updated"] += 1
+            to_write.append(values)
+        if to_write:
+            session.execute(self._measurement_upsert(), to_write)
+        return ImportSummary(rows=rows, duplicates=checked.duplicates, **counts)
 
     def _existing_measurements(
         self, session: Session, wanted: list[tuple[int, str]]
@@ -237,3 +199,54 @@ def _block_row_from_csv(row: dict[str, Any]) -> dict[str, Any]:
         "batch": row["block_batch"],
         "dtype": row["block_dtype"],
     }
+
+
+@dataclass(frozen=True)
+class _CheckedRows:
+    """A CSV file's rows once every one is checked: its devices, blocks and one row per measurement."""
+
+    rows: int
+    devices: dict[str, tuple[int, dict[str, Any]]]
+    blocks: dict[str, dict[str, Any]]
+    chosen: dict[tuple[Any, ...], tuple[int, dict[str, Any]]]
+    duplicates: int
+
+
+def _check_rows(rows: list[tuple[int, dict[str, Any]]], name: str) -> _CheckedRows:
+    """Every row checked (the first impossible one named by file, line and column); two different rows for
+    one measurement refused, identical repeats counted once."""
+    devices: dict[str, tuple[int, dict[str, Any]]] = {}
+    blocks: dict[str, dict[str, Any]] = {}
+    chosen: dict[tuple[Any, ...], tuple[int, dict[str, Any]]] = {}
+    duplicates = 0
+    for line, row in rows:
+        try:
+            check_label(row, "device_kind")
+        except RowError as exc:
+            raise StoreError(f"{name}: line {line}, column '{exc.column}': {exc}") from None
+        held = devices.setdefault(row["device"], (line, row))[1]
+        if (held["device_kind"], held["device_identity"]) != (row["device_kind"], row["device_identity"]):
+            raise StoreError(
+                f"{name}: line {line}: device '{row['device']}' has another kind or identity than on line "
+                f"{devices[row['device']][0]}."
+            )
+        block = _block_row_from_csv(row)
+        try:
+            check_measurement(row, block={f: block[f] for f in BLOCK_COLUMNS if f not in ("flops", "params")})
+        except RowError as exc:
+            raise StoreError(f"{name}: line {line}, column '{exc.column}': {exc}") from None
+        key = (row["block_key"], row["device"], *(row[c] for c in MEASUREMENT_KEY[2:]))
+        if key in chosen:
+            first_line, first = chosen[key]
+            differ = [c for c in csvio.COLUMN_NAMES if first[c] != row[c]]
+            if differ:
+                raise StoreError(
+                    f"{name}: lines {first_line} and {line} are two different rows for one measurement "
+                    f"({row['block_key']} on {row['device']}, {row['backend']} {row['backend_version']}, "
+                    f"{row['threads']} threads; column '{differ[0]}' differs): keep one of them."
+                )
+            duplicates += 1
+            continue
+        chosen[key] = (line, row)
+        blocks.setdefault(row["block_key"], block)
+    return _CheckedRows(len(rows), devices, blocks, chosen, duplicates)

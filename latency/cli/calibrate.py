@@ -38,6 +38,33 @@ if TYPE_CHECKING:
 app = typer.Typer()
 
 
+FromOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--from",
+        help="Transfer: the devices (comma-separated) whose tables DEVICE's estimates are built from; "
+        "DEVICE then runs only --runs whole networks, no block.",
+    ),
+]
+FromBackendOpt = Annotated[str | None, typer.Option(help="The sources' backend [default: DEVICE's].")]
+FromThreadsOpt = Annotated[int | None, typer.Option(min=1, help="The sources' threads [default: --threads].")]
+RunsOpt = Annotated[
+    int,
+    typer.Option(min=3, max=1000, help="Transfer: whole networks to run on DEVICE (the family first, then sampled)."),
+]
+QueueRunsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--queue",
+        help="Queue the whole networks (and, without --from, their missing blocks) as jobs for the device "
+        "farm's workers; once they are done, the same command without --queue fits. Needs a PostgreSQL table.",
+    ),
+]
+CalibrationModelsOpt = Annotated[
+    str, typer.Option("--models", help="Family members to include (with --from: run first): 'all', 'none' or names.")
+]
+
+
 @app.command()
 @user_errors
 def calibrate(
@@ -45,41 +72,20 @@ def calibrate(
     backend: Annotated[str | None, typer.Option(help="Backend [default: the device's first].")] = None,
     random: Annotated[int, typer.Option("--random", min=0, help="Sampled architectures to add.")] = 30,
     seed: Annotated[int, typer.Option(help="Seed of the sample.")] = 0,
-    models: Annotated[
-        str, typer.Option(help="Family members to include (with --from: run first): 'all', 'none' or names.")
-    ] = "all",
+    models: CalibrationModelsOpt = "all",
     space: SpaceOpt = "fbnetv2_f4",
     threads: ThreadsOpt = 1,
     batch: BatchOpt = 1,
     dtype: DtypeOpt = "fp32",
     protocol: ProtocolOpt = "standard",
     deploy_env: DeployEnvOpt = "default",
-    from_devices: Annotated[
-        str | None,
-        typer.Option(
-            "--from",
-            help="Transfer: the devices (comma-separated) whose tables DEVICE's estimates are built from; "
-            "DEVICE then runs only --runs whole networks, no block.",
-        ),
-    ] = None,
-    from_backend: Annotated[str | None, typer.Option(help="The sources' backend [default: DEVICE's].")] = None,
-    from_threads: Annotated[int | None, typer.Option(min=1, help="The sources' threads [default: --threads].")] = None,
-    runs: Annotated[
-        int,
-        typer.Option(
-            min=3, max=1000, help="Transfer: whole networks to run on DEVICE (the family first, then sampled)."
-        ),
-    ] = 10,
+    from_devices: FromOpt = None,
+    from_backend: FromBackendOpt = None,
+    from_threads: FromThreadsOpt = None,
+    runs: RunsOpt = 10,
     serial: SerialOpt = None,
     runner: RunnerOpt = None,
-    queue: Annotated[
-        bool,
-        typer.Option(
-            "--queue",
-            help="Queue the whole networks (and, without --from, their missing blocks) as jobs for the device "
-            "farm's workers; once they are done, the same command without --queue fits. Needs a PostgreSQL table.",
-        ),
-    ] = False,
+    queue: QueueRunsOpt = False,
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:

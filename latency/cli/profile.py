@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -34,65 +34,78 @@ from latency.vocab.conditions import Conditions
 from latency.vocab.deploy_env import DeployEnv
 from latency.vocab.errors import LutError
 
+if TYPE_CHECKING:
+    from latency.jobs.measure import ProfileSummary
+    from lut_db import LutStore
+
 app = typer.Typer()
+
+
+ProfileBackendOpt = Annotated[
+    str | None, typer.Option("--backend", help="torch, onnxruntime or executorch [default: the device's first].")
+]
+ModelsOpt = Annotated[
+    str | None, typer.Option(help="Comma-separated model names, or 'all' [default: all, unless --arch is given].")
+]
+ArchFilesOpt = Annotated[list[str] | None, typer.Option("--arch", help="An ARCH.json file (repeatable).")]
+ForceOpt = Annotated[bool, typer.Option(help="Measure again blocks the table already has.")]
+SpaceFillOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--space",
+        help="Fill the table for a search space (a name or a space file NAME.json) instead: all corners, "
+        "then adaptive samples until --budget-min is spent, the rest predicted.",
+    ),
+]
+BudgetOpt = Annotated[
+    float,
+    typer.Option(
+        min=0.0, callback=finite, help="Minutes of measuring for --space (the corners are always measured in full)."
+    ),
+]
+QueueOpt = Annotated[
+    bool,
+    typer.Option(
+        "--queue",
+        help="Queue the missing blocks as jobs for the device farm's workers (`lut worker`) instead of "
+        "measuring them here (with --space: its corners); needs a PostgreSQL table.",
+    ),
+]
+JobSizeOpt = Annotated[
+    int | None, typer.Option(min=1, help="Blocks per queued job [default: the protocol's group of blocks, 12].")
+]
+InContextOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--in-context/--isolated",
+        help="Time the blocks inside the whole networks asked for (with --space: networks of the space that "
+        "hold the shapes to measure), run as --deploy-env runs them (a plain process by default): a network's "
+        "blocks then sum to its time in that process; or each block alone, again and again. [default: in "
+        "context where the backend runs a network block by block on this host (torch), alone elsewhere and "
+        "for --queue]",
+    ),
+]
 
 
 @app.command()
 @user_errors
 def profile(
     device: DeviceOpt = "cpu",
-    backend: Annotated[
-        str | None, typer.Option(help="torch, onnxruntime or executorch [default: the device's first].")
-    ] = None,
-    models: Annotated[
-        str | None, typer.Option(help="Comma-separated model names, or 'all' [default: all, unless --arch is given].")
-    ] = None,
-    arch: Annotated[list[str] | None, typer.Option("--arch", help="An ARCH.json file (repeatable).")] = None,
+    backend: ProfileBackendOpt = None,
+    models: ModelsOpt = None,
+    arch: ArchFilesOpt = None,
     threads: ThreadsOpt = 1,
     batch: BatchOpt = 1,
     dtype: DtypeOpt = "fp32",
-    force: Annotated[bool, typer.Option(help="Measure again blocks the table already has.")] = False,
-    space: Annotated[
-        str | None,
-        typer.Option(
-            help="Fill the table for a search space (a name or a space file NAME.json) instead: all corners, "
-            "then adaptive samples until --budget-min is spent, the rest predicted."
-        ),
-    ] = None,
-    budget_min: Annotated[
-        float,
-        typer.Option(
-            min=0.0,
-            callback=finite,
-            help="Minutes of measuring for --space (the corners are always measured in full).",
-        ),
-    ] = 20.0,
+    force: ForceOpt = False,
+    space: SpaceFillOpt = None,
+    budget_min: BudgetOpt = 20.0,
     serial: SerialOpt = None,
     runner: RunnerOpt = None,
     protocol: ProtocolOpt = "standard",
-    queue: Annotated[
-        bool,
-        typer.Option(
-            "--queue",
-            help="Queue the missing blocks as jobs for the device farm's workers (`lut worker`) instead of "
-            "measuring them here (with --space: its corners); needs a PostgreSQL table.",
-        ),
-    ] = False,
-    job_size: Annotated[
-        int | None,
-        typer.Option(min=1, help="Blocks per queued job [default: the protocol's group of blocks, 12]."),
-    ] = None,
-    in_context: Annotated[
-        bool | None,
-        typer.Option(
-            "--in-context/--isolated",
-            help="Time the blocks inside the whole networks asked for (with --space: networks of the space that "
-            "hold the shapes to measure), run as --deploy-env runs them (a plain process by default): a network's "
-            "blocks then sum to its time in that process; or each block alone, again and again. [default: in "
-            "context where the backend runs a network block by block on this host (torch), alone elsewhere and "
-            "for --queue]",
-        ),
-    ] = None,
+    queue: QueueOpt = False,
+    job_size: JobSizeOpt = None,
+    in_context: InContextOpt = None,
     deploy_env: DeployEnvOpt = "default",
     db: DbOpt = None,
     as_json: JsonOpt = False,
@@ -150,20 +163,24 @@ def profile(
     if as_json:
         print_json({**summary.to_dict(), "db": str(store.url)})
     else:
-        console.print(
-            f"{summary.requested} blocks asked for on {summary.device} ({summary.backend} "
-            f"{summary.backend_version}, {summary.threads} thread(s)): {summary.measured} measured, "
-            f"{summary.already_present} already in the table, {len(summary.unstable)} unstable after "
-            f"re-measurement, {len(summary.failed)} failed; {summary.seconds:.1f} s."
-        )
-        console.print(f"table: {store.url}", highlight=False)
-        for key, error in summary.failed.items():
-            err_console.print(f"failed: {key}: {error}", highlight=False, soft_wrap=True)
+        _print_summary(summary, store)
     if summary.interrupted:
         err_console.print("interrupted: what was measured is stored; run the same command again to finish.")
         raise typer.Exit(130)
     if summary.failed:
         raise typer.Exit(1)
+
+
+def _print_summary(summary: ProfileSummary, store: LutStore) -> None:
+    console.print(
+        f"{summary.requested} blocks asked for on {summary.device} ({summary.backend} "
+        f"{summary.backend_version}, {summary.threads} thread(s)): {summary.measured} measured, "
+        f"{summary.already_present} already in the table, {len(summary.unstable)} unstable after "
+        f"re-measurement, {len(summary.failed)} failed; {summary.seconds:.1f} s."
+    )
+    console.print(f"table: {store.url}", highlight=False)
+    for key, error in summary.failed.items():
+        err_console.print(f"failed: {key}: {error}", highlight=False, soft_wrap=True)
 
 
 def _queue(

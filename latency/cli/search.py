@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,57 +36,68 @@ from latency.vocab.errors import LutError
 app = typer.Typer()
 
 
+TargetMsOpt = Annotated[float, typer.Option(callback=finite, help="The latency budget on the device (ms).")]
+EpochsOpt = Annotated[int, typer.Option(min=1, help="Search epochs on the proxy task.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of weights, data split and Gumbel noise.")]
+LossOpt = Annotated[str, typer.Option(help="target: CE + w (log E[lat] - log T)^2; fbnet: CE * a * log(E[lat])^b.")]
+OutOpt = Annotated[Path | None, typer.Option(help="Where to write the found ARCH.json [default: search-<T>ms.json].")]
+CheckpointOpt = Annotated[Path | None, typer.Option(help="Checkpoint to resume from [default: <out>.ckpt].")]
+ProfileBudgetOpt = Annotated[
+    float,
+    typer.Option(min=0.0, callback=finite, help="Minutes to fill the space's table first, if it is not filled yet."),
+]
+MeasureOpt = Annotated[bool, typer.Option(help="Measure the found architecture end to end.")]
+ProxyResolutionsOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Proxy-task image sizes, one per resolution option of the space (comma-separated) "
+        "[default: the space's resolutions with --data, else 16,20,24,... one per option]."
+    ),
+]
+ImagesOpt = Annotated[int | None, typer.Option(min=50, help="Use only the first N digits (a smoke test).")]
+DataOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="An image folder to search on (train/<class>/*.jpg, val/<class>/*.jpg; without val/ a seeded fifth "
+        "of train/ is held out) [default: scikit-learn's digits]."
+    ),
+]
+BatchSizeOpt = Annotated[int, typer.Option(min=1, help="Images per step (weights and architecture).")]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=0, max=64, help="Processes loading the image folder's images [default: 4, or fewer on fewer CPUs]."
+    ),
+]
+TrainDeviceOpt = Annotated[
+    str | None,
+    typer.Option(help="Where the supernet trains: cpu, cuda or cuda:N (mixed precision) [default: cuda if any]."),
+]
+MixedPrecisionOpt = Annotated[
+    bool, typer.Option(help="bfloat16 autocast for the supernet on a GPU (the CPU trains in float32).")
+]
+
+
 @app.command()
 @user_errors
 def search(
-    target_ms: Annotated[float, typer.Option(callback=finite, help="The latency budget on the device (ms).")],
+    target_ms: TargetMsOpt,
     device: DeviceOpt = "cpu",
     space: SpaceOpt = "fbnetv2_f4",
-    epochs: Annotated[int, typer.Option(min=1, help="Search epochs on the proxy task.")] = 16,
-    seed: Annotated[int, typer.Option(help="Seed of weights, data split and Gumbel noise.")] = 0,
-    loss: Annotated[
-        str, typer.Option(help="target: CE + w (log E[lat] - log T)^2; fbnet: CE * a * log(E[lat])^b.")
-    ] = "target",
-    out: Annotated[
-        Path | None, typer.Option(help="Where to write the found ARCH.json [default: search-<T>ms.json].")
-    ] = None,
-    checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint to resume from [default: <out>.ckpt].")] = None,
-    profile_budget_min: Annotated[
-        float,
-        typer.Option(
-            min=0.0, callback=finite, help="Minutes to fill the space's table first, if it is not filled yet."
-        ),
-    ] = 10.0,
-    measure: Annotated[bool, typer.Option(help="Measure the found architecture end to end.")] = True,
-    proxy_resolutions: Annotated[
-        str | None,
-        typer.Option(
-            help="Proxy-task image sizes, one per resolution option of the space (comma-separated) "
-            "[default: the space's resolutions with --data, else 16,20,24,... one per option]."
-        ),
-    ] = None,
-    images: Annotated[int | None, typer.Option(min=50, help="Use only the first N digits (a smoke test).")] = None,
-    data: Annotated[
-        Path | None,
-        typer.Option(
-            help="An image folder to search on (train/<class>/*.jpg, val/<class>/*.jpg; without val/ a seeded fifth "
-            "of train/ is held out) [default: scikit-learn's digits]."
-        ),
-    ] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per step (weights and architecture).")] = 64,
-    workers: Annotated[
-        int | None,
-        typer.Option(
-            min=0, max=64, help="Processes loading the image folder's images [default: 4, or fewer on fewer CPUs]."
-        ),
-    ] = None,
-    train_device: Annotated[
-        str | None,
-        typer.Option(help="Where the supernet trains: cpu, cuda or cuda:N (mixed precision) [default: cuda if any]."),
-    ] = None,
-    mixed_precision: Annotated[
-        bool, typer.Option(help="bfloat16 autocast for the supernet on a GPU (the CPU trains in float32).")
-    ] = True,
+    epochs: EpochsOpt = 16,
+    seed: SeedOpt = 0,
+    loss: LossOpt = "target",
+    out: OutOpt = None,
+    checkpoint: CheckpointOpt = None,
+    profile_budget_min: ProfileBudgetOpt = 10.0,
+    measure: MeasureOpt = True,
+    proxy_resolutions: ProxyResolutionsOpt = None,
+    images: ImagesOpt = None,
+    data: DataOpt = None,
+    batch_size: BatchSizeOpt = 64,
+    workers: WorkersOpt = None,
+    train_device: TrainDeviceOpt = None,
+    mixed_precision: MixedPrecisionOpt = True,
     backend: BackendOpt = None,
     threads: ThreadsOpt = 1,
     protocol: ProtocolOpt = "standard",
@@ -141,7 +153,20 @@ def search(
         protocol=check_protocol(protocol),
         deploy_env=parse_deploy_env(deploy_env),
     )
+    found = run_search(request, open_store(db), RichProgress, _say, _epoch_line(epochs))
+    if found is None:  # another process of a torchrun search: the first one reports
+        return
+    if as_json:
+        print_json(found.to_dict())
+        return
+    _print_found(found, out, target_ms)
 
+
+def _say(message: str) -> None:
+    err_console.print(message, highlight=False, soft_wrap=True)  # a path stays whole, in a log file too
+
+
+def _epoch_line(epochs: int) -> Callable[[Any], None]:
     def report(log: Any) -> None:
         err_console.print(
             f"epoch {log.epoch + 1:3d}/{epochs}  temperature {log.temperature:.3f}  proxy accuracy "
@@ -151,15 +176,11 @@ def search(
             soft_wrap=True,  # one line per epoch in a log file too
         )
 
-    def say(message: str) -> None:
-        err_console.print(message, highlight=False, soft_wrap=True)  # a path stays whole, in a log file too
+    return report
 
-    found = run_search(request, open_store(db), RichProgress, say, report)
-    if found is None:  # another process of a torchrun search: the first one reports
-        return
-    if as_json:
-        print_json(found.to_dict())
-        return
+
+def _print_found(found: Any, out: Path, target_ms: float) -> None:
+    """The search's result for a reader: what was written, and the target against estimate and measurement."""
     estimated, measured, estimated_then = found.estimated_ms, found.measured_ms, found.estimated_then_ms
     console.print(
         f"wrote {out}: {found.flops_m:.1f} M FLOPs, proxy accuracy "

@@ -199,115 +199,60 @@ class Arch:
         return _parse(data, source)
 
 
-def _parse(data: Any, source: str) -> Arch:
-    def fail(where: str, why: str) -> ArchError:
-        return ArchError(f"{source}: {where} {why}.")
+@dataclass(frozen=True)
+class _Checker:
+    """Errors that name the file (`source`) and the field at fault."""
 
-    def positive_int(value: Any, where: str, minimum: int = 1) -> int:
+    source: str
+
+    def fail(self, where: str, why: str) -> ArchError:
+        return ArchError(f"{self.source}: {where} {why}.")
+
+    def positive_int(self, value: Any, where: str, minimum: int = 1) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise fail(where, f"must be an integer, got {json.dumps(value)}")
+            raise self.fail(where, f"must be an integer, got {json.dumps(value)}")
         if value < minimum:
             word = "positive" if minimum == 1 else f"at least {minimum}"
-            raise fail(where, f"must be {word}, got {value}")
+            raise self.fail(where, f"must be {word}, got {value}")
         return value
 
+
+def _parse(data: Any, source: str) -> Arch:
+    check = _Checker(source)
     if not isinstance(data, dict):
         raise ArchError(f"{source}: an architecture must be a JSON object with 'resolution' and 'blocks'.")
     unknown = sorted(set(data) - set(ARCH_FIELDS))
     if unknown:
-        raise fail(f"field '{unknown[0]}'", f"is unknown (known fields: {', '.join(ARCH_FIELDS)})")
+        raise check.fail(f"field '{unknown[0]}'", f"is unknown (known fields: {', '.join(ARCH_FIELDS)})")
     for required in ("resolution", "blocks"):
         if required not in data:
-            raise fail(f"field '{required}'", "is missing")
-    resolution = positive_int(data["resolution"], "resolution")
-    in_channels = positive_int(data.get("in_channels", 3), "in_channels")
-    divisor = positive_int(data.get("width_divisor", 8), "width_divisor")
+            raise check.fail(f"field '{required}'", "is missing")
+    resolution = check.positive_int(data["resolution"], "resolution")
+    in_channels = check.positive_int(data.get("in_channels", 3), "in_channels")
+    divisor = check.positive_int(data.get("width_divisor", 8), "width_divisor")
     conv_bias = data.get("conv_bias", False)
     if not isinstance(conv_bias, bool):
-        raise fail("conv_bias", f"must be true or false, got {json.dumps(conv_bias)}")
+        raise check.fail("conv_bias", f"must be true or false, got {json.dumps(conv_bias)}")
     dropout = data.get("dropout", 0.0)
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise fail("dropout", f"must be a number in [0, 1), got {json.dumps(dropout)}")
+        raise check.fail("dropout", f"must be a number in [0, 1), got {json.dumps(dropout)}")
     name = data.get("name", "arch")
     if not isinstance(name, str) or not name:
-        raise fail("name", "must be a non-empty string")
+        raise check.fail("name", "must be a non-empty string")
     blocks = data["blocks"]
     if not isinstance(blocks, list) or len(blocks) < 3:
-        raise fail("blocks", "must be a list from the stem to the classifier (at least stem, head, classifier)")
+        raise check.fail("blocks", "must be a list from the stem to the classifier (at least stem, head, classifier)")
 
     layers: list[LayerDef] = []
     c_in, size, n_down = in_channels, resolution, 0
     for i, block in enumerate(blocks):
-        where = f"blocks[{i}]"
-        if not isinstance(block, dict):
-            raise fail(where, "must be an object with at least 'op' and 'c_out'")
-        unknown = sorted(set(block) - set(ARCH_BLOCK_FIELDS))
-        if unknown:
-            raise fail(f"{where}.{unknown[0]}", f"is an unknown field (known: {', '.join(ARCH_BLOCK_FIELDS)})")
-        if "op" not in block:
-            raise fail(f"{where}.op", "is missing")
-        op_name = block["op"]
-        if op_name not in OPS:
-            raise fail(f"{where}.op", f"'{op_name}' is not a known op (known: {', '.join(sorted(OPS))})")
-        op = OPS[op_name]
-        expected_kind = (
-            "stem" if i == 0 else "classifier" if i == len(blocks) - 1 else ("head" if i == len(blocks) - 2 else None)
-        )
-        if expected_kind and op.kind != expected_kind:
-            raise fail(
-                f"{where}.op",
-                f"must be a {expected_kind} op such as '{KIND_TO_DEFAULT_OP[expected_kind]}', got '{op_name}'",
-            )
-        if not expected_kind and op.kind not in ("ir", "skip"):
-            raise fail(f"{where}.op", f"must be an ir or skip op between the stem and the head, got '{op_name}'")
-        if "c_out" not in block:
-            raise fail(f"{where}.c_out", "is missing")
-        c_out = positive_int(block["c_out"], f"{where}.c_out")
-        stride = positive_int(block.get("stride", 1), f"{where}.stride")
-        if stride not in (1, 2):
-            raise fail(f"{where}.stride", f"must be 1 or 2, got {stride}")
-        if stride == 2 and op.kind in ("head", "classifier"):
-            raise fail(f"{where}.stride", "must be 1 for the head and the classifier")
-        if stride == 2 and size % 2:
-            raise fail(
-                f"{where}.stride",
-                f"2 does not fit the resolution: the feature map here is {size}x{size} "
-                f"after {n_down} stride-2 blocks (use a resolution divisible by {2 ** (n_down + 1)})",
-            )
-        mid: int | None = None
-        if op.kind in ("ir", "head"):
-            if "mid" in block and "expansion" in block:
-                raise fail(where, "gives both 'mid' and 'expansion'; give one")
-            if "mid" in block:
-                mid = positive_int(block["mid"], f"{where}.mid")
-            elif "expansion" in block:
-                expansion = block["expansion"]
-                if (
-                    isinstance(expansion, bool)
-                    or not isinstance(expansion, (int, float))
-                    or not math.isfinite(expansion)
-                    or not 0 < expansion <= MAX_EXPANSION
-                ):
-                    raise fail(
-                        f"{where}.expansion", f"must be a number above 0 and at most {MAX_EXPANSION}, got {expansion!r}"
-                    )
-                mid = c_in if expansion == 1 else make_divisible(c_in * expansion, divisor)
-            elif op.kind == "head":
-                mid = head_width(c_in, divisor)
-            else:
-                raise fail(f"{where}.mid", "is missing (give 'mid' channels or an 'expansion' ratio)")
-        elif "mid" in block or "expansion" in block:
-            raise fail(where, f"'{op_name}' takes no 'mid' or 'expansion'")
-        se = 0
-        if op.se:
-            se = positive_int(block["se"], f"{where}.se") if "se" in block else se_width(mid, divisor)
-        elif "se" in block:
-            raise fail(f"{where}.se", f"is given but '{op_name}' has no squeeze-excite")
-        layers.append(LayerDef(op=op_name, c_out=c_out, stride=stride, mid=mid, se=se))
-        if op.kind != "classifier":
-            c_in = c_out
-            size = 1 if op.kind == "head" else (size - 1) // stride + 1
-        n_down += stride == 2
+        layer = _parse_layer(check, block, i, len(blocks), c_in, size, n_down, divisor)
+        layers.append(layer)
+        kind = OPS[layer.op].kind
+        if kind != "classifier":
+            c_in = layer.c_out
+            size = 1 if kind == "head" else (size - 1) // layer.stride + 1
+        n_down += layer.stride == 2
     arch = Arch(
         name=name,
         resolution=resolution,
@@ -322,6 +267,83 @@ def _parse(data: Any, source: str) -> Arch:
     except BlockSpecError as exc:  # a combination no single field check caught
         raise ArchError(f"{source}: {exc}") from None
     return arch
+
+
+def _parse_layer(
+    check: _Checker, block: Any, i: int, n_blocks: int, c_in: int, size: int, n_down: int, divisor: int
+) -> LayerDef:
+    """Block `i` of `n_blocks`, whose input has `c_in` channels at `size` x `size` after `n_down` stride-2 blocks."""
+    where = f"blocks[{i}]"
+    if not isinstance(block, dict):
+        raise check.fail(where, "must be an object with at least 'op' and 'c_out'")
+    unknown = sorted(set(block) - set(ARCH_BLOCK_FIELDS))
+    if unknown:
+        raise check.fail(f"{where}.{unknown[0]}", f"is an unknown field (known: {', '.join(ARCH_BLOCK_FIELDS)})")
+    if "op" not in block:
+        raise check.fail(f"{where}.op", "is missing")
+    op_name = block["op"]
+    if op_name not in OPS:
+        raise check.fail(f"{where}.op", f"'{op_name}' is not a known op (known: {', '.join(sorted(OPS))})")
+    op = OPS[op_name]
+    expected_kind = "stem" if i == 0 else "classifier" if i == n_blocks - 1 else ("head" if i == n_blocks - 2 else None)
+    if expected_kind and op.kind != expected_kind:
+        raise check.fail(
+            f"{where}.op",
+            f"must be a {expected_kind} op such as '{KIND_TO_DEFAULT_OP[expected_kind]}', got '{op_name}'",
+        )
+    if not expected_kind and op.kind not in ("ir", "skip"):
+        raise check.fail(f"{where}.op", f"must be an ir or skip op between the stem and the head, got '{op_name}'")
+    if "c_out" not in block:
+        raise check.fail(f"{where}.c_out", "is missing")
+    c_out = check.positive_int(block["c_out"], f"{where}.c_out")
+    stride = check.positive_int(block.get("stride", 1), f"{where}.stride")
+    if stride not in (1, 2):
+        raise check.fail(f"{where}.stride", f"must be 1 or 2, got {stride}")
+    if stride == 2 and op.kind in ("head", "classifier"):
+        raise check.fail(f"{where}.stride", "must be 1 for the head and the classifier")
+    if stride == 2 and size % 2:
+        raise check.fail(
+            f"{where}.stride",
+            f"2 does not fit the resolution: the feature map here is {size}x{size} "
+            f"after {n_down} stride-2 blocks (use a resolution divisible by {2 ** (n_down + 1)})",
+        )
+    mid = _mid_channels(check, block, where, op_name, c_in, divisor)
+    se = 0
+    if op.se:
+        se = check.positive_int(block["se"], f"{where}.se") if "se" in block else se_width(mid, divisor)
+    elif "se" in block:
+        raise check.fail(f"{where}.se", f"is given but '{op_name}' has no squeeze-excite")
+    return LayerDef(op=op_name, c_out=c_out, stride=stride, mid=mid, se=se)
+
+
+def _mid_channels(
+    check: _Checker, block: dict[str, Any], where: str, op_name: str, c_in: int, divisor: int
+) -> int | None:
+    """An inverted residual's or head's expanded width: `mid`, an `expansion` ratio, or the head's default."""
+    kind = OPS[op_name].kind
+    if kind not in ("ir", "head"):
+        if "mid" in block or "expansion" in block:
+            raise check.fail(where, f"'{op_name}' takes no 'mid' or 'expansion'")
+        return None
+    if "mid" in block and "expansion" in block:
+        raise check.fail(where, "gives both 'mid' and 'expansion'; give one")
+    if "mid" in block:
+        return check.positive_int(block["mid"], f"{where}.mid")
+    if "expansion" in block:
+        expansion = block["expansion"]
+        if (
+            isinstance(expansion, bool)
+            or not isinstance(expansion, (int, float))
+            or not math.isfinite(expansion)
+            or not 0 < expansion <= MAX_EXPANSION
+        ):
+            raise check.fail(
+                f"{where}.expansion", f"must be a number above 0 and at most {MAX_EXPANSION}, got {expansion!r}"
+            )
+        return c_in if expansion == 1 else make_divisible(c_in * expansion, divisor)
+    if kind == "head":
+        return head_width(c_in, divisor)
+    raise check.fail(f"{where}.mid", "is missing (give 'mid' channels or an 'expansion' ratio)")
 
 
 def covering(pool: list[Arch], keys: set[str], batch: int = 1, dtype: str = "fp32") -> list[Arch]:
