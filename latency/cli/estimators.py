@@ -37,5 +37,5 @@ def ready_estimator(
         measure_missing=measure_missing,
         strict=strict,
         protocol=check_protocol(protocol),
-        deploy_env=parse_deploy_env(deploy_env).name,
+        deploy_env=parse_deploy_env(deploy_env),
     )

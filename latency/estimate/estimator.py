@@ -17,6 +17,7 @@ from latency.estimate.correction import FEATURES, IDENTITY, Correction, block_fe
 from latency.vocab.arch import Arch
 from latency.vocab.blocks import CONTEXT_ALONE, BlockSpec
 from latency.vocab.conditions import Conditions
+from latency.vocab.deploy_env import DEFAULT, DeployEnv
 from latency.vocab.errors import LutError
 from latency.vocab.family import resolve_arch
 from latency.vocab.space import Space
@@ -99,11 +100,12 @@ class Estimator:
         db: str | None = None,
         store: LutStore | None = None,
         use_calibration: bool = True,
-        deploy_env: str = "default",
+        deploy_env: DeployEnv | str = DEFAULT,
     ) -> None:
         self.store = store or LutStore(db)
         conditions = Conditions.of(conditions)
-        self.deploy_env = deploy_env
+        # a name where a user passes one (LatencyCost, scripts); the deployment itself from here on
+        self.deploy_env = DeployEnv.parse(deploy_env) if isinstance(deploy_env, str) else deploy_env
         self.use_calibration = use_calibration
         self.conditions = conditions.with_backend(conditions.backend or self._default_backend(conditions))
         self.reload()
@@ -120,7 +122,7 @@ class Estimator:
     def reload(self) -> None:
         """Re-read the table (after profiling or calibrating)."""
         rows = self.store.measurement_map(self.conditions)
-        fit = self.store.get_fit(self.conditions, "calibration", deploy_env=self.deploy_env)
+        fit = self.store.get_fit(self.conditions, "calibration", deploy_env=self.deploy_env.name)
         use = fit is not None and self.use_calibration
         self.correction = Correction.from_params(fit.params, fit.metrics) if use else None
         # A table made by a transfer (latency.jobs.transfer) says where it came from in every estimate.
@@ -248,7 +250,7 @@ class Estimator:
             blocks,
             self.table_canary_us,
             calibration,
-            self.deploy_env,
+            self.deploy_env.name,
             self.other_calibrations,
             sum(s.key in self.warm_heap_keys for s in specs),
             sum(s.key in self.alone_keys for s in specs),

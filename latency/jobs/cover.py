@@ -12,7 +12,7 @@ from latency.jobs.measure import Progress, profile_blocks
 from latency.vocab.arch import Arch
 from latency.vocab.blocks import CONTEXT_ALONE, BlockSpec
 from latency.vocab.conditions import Conditions
-from latency.vocab.deploy_env import DeployEnv
+from latency.vocab.deploy_env import DEFAULT, DeployEnv
 from lut_db import LutStore
 from profilers.devices import is_local
 from profilers.errors import ProfilerError
@@ -27,7 +27,7 @@ def covering_estimator(
     measure_missing: bool = True,
     strict: bool = False,
     protocol: Protocol | str = "standard",
-    deploy_env: str = "default",
+    deploy_env: DeployEnv = DEFAULT,
 ) -> Estimator:
     """An Estimator whose table covers `archs`: missing blocks are measured on a local device (unless
     `measure_missing` is False), or predicted on another; `strict` leaves every missing block missing."""
@@ -62,8 +62,9 @@ def fill_missing(
     conditions = estimator.conditions
     if times_in_context(conditions):
         networks = [a for a, specs in lacking if specs]
-        deploy_env = DeployEnv.parse(estimator.deploy_env)
-        summary = profile_in_context(networks, estimator.store, conditions, protocol, deploy_env, progress=progress)
+        summary = profile_in_context(
+            networks, estimator.store, conditions, protocol, estimator.deploy_env, progress=progress
+        )
     else:
         summary = profile_blocks(missing, estimator.store, conditions, protocol, progress=progress)
     if summary.interrupted:

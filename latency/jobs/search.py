@@ -67,7 +67,7 @@ def space_estimator(
 ) -> Estimator:
     """The device's estimator over the space; a local device's missing blocks are measured first."""
     space, device = request.space, request.conditions.device
-    estimator = Estimator(request.conditions, store=store, deploy_env=request.deploy_env.name)
+    estimator = Estimator(request.conditions, store=store, deploy_env=request.deploy_env)
     try:
         estimator.space_tables(space)
     except MissingBlocksError:
@@ -106,7 +106,7 @@ def run_search(
     barrier(ranks)
     if not ranks.main:
         say = on_epoch = _silent  # one voice: the first process
-        estimator = Estimator(request.conditions, store=store, deploy_env=request.deploy_env.name)
+        estimator = Estimator(request.conditions, store=store, deploy_env=request.deploy_env)
     fastest = estimator.estimate(space.arch(space.point_from_row([0] * len(space.dimensions)))).latency_ms
     if target_ms < fastest:
         raise LutError(

@@ -75,7 +75,7 @@ def time_network(
 ) -> TimingReport:
     """Time `arch` end to end as `deploy_env` runs it (stored under tag `time`) and estimate it; missing
     blocks are measured first on this host unless `measure_missing` is False (then no estimate)."""
-    estimator = Estimator(conditions, store=store, deploy_env=deploy_env.name)
+    estimator = Estimator(conditions, store=store, deploy_env=deploy_env)
     conditions = estimator.conditions
     fill_missing(estimator, [arch], measure=measure_missing, protocol=protocol, progress=progress)
     summary = profile_archs(

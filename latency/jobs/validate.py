@@ -66,7 +66,7 @@ def process_medians_ms(run: E2ERecord) -> list[float]:
 
 def compare(archs: Sequence[Arch], estimator: Estimator, store: LutStore, tag: str = "validation") -> ValidationReport:
     """Estimates of `archs` against their stored runs with `tag`."""
-    conditions, deploy_env = estimator.conditions, estimator.deploy_env
+    conditions, deploy_env = estimator.conditions, estimator.deploy_env.name
     runs = {r.arch_hash: r for r in store.e2e_runs(conditions, tag=tag, deploy_env=deploy_env)}
     calibration = {r.arch_hash for r in store.e2e_runs(conditions, tag="calibration", deploy_env=deploy_env)}
     family = set(list_models())
@@ -117,7 +117,7 @@ def compare(archs: Sequence[Arch], estimator: Estimator, store: LutStore, tag: s
         then,
         repeatability([r["process_medians_ms"] for r in rows]),
         rows,
-        deploy_env=estimator.deploy_env,
+        deploy_env=deploy_env,
     )
 
 
@@ -144,7 +144,7 @@ def validate(
     """Measure what is missing (blocks, then end-to-end runs under `tag`, as `deploy_env` runs them:
     the same path as `lut time`) and compare."""
     blocks, e2e = measure_runs(archs, store, conditions, protocol, progress, tag, deploy_env, device_options)
-    estimator = Estimator(conditions.with_backend(e2e.backend), store=store, deploy_env=deploy_env.name)
+    estimator = Estimator(conditions.with_backend(e2e.backend), store=store, deploy_env=deploy_env)
     report = compare(archs, estimator, store, tag)
     report.blocks, report.e2e = blocks, e2e
     return report
