@@ -12,7 +12,11 @@ then fails with the runner's output kept in the farm's ledger. A job is data: ch
 it runs, and whole networks run only in the environments the worker's owner allows.
 
 Rooms: `queue` (procrastinate's app, `--queue`), `job_args` (the schema), `worker` (`lut worker`),
-`status` (`lut jobs`, retry, cancel), `ledger` (workers and failures, beside the queue).
+`status` (`lut jobs`, retry, cancel), `ledger` (workers and failures, beside the queue). The queue is read
+and changed through procrastinate's job manager (list_jobs, list_queues, cancel_job_by_id); raw SQL on its
+tables is left where it has no call: the throughput from its events (status), a failed job queued again
+with fresh attempts (status), and running jobs of silent workers put back in one statement judged by the
+ledger's heartbeats (worker).
 """
 
 from latency.jobs.farm.queue import NEEDS_POSTGRES, TASK_NAME, enqueue_blocks, enqueue_runs, queue_of

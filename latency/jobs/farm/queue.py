@@ -108,14 +108,15 @@ class QueueSummary:
 
 
 def _active_args(store: LutStore, conditions: Conditions) -> list[dict[str, Any]]:
-    """The arguments of the queued and running jobs under `conditions`."""
-    stmt = text(
-        "SELECT args FROM procrastinate_jobs "
-        "WHERE queue_name = :q AND task_name = :t AND status::text IN ('todo', 'doing')"
-    )
-    with store.engine.connect() as conn:
-        rows = conn.execute(stmt, {"q": queue_of(conditions.device), "t": TASK_NAME}).scalars().all()
-    return [args for args in rows if _same_conditions(args, conditions)]
+    """The arguments of the queued and running jobs under `conditions` (procrastinate's job list)."""
+    app = queue_app(store.url, asynchronous=False)
+    with app.open():
+        jobs = [
+            job
+            for status in ("todo", "doing")
+            for job in app.job_manager.list_jobs(queue=queue_of(conditions.device), task=TASK_NAME, status=status)
+        ]
+    return [job.task_kwargs for job in jobs if _same_conditions(job.task_kwargs, conditions)]
 
 
 def enqueue_blocks(

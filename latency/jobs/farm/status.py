@@ -31,6 +31,14 @@ STATUSES = ("todo", "doing", "succeeded", "failed", "cancelled", "aborted")
 _NAMES = {"todo": "queued", "doing": "running", "succeeded": "done"}
 
 
+@dataclass(frozen=True)
+class _JobRow:
+    id: int
+    queue_name: str
+    status: str
+    args: dict[str, Any]
+
+
 def farm_status(store: LutStore, device: str | None = None, window_min: float = 10.0) -> list[DeviceJobs]:
     """Jobs and blocks per state, live workers, throughput and ETA, per device (one or all)."""
     if device is not None:
@@ -38,12 +46,14 @@ def farm_status(store: LutStore, device: str | None = None, window_min: float = 
     require_postgres(store)
     ensure_queue(store)
     ledger = FarmLedger(store.engine)
+    app = queue_app(store.url, asynchronous=False)
+    with app.open():
+        listed_jobs = app.job_manager.list_jobs(queue=None if device is None else queue_of(device), task=TASK_NAME)
+    jobs = [_JobRow(j.id, j.queue, j.status, j.task_kwargs) for j in listed_jobs]
+    # procrastinate lists jobs but not its events: the finished jobs' times for the throughput are read here
     where = "task_name = :t" + ("" if device is None else " AND queue_name = :q")
     params = {"t": TASK_NAME, "q": queue_of(device or "")}
     with store.engine.connect() as conn:
-        jobs = conn.execute(
-            text(f"SELECT id, queue_name, status::text, args FROM procrastinate_jobs WHERE {where}"), params
-        ).all()
         recent = conn.execute(
             text(
                 "SELECT j.queue_name, j.args, e.at, (SELECT max(s.at) FROM procrastinate_events s "
@@ -101,7 +111,9 @@ def retry_failed(store: LutStore, device: str) -> int:
     check_device_name(device)
     require_postgres(store)
     ensure_queue(store)
-    stmt = text(  # the newest failed job of each group, unless the group is queued or running again
+    # procrastinate retries only a running job (its retry_job); a failed one goes back with fresh attempts here,
+    # in one statement: the newest failed job of each group, unless the group is queued or running again
+    stmt = text(
         "UPDATE procrastinate_jobs j SET status = 'todo', attempts = 0, scheduled_at = NULL "
         "WHERE j.id IN (SELECT max(id) FROM procrastinate_jobs WHERE queue_name = :q AND task_name = :t "
         "  AND status = 'failed' GROUP BY queueing_lock) "
@@ -117,9 +129,7 @@ def cancel_queued(store: LutStore, device: str) -> int:
     check_device_name(device)
     require_postgres(store)
     ensure_queue(store)
-    stmt = text("SELECT id FROM procrastinate_jobs WHERE queue_name = :q AND task_name = :t AND status = 'todo'")
-    with store.engine.connect() as conn:
-        ids = conn.execute(stmt, {"q": queue_of(device), "t": TASK_NAME}).scalars().all()
     app = queue_app(store.url, asynchronous=False)
     with app.open():
-        return sum(bool(app.job_manager.cancel_job_by_id(job_id)) for job_id in ids)
+        queued = app.job_manager.list_jobs(queue=queue_of(device), task=TASK_NAME, status="todo")
+        return sum(bool(app.job_manager.cancel_job_by_id(job.id)) for job in queued)

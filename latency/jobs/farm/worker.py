@@ -261,7 +261,7 @@ async def _housekeeping(
         if state.unit_error:
             worker.cancel()
             return
-        if drain and state.job_id is None and not await asyncio.to_thread(_queue_active, store, device):
+        if drain and state.job_id is None and not await _queue_active(app, device):
             worker.cancel()  # a graceful stop: no job is running
             return
 
@@ -286,7 +286,7 @@ def _requeue_stalled(store: LutStore, device: str, heartbeat_s: float) -> list[i
         return list(conn.execute(_REQUEUE_STALLED, params).scalars())
 
 
-def _queue_active(store: LutStore, device: str) -> int:
-    stmt = text("SELECT count(*) FROM procrastinate_jobs WHERE queue_name = :q AND status::text IN ('todo', 'doing')")
-    with store.engine.connect() as conn:
-        return int(conn.execute(stmt, {"q": queue_of(device)}).scalar() or 0)
+async def _queue_active(app: Any, device: str) -> int:
+    """The device's queued and running jobs (procrastinate's queue statistics)."""
+    queues = await app.job_manager.list_queues_async(queue=queue_of(device))
+    return sum(q["todo"] + q["doing"] for q in queues)
