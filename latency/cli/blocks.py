@@ -13,6 +13,7 @@ from latency.cli.common import (
     print_json,
     user_errors,
 )
+from latency.vocab.family import blocks_of
 
 app = typer.Typer()
 
@@ -26,7 +27,6 @@ def blocks(
     as_json: JsonOpt = False,
 ) -> None:
     """Show a model's blocks from stem to classifier, with shapes, FLOPs and params."""
-    from latency.vocab.family import blocks_of
 
     specs = blocks_of(model, batch=batch, dtype=dtype)
     rows = [

@@ -28,11 +28,11 @@ from latency.cli.common import (
     split_items,
     user_errors,
 )
+from latency.vocab.arch import Arch
 from latency.vocab.conditions import Conditions
+from latency.vocab.deploy_env import DeployEnv
 
 if TYPE_CHECKING:
-    from latency.vocab.arch import Arch
-    from latency.vocab.deploy_env import DeployEnv
     from lut_db import LutStore
 
 app = typer.Typer()

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from latency.vocab.deploy_env import DeployEnv
 from latency.vocab.errors import LutError
 
 if TYPE_CHECKING:
@@ -225,7 +226,6 @@ def check_protocol(name: str) -> str:
 
 
 def parse_deploy_env(text: str) -> Any:
-    from latency.vocab.deploy_env import DeployEnv
 
     return DeployEnv.parse(text)
 

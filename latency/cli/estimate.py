@@ -24,6 +24,7 @@ from latency.cli.common import (
 )
 from latency.cli.estimators import ready_estimator
 from latency.vocab.conditions import Conditions
+from latency.vocab.family import resolve_arch
 
 app = typer.Typer()
 
@@ -48,7 +49,6 @@ def estimate(
     as_json: JsonOpt = False,
 ) -> None:
     """Estimate a model's end-to-end latency on a device from the lookup table."""
-    from latency.vocab.family import resolve_arch
 
     arch = resolve_arch(model)
     conditions = Conditions(device, backend, threads, batch, dtype)

@@ -12,6 +12,7 @@ from latency.cli.common import (
     print_json,
     user_errors,
 )
+from latency.vocab.family import list_models, model_info
 
 app = typer.Typer()
 
@@ -20,7 +21,6 @@ app = typer.Typer()
 @user_errors
 def models(as_json: JsonOpt = False) -> None:
     """List the FBNetV2 family: resolution, FLOPs, params, published top-1, availability."""
-    from latency.vocab.family import list_models, model_info
 
     infos = [model_info(name) for name in list_models()]
     if as_json:

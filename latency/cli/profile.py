@@ -33,6 +33,8 @@ from latency.vocab.blocks import BlockSpec
 from latency.vocab.conditions import Conditions
 from latency.vocab.deploy_env import DeployEnv
 from latency.vocab.errors import LutError
+from latency.vocab.family import expand_models, resolve_arch
+from latency.vocab.space import get_space
 
 if TYPE_CHECKING:
     from latency.jobs.measure import ProfileSummary
@@ -127,7 +129,6 @@ def profile(
         raise LutError("--deploy-env applies to blocks timed inside networks: drop --isolated.", exit_code=2)
     if queue and space is not None:  # the corners, which a space fill always measures in full
         from latency.jobs.space_fill import corner_specs
-        from latency.vocab.space import get_space
 
         _queue(corner_specs(get_space(space), batch, dtype), conditions, protocol, job_size, db, as_json)
         return
@@ -145,7 +146,6 @@ def profile(
     with RichProgress(f"profiling on {device}") as bar:
         if in_context:
             from latency.jobs.in_context import profile_in_context
-            from latency.vocab.family import expand_models, resolve_arch
 
             networks = [resolve_arch(source) for source in [*expand_models(model_names), *(arch or [])]]
             env = parse_deploy_env(deploy_env)
@@ -212,7 +212,6 @@ def _profile_space(
     deploy_env: DeployEnv,
 ) -> None:
     from latency.jobs.space_fill import profile_space
-    from latency.vocab.space import get_space
 
     search_space = get_space(name)
     store = open_store(db)

@@ -26,6 +26,7 @@ from latency.cli.common import (
 from latency.cli.estimators import ready_estimator
 from latency.vocab.conditions import Conditions
 from latency.vocab.errors import LutError
+from latency.vocab.family import family_archs
 
 app = typer.Typer()
 
@@ -52,7 +53,6 @@ def rank(
 ) -> None:
     """The family ordered by estimated latency, with accuracy, Pareto front and the best under a budget."""
     from latency.jobs.rank import rank_family
-    from latency.vocab.family import family_archs
 
     names = split_items(devices, "--devices") or [device]
     if budget_ms is not None and budget_ms <= 0:

@@ -14,6 +14,7 @@ from latency.cli.common import (
     print_json,
     user_errors,
 )
+from latency.vocab.space import get_space
 
 app = typer.Typer()
 
@@ -28,7 +29,6 @@ def sample(
     as_json: JsonOpt = False,
 ) -> None:
     """Write architectures sampled uniformly from a search space as ARCH.json files."""
-    from latency.vocab.space import get_space
 
     out.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -32,6 +32,7 @@ from latency.cli.common import (
 )
 from latency.vocab.conditions import Conditions
 from latency.vocab.errors import LutError
+from latency.vocab.space import get_space
 
 app = typer.Typer()
 
@@ -107,7 +108,6 @@ def search(
 ) -> None:
     """Run FBNetV2's channel/resolution search against the table's latency cost; write the result."""
     from latency.jobs.search import SearchRequest, run_search
-    from latency.vocab.space import get_space
     from search_cost.data import scan_folder
     from search_cost.search import SearchConfig, check_checkpoint, default_proxy_resolutions, pick_train_device
 

@@ -14,6 +14,8 @@ from latency.cli.common import (
     print_json,
     user_errors,
 )
+from latency.vocab.family import get_arch, list_models
+from latency.vocab.space import get_space
 
 group = typer.Typer(help="Search spaces: options, size.", no_args_is_help=True)
 
@@ -25,8 +27,6 @@ def space_show(
     as_json: JsonOpt = False,
 ) -> None:
     """Print a search space's blocks, width and resolution options, and its size."""
-    from latency.vocab.family import get_arch, list_models
-    from latency.vocab.space import get_space
 
     space = get_space(name)
     if as_json:

@@ -25,6 +25,7 @@ from latency.cli.common import (
     user_errors,
 )
 from latency.vocab.conditions import Conditions
+from latency.vocab.family import resolve_arch
 
 app = typer.Typer()
 
@@ -50,7 +51,6 @@ def time_command(
 ) -> None:
     """Time a network end to end as your own process runs it, beside lut's estimate and their difference."""
     from latency.jobs.timing import time_network
-    from latency.vocab.family import resolve_arch
 
     arch = resolve_arch(model)
     env = parse_deploy_env(deploy_env)

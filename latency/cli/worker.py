@@ -19,6 +19,7 @@ from latency.cli.common import (
     print_json,
     user_errors,
 )
+from latency.vocab.deploy_env import DeployEnv
 
 app = typer.Typer()
 
@@ -56,7 +57,6 @@ def worker(
     this unit, until stopped (Ctrl-C finishes the job at hand). A job is data: the runner, the serial and
     the deployment environments allowed come from this command line, never from the queue."""
     from latency.jobs.farm import run_worker
-    from latency.vocab.deploy_env import DeployEnv
 
     def say(message: str) -> None:
         err_console.print(message, highlight=False, soft_wrap=True)

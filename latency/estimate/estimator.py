@@ -19,9 +19,10 @@ from latency.vocab.blocks import CONTEXT_ALONE, BlockSpec
 from latency.vocab.conditions import Conditions
 from latency.vocab.deploy_env import DEFAULT, DeployEnv
 from latency.vocab.errors import LutError
-from latency.vocab.family import resolve_arch
+from latency.vocab.family import list_models, resolve_arch
 from latency.vocab.space import Space
 from lut_db import LutStore
+from profilers.devices import resolve_device
 
 
 class MissingBlocksError(LutError):
@@ -113,8 +114,6 @@ class Estimator:
     def _default_backend(self, conditions: Conditions) -> str:
         rows = self.store.measurements(conditions)
         if not rows:  # nothing measured yet: the backend the device would be measured with
-            from profilers.devices import resolve_device
-
             return resolve_device(conditions.device).default_backend
         backends = [r.backend for r in rows]
         return max(set(backends), key=backends.count)
@@ -332,7 +331,6 @@ class Estimator:
 
 
 def _target_option(arch: Arch) -> str:
-    from latency.vocab.family import list_models
 
     return f"--models {arch.name}" if arch.name in list_models() else "--arch ARCH.json"
 

@@ -149,11 +149,11 @@ def _torch_load(path: Path, trusted: bool) -> object:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def load_official_checkpoint(path: str | Path, arch: Arch, trusted: bool = False) -> dict[str, torch.Tensor]:
-    """Read a checkpoint file and return it as our model's state dict."""
-    from latency.nn.fbnet import FBNetV2
-
-    expected = {k: v.shape for k, v in FBNetV2(arch).state_dict().items()}
+def load_official_checkpoint(
+    path: str | Path, arch: Arch, model: torch.nn.Module, trusted: bool = False
+) -> dict[str, torch.Tensor]:
+    """Read a checkpoint file and return it as the state dict of `model` (FBNetV2 of `arch`)."""
+    expected = {k: v.shape for k, v in model.state_dict().items()}
     return convert_official_state_dict(read_official_checkpoint(path, trusted), arch, expected, str(path))
 
 

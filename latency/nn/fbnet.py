@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from latency.nn.checkpoint import CheckpointError, download_checkpoint, load_official_checkpoint
 from latency.nn.layers import build_block
 from latency.vocab.arch import Arch
 from latency.vocab.family import list_models, model_info, resolve_arch
@@ -44,15 +45,13 @@ def fbnetv2(
     `pretrained=True` loads the official checkpoint (downloaded once into the torch hub cache);
     `weights=PATH` loads a local checkpoint file in the official layout instead.
     """
-    from latency.nn.checkpoint import CheckpointError, download_checkpoint, load_official_checkpoint
-
     arch = resolve_arch(name)
     model = FBNetV2(arch)
     if weights is not None:
-        model.load_state_dict(load_official_checkpoint(weights, arch))
+        model.load_state_dict(load_official_checkpoint(weights, arch, model))
     elif pretrained:
         if arch.name not in list_models():
             raise CheckpointError(f"'{arch.name}' has no official checkpoint; pass weights=PATH to load your own.")
         path = download_checkpoint(model_info(arch.name), progress=progress)
-        model.load_state_dict(load_official_checkpoint(path, arch, trusted=True))
+        model.load_state_dict(load_official_checkpoint(path, arch, model, trusted=True))
     return model.eval()
