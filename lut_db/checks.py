@@ -13,11 +13,9 @@ from typing import Any
 
 from latency.vocab.blocks import DTYPES, BlockSpec, BlockSpecError
 from latency.vocab.conditions import MAX_DEVICE_CHARS, MAX_LABEL_CHARS, is_device_name, is_label
+from latency.vocab.timing import POSITIVE_TIMES_US, SPREAD_TIMES_US
 from lut_db.errors import StoreError
 from lut_db.models import SOURCES
-
-POSITIVE_TIMES = ("median_us", "p10_us", "p90_us", "mean_us", "min_us")
-SPREAD_TIMES = ("iqr_us", "std_us")  # zero is possible (a constant-time block, a predicted row)
 
 
 class RowError(StoreError):
@@ -44,10 +42,10 @@ def _whole(values: Mapping[str, Any], name: str, minimum: int) -> int:
 
 def check_timing(values: Mapping[str, Any], *, predicted: bool = False) -> None:
     """Times positive and finite, p10 <= median <= p90, min <= median, counts >= 1 (a predicted row may have 0)."""
-    for name in POSITIVE_TIMES:
+    for name in POSITIVE_TIMES_US:
         if _number(values, name) <= 0:
             raise RowError(name, f"{name} must be positive, not {values[name]!r}.")
-    for name in SPREAD_TIMES:
+    for name in SPREAD_TIMES_US:
         if _number(values, name) < 0:
             raise RowError(name, f"{name} must not be negative, not {values[name]!r}.")
     median, p10, p90 = values["median_us"], values["p10_us"], values["p90_us"]

@@ -10,6 +10,7 @@ from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from latency.vocab.timing import STAT_COLUMNS
 from lut_db import csvio
 from lut_db.checks import RowError, check_label, check_measurement
 from lut_db.core import StoreCore, chunks, utcnow
@@ -19,7 +20,6 @@ from lut_db.models import (
     BLOCK_COLUMNS,
     MEASUREMENT_KEY,
     SOURCES,
-    STAT_COLUMNS,
     Block,
     DeviceRow,
     E2ERun,

@@ -10,6 +10,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from latency.vocab.conditions import Conditions
+from latency.vocab.timing import STAT_COLUMNS
 from lut_db.checks import check_measurement
 from lut_db.core import StoreCore, as_record, chunks, filtered, under
 from lut_db.errors import StoreError
@@ -17,7 +18,6 @@ from lut_db.models import (
     BLOCK_COLUMNS,
     MEASUREMENT_KEY,
     SOURCES,
-    STAT_COLUMNS,
     Block,
     DeviceRow,
     Measurement,

@@ -111,7 +111,7 @@ class Block(Base):
     params: Mapped[int] = mapped_column(BigInteger)
 
 
-class _Conditions:
+class _ConditionColumns:
     """What a number was measured under, besides the device."""
 
     backend: Mapped[str] = mapped_column(String)
@@ -149,7 +149,7 @@ FIT_KEY = ("device_id", "backend", "backend_version", "threads", "dtype", "batch
 SOURCES = ("predicted", "transferred", "measured")
 
 
-class Measurement(_Conditions, _Stats, Base):
+class Measurement(_ConditionColumns, _Stats, Base):
     __tablename__ = "measurements"
     __table_args__ = (
         UniqueConstraint(*MEASUREMENT_KEY),
@@ -165,7 +165,7 @@ class Measurement(_Conditions, _Stats, Base):
     expected_error: Mapped[float | None] = mapped_column(Float, sort_order=1)  # relative error of a derived row
 
 
-class E2ERun(_Conditions, _Stats, Base):
+class E2ERun(_ConditionColumns, _Stats, Base):
     __tablename__ = "e2e_runs"
     __table_args__ = (UniqueConstraint(*E2E_KEY), Index(None, "device_id", "backend", "tag"))
 
@@ -180,7 +180,7 @@ class E2ERun(_Conditions, _Stats, Base):
     deploy_env: Mapped[str] = mapped_column(String, default="default", sort_order=1)
 
 
-class Fit(_Conditions, Base):
+class Fit(_ConditionColumns, Base):
     """A fitted model (calibration, block predictor, ...) as JSON parameters and its metrics."""
 
     __tablename__ = "fits"
@@ -196,18 +196,5 @@ class Fit(_Conditions, Base):
     fitted_at: Mapped[datetime] = mapped_column(UTCDateTime, sort_order=1)
 
 
-STAT_COLUMNS = (
-    "median_us",
-    "p10_us",
-    "p90_us",
-    "iqr_us",
-    "mean_us",
-    "std_us",
-    "min_us",
-    "n",
-    "trials",
-    "canary_ratio",
-    "canary_us",
-)
 # The columns of a block: BlockSpec's fields, then what the table adds about it.
 BLOCK_COLUMNS = (*(f.name for f in dataclasses.fields(BlockSpec)), "flops", "params")

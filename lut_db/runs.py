@@ -9,11 +9,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from latency.vocab.conditions import Conditions
+from latency.vocab.timing import STAT_COLUMNS
 from lut_db.checks import check_run
 from lut_db.core import StoreCore, as_record, filtered, under
 from lut_db.models import (
     E2E_KEY,
-    STAT_COLUMNS,
     DeviceRow,
     E2ERun,
 )

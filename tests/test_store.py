@@ -838,3 +838,17 @@ def test_a_schema_2_table_is_upgraded_to_take_transferred_rows(new_url: Callable
         assert sorted(store.measurements(source=None), key=lambda r: r.block_key) == before
         store.put_measurement(rec(KEYS[2], source="transferred", expected_error=0.05))
         assert store.measured_keys(Conditions("pc"), source="transferred") == {KEYS[2]}
+
+
+def test_the_statistics_are_named_once() -> None:
+    """latency.vocab.timing names them; the profilers' summary, the records and the ORM's tables hold them."""
+    from latency.vocab.timing import POSITIVE_TIMES_US, SPREAD_TIMES_US, STAT_COLUMNS, TIMES_US
+    from lut_db.models import E2ERun, Measurement
+    from profilers.stats import Stats
+
+    assert [f.name for f in dataclasses.fields(Stats)] == [*TIMES_US, "n"]
+    assert set(POSITIVE_TIMES_US) | set(SPREAD_TIMES_US) == set(TIMES_US)
+    for record in (MeasurementRecord, E2ERecord):
+        assert [f.name for f in dataclasses.fields(record) if f.name in STAT_COLUMNS] == list(STAT_COLUMNS)
+    for model in (Measurement, E2ERun):
+        assert set(STAT_COLUMNS) <= set(model.__table__.columns.keys())

@@ -29,6 +29,7 @@ from latency.vocab.arch import Arch
 from latency.vocab.blocks import CONTEXT_NETWORK
 from latency.vocab.conditions import Conditions
 from latency.vocab.deploy_env import DEFAULT, DeployEnv
+from latency.vocab.timing import TIMES_US
 from lut_db import LutStore, MeasurementRecord
 from profilers.backends import backend_class
 from profilers.devices import resolve_device
@@ -165,9 +166,6 @@ def _share(network: Result) -> float:
     return network.stats.median_us / total_us if total_us > 0 else 1.0
 
 
-_SCALED = ("median_us", "p10_us", "p90_us", "iqr_us", "mean_us", "std_us", "min_us")
-
-
 def _part_fields(
     part: Result, network_fields: dict[str, Any], network: str, position: int, share: float
 ) -> dict[str, Any]:
@@ -178,7 +176,7 @@ def _part_fields(
     return {
         **network_fields,
         **numbers,
-        **{column: numbers[column] * share for column in _SCALED},
+        **{column: numbers[column] * share for column in TIMES_US},
         "canary_ratio": None if part.canary_ratio is None else part.canary_ratio * share,
         "protocol": {**protocol, "context": CONTEXT_NETWORK},
         "environment": {
@@ -213,7 +211,7 @@ def _stored_appearances(row: MeasurementRecord) -> list[tuple[float, dict[str, A
             own = None  # a network seen in two runs has one full copy
             continue
         scale = median_us / row.median_us
-        scaled = {column: fields[column] * scale for column in _SCALED}
+        scaled = {column: fields[column] * scale for column in TIMES_US}
         ratio = None if row.canary_ratio is None else row.canary_ratio * scale
         # the numbers of this appearance are the row's scaled; what only the row's own network had is left out
         other = {k: v for k, v in environment.items() if k not in _OWN} | {"network": network, "scaled_from": own_name}

@@ -20,6 +20,7 @@ from latency.vocab.blocks import BlockSpec
 from latency.vocab.conditions import Conditions
 from latency.vocab.deploy_env import DEFAULT, DeployEnv
 from latency.vocab.family import blocks_of, expand_models, resolve_arch
+from latency.vocab.timing import TIMES_US
 from lut_db import E2ERecord, LutStore, MeasurementRecord, arch_hash
 from profilers.backends import backend_class
 from profilers.devices import Device, resolve_device
@@ -69,13 +70,7 @@ def result_numbers(result: Result) -> dict[str, Any]:
     stats = result.stats
     assert stats is not None
     return {
-        "median_us": stats.median_us,
-        "p10_us": stats.p10_us,
-        "p90_us": stats.p90_us,
-        "iqr_us": stats.iqr_us,
-        "mean_us": stats.mean_us,
-        "std_us": stats.std_us,
-        "min_us": stats.min_us,
+        **{name: getattr(stats, name) for name in TIMES_US},
         "n": stats.n,
         "trials": len(result.trial_medians_us),
         "canary_ratio": result.canary_ratio,
