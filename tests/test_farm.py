@@ -9,6 +9,7 @@ import itertools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ from lut_db import LutStore
 from profilers.protocol import canary_spec
 from tests.cli import TINY_SPACE, lut
 from tests.test_android import HAS_EXECUTORCH, PIXEL, fake_adb, runner_binary  # noqa: F401  (a fixture)
+from tests.test_human_output import check, masked
 
 LUT = [sys.executable, "-m", "latency.cli"]
 PHONE = Conditions("pixel", "executorch")
@@ -276,7 +278,9 @@ def test_a_worker_runs_only_the_deployment_environments_its_owner_allows(pg_stor
     )
     (cpu,) = json.loads(lut("jobs", "--device", "cpu", "--db", pg_store_url, "--json", check=True).stdout)
     assert cpu["failures"] == [{"job": network_job, "block": "(the job)", "unit": summary["unit"], "message": sentence}]
-    assert sentence in lut("jobs", "--db", pg_store_url, check=True).stdout
+    shown = lut("jobs", "--db", pg_store_url, check=True).stdout
+    assert sentence in shown
+    check("jobs", masked(shown.replace(socket.gethostname(), "HOST"), site))  # lut jobs as a reader sees it
     with LutStore(pg_store_url) as store:
         assert store.e2e_runs(Conditions("cpu", "torch"), tag="calibration", deploy_env=env_text) == []
         assert store.measured_keys(Conditions("cpu", "torch")) >= {s.key for s in blocks_of(MODELS[0])}
@@ -285,6 +289,8 @@ def test_a_worker_runs_only_the_deployment_environments_its_owner_allows(pg_stor
     allowed = worker(pg_store_url, "--device", "cpu", "--drain", "--json", env={"LUT_ALLOW_DEPLOY_ENV": env_text})
     summary = json.loads(finish(allowed)[0])
     assert summary["jobs_done"] == 1 and summary["jobs_failed"] == 0 and summary["measured"] == 1
+    plain = worker(pg_store_url, "--device", "cpu", "--drain")  # nothing left: its human summary
+    check("worker", masked(finish(plain)[0].replace(socket.gethostname(), "HOST")))
     assert marker.exists()  # its owner allowed it: the network ran in that environment
     with LutStore(pg_store_url) as store:
         (run,) = store.e2e_runs(Conditions("cpu", "torch"), tag="calibration", deploy_env=env_text)

@@ -22,6 +22,7 @@ def masked(text: str, *paths: Path | str) -> str:
         text = text.replace(str(path), "PATH")
     text = re.sub(r"\b(scale|traffic|per_block|per_kind) correction", "FIT correction", text)  # the data's pick
     text = text.replace("; unstable: the machine was noisy", "")  # said when the machine moved, as it may
+    text = text.replace(" (argmax projected onto the budget)", "")  # said when the search's pick ran over
     text = re.sub(r"[+-]?\d+(\.\d+)?(e[+-]?\d+)?", "#", text)
     text = re.sub(r"([━─═]){2,}", r"\1", text)  # a rule's length follows its column's widest number
     # where a long line wraps depends on its numbers' lengths too: a sentence per line, words as they come

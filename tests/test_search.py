@@ -25,6 +25,7 @@ from search_cost.search import Search, SearchConfig, fit_to_budget
 from search_cost.supernet import DMaskingSupernet, mixed_mask, prefix_masks
 from tests.cli import QUICK, TINY_SPACE, Ran
 from tests.cli import lut as run_lut
+from tests.test_human_output import check, masked
 
 from .test_cost import SPACE
 from .test_estimate import fill
@@ -308,6 +309,9 @@ def test_a_search_on_an_image_folder(table: str, tmp_path: Path) -> None:
     assert "images/s" in proc.stderr and 0 <= payload["proxy_accuracy"] <= 1
     refused = lut(*args[:-2], "--train-device", "tpu", db=table)
     assert refused.returncode == 2 and "--train-device" in refused.stderr
+    again = lut(*args, "--no-measure", db=table)  # resumed from its checkpoint, the search done: as a reader sees it
+    assert again.returncode == 0, again.stderr
+    check("search", masked(again.stdout, tmp_path))
 
 
 def test_two_processes_under_torchrun_search_as_one_with_the_same_global_batch(table: str, tmp_path: Path) -> None:
