@@ -22,10 +22,10 @@ from latency.vocab.blocks import CONTEXT_ALONE, CONTEXT_NETWORK
 from latency.vocab.conditions import Conditions
 from latency.vocab.family import blocks_of, get_arch
 from latency.vocab.space import get_space
-from lut_db import E2ERecord, FitRecord, LutStore, MeasurementRecord
+from lut_db import E2ERecord, FitRecord, LutStore
+from tests.records import CPU_TORCH, measurement, run
 
 CANARY_US = 200.0
-CPU_TORCH = Conditions("cpu", "torch")
 
 
 def fake_latency_us(spec) -> float:
@@ -48,29 +48,14 @@ def fill(
     for spec in {s.key: s for s in specs}.values():
         median = fake_latency_us(spec) * scale
         rows.append(
-            MeasurementRecord(
-                block_key=spec.key,
-                device=device,
-                backend=backend,
-                backend_version="2.13.0",
-                threads=1,
-                dtype=spec.dtype,
-                batch=spec.batch,
-                median_us=median,
-                p10_us=median * 0.95,
-                p90_us=median * 1.1,
-                iqr_us=median * 0.05,
-                mean_us=median,
-                std_us=median * 0.03,
-                min_us=median * 0.9,
-                n=100,
-                trials=3,
+            measurement(
+                spec.key,
+                median,
+                Conditions(device, backend, 1, spec.batch, spec.dtype),
                 canary_ratio=median / canary_us,
                 canary_us=canary_us,
                 protocol={} if context == CONTEXT_ALONE else {"context": context},
-                environment={},
                 measured_at=datetime.now(timezone.utc),
-                stable=True,
             )
         )
     store.put_measurements(rows)  # one transaction: a space has a thousand blocks
@@ -177,26 +162,15 @@ def stored_run(
 ) -> E2ERecord:
     """An end-to-end run of `arch` as the store keeps it (three trials, made-up spread; cpu/torch unless
     `conditions` say otherwise)."""
-    defaults = {"protocol": {}, "environment": {}, "measured_at": datetime(2026, 1, 1, tzinfo=timezone.utc)}
-    return E2ERecord(
-        arch_name=arch.name,
-        arch_json=arch.to_json(),
-        **conditions.columns(),
+    return run(
+        arch.name,
+        arch.to_json(),
+        median_us,
+        tag,
+        conditions,
         backend_version=backend_version,
-        median_us=median_us,
-        p10_us=median_us * 0.97,
-        p90_us=median_us * 1.04,
-        iqr_us=median_us * 0.03,
-        mean_us=median_us,
-        std_us=median_us * 0.02,
-        min_us=median_us * 0.95,
-        n=50,
-        trials=3,
-        canary_ratio=None,
         canary_us=canary_us,
-        tag=tag,
-        stable=True,
-        **{**defaults, **fields},
+        **fields,
     )
 
 

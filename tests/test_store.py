@@ -31,6 +31,7 @@ from lut_db import (
 )
 from lut_db.csvio import COLUMN_NAMES
 from tests.pg import fresh_schema_url, pg_server_url  # noqa: F401  (pg_server_url is a fixture)
+from tests.records import measurement, run
 
 T0 = datetime(2025, 3, 4, 5, 6, 7, 891011, tzinfo=timezone.utc)
 SPECS = [
@@ -48,15 +49,11 @@ def block_dict(spec: BlockSpec) -> dict:
 
 
 def rec(key: str = KEYS[0], device: str = "pc", **changes) -> MeasurementRecord:
-    base = MeasurementRecord(
-        block_key=key,
-        device=device,
-        backend="torch_cpu",
-        backend_version="2.13.0",
-        threads=1,
-        dtype="fp32",
-        batch=1,
-        median_us=101.5,
+    # odd numbers on purpose: they must come back from every backend and the CSV bit for bit
+    base = measurement(
+        key,
+        101.5,
+        Conditions(device, "torch_cpu"),
         p10_us=99.25,
         p90_us=110.125,
         iqr_us=3.5,
@@ -64,13 +61,11 @@ def rec(key: str = KEYS[0], device: str = "pc", **changes) -> MeasurementRecord:
         std_us=2.75,
         min_us=98.0,
         n=60,
-        trials=3,
         canary_ratio=1.2345678901234567,
         canary_us=82.25,
         protocol={"warmup_runs": 10, "runs": 50, "cuda_graph": False},
         environment={"governor": "performance", "temps_c": [41.5, 42.0]},
         measured_at=T0,
-        stable=True,
     )
     return dataclasses.replace(base, **_consistent(base, changes))
 
@@ -86,33 +81,23 @@ def _consistent(base: MeasurementRecord | E2ERecord, changes: dict) -> dict:
 
 
 def e2e(tag: str | None = "validation", arch_json: str = '{"name": "tiny", "resolution": 224}', **changes) -> E2ERecord:
-    base = E2ERecord(
-        **{
-            "arch_name": "tiny",
-            "arch_json": arch_json,
-            "device": "pc",
-            "backend": "torch_cpu",
-            "backend_version": "2.13.0",
-            "threads": 1,
-            "dtype": "fp32",
-            "batch": 1,
-            "median_us": 5000.0,
-            "p10_us": 4900.0,
-            "p90_us": 5200.0,
-            "iqr_us": 80.0,
-            "mean_us": 5010.0,
-            "std_us": 60.0,
-            "min_us": 4850.0,
-            "n": 30,
-            "trials": 3,
-            "canary_ratio": 61.0,
-            "canary_us": 82.0,
-            "tag": tag,
-            "protocol": {"runs": 30},
-            "environment": {},
-            "measured_at": T0,
-            "stable": True,
-        }
+    base = run(
+        "tiny",
+        arch_json,
+        5000.0,
+        tag,
+        Conditions("pc", "torch_cpu"),
+        p10_us=4900.0,
+        p90_us=5200.0,
+        iqr_us=80.0,
+        mean_us=5010.0,
+        std_us=60.0,
+        min_us=4850.0,
+        n=30,
+        canary_ratio=61.0,
+        canary_us=82.0,
+        protocol={"runs": 30},
+        measured_at=T0,
     )
     return dataclasses.replace(base, **_consistent(base, changes))
 
