@@ -27,6 +27,7 @@ import torch
 
 from latency.estimate.estimator import Estimator
 from latency.jobs.measure import block_row
+from latency.vocab.conditions import Conditions
 from latency.vocab.family import blocks_of, list_models
 from latency.vocab.space import get_space
 from lut_db import LutStore, MeasurementRecord
@@ -43,12 +44,8 @@ def fill(store: LutStore) -> int:
         store.put_measurement(
             MeasurementRecord(
                 block_key=spec.key,
-                device="cpu",
-                backend="torch",
+                conditions=Conditions("cpu", "torch", 1, 1, "fp32"),
                 backend_version=torch.__version__,
-                threads=1,
-                dtype="fp32",
-                batch=1,
                 median_us=us,
                 p10_us=us,
                 p90_us=us,

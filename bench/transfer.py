@@ -85,7 +85,7 @@ def predict(correction: Correction, samples: list[Sample]) -> np.ndarray:
 
 def flops_fit(train: list[E2ERecord], test: list[E2ERecord]) -> np.ndarray:
     def flops(run: E2ERecord) -> float:
-        return sum(s.flops_m for s in run.arch.specs(batch=run.batch, dtype=run.dtype))
+        return sum(s.flops_m for s in run.arch.specs(batch=run.conditions.batch, dtype=run.conditions.dtype))
 
     x = np.array([flops(r) for r in train])
     y = np.array([r.median_us / 1e3 for r in train])

@@ -83,15 +83,20 @@ _JSON_COLUMNS = {
 }
 
 
+def without_device(conditions: Conditions) -> dict[str, Any]:
+    """The conditions' columns but the device, which a row holds by its id."""
+    return {k: v for k, v in conditions.columns().items() if k != "device"}
+
+
 def as_record(cls: type[R], row: Any, device: str) -> R:
-    """A stored row as its record (MeasurementRecord, E2ERecord, FitRecord): the device's name in place
-    of its id, the JSON columns parsed, an end-to-end run's empty tag as None."""
+    """A stored row as its record (MeasurementRecord, E2ERecord, FitRecord): its conditions with the
+    device's name in place of its id, the JSON columns parsed, an end-to-end run's empty tag as None."""
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
-        if f.name == "device":
-            values[f.name] = device
+        if f.name == "conditions":
+            values[f.name] = Conditions(device, row.backend, row.threads, row.batch, row.dtype)
         elif f.name in _JSON_COLUMNS:
             values[f.name] = json.loads(getattr(row, _JSON_COLUMNS[f.name]))
         else:

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from latency.vocab.conditions import Conditions
-from lut_db.core import StoreCore, as_record, filtered, under
+from lut_db.core import StoreCore, as_record, filtered, under, without_device
 from lut_db.models import (
     FIT_KEY,
     DeviceRow,
@@ -32,11 +32,8 @@ class Fits(StoreCore):
         """Store a fitted model; it replaces the fit of the same device, conditions and purpose."""
         check_aware(rec.fitted_at, "fitted_at")
         values = {
-            "backend": rec.backend,
+            **without_device(rec.conditions),
             "backend_version": rec.backend_version,
-            "threads": rec.threads,
-            "dtype": rec.dtype,
-            "batch": rec.batch,
             "purpose": rec.purpose,
             "deploy_env": rec.deploy_env,
             "params_json": canonical_json(rec.params, "fit parameters"),
@@ -48,7 +45,7 @@ class Fits(StoreCore):
         stmt = stmt.on_conflict_do_update(index_elements=list(FIT_KEY), set_={c: stmt.excluded[c] for c in _FIT_VALUES})
 
         def write(session: Session) -> None:
-            values["device_id"] = self._device_id(session, rec.device)
+            values["device_id"] = self._device_id(session, rec.conditions.device)
             session.execute(stmt, values)
 
         self._write(write)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +11,7 @@ from sqlalchemy.orm import Session
 from latency.vocab.conditions import Conditions
 from latency.vocab.timing import STAT_COLUMNS
 from lut_db.checks import check_measurement
-from lut_db.core import StoreCore, as_record, chunks, filtered, under
+from lut_db.core import StoreCore, as_record, chunks, filtered, under, without_device
 from lut_db.errors import StoreError
 from lut_db.models import (
     BLOCK_COLUMNS,
@@ -26,6 +25,7 @@ from lut_db.records import (
     MeasurementRecord,
     canonical_json,
     check_aware,
+    columns,
 )
 
 if TYPE_CHECKING:
@@ -62,15 +62,12 @@ class Measurements(StoreCore):
         rows = []
         for rec in recs:
             check_aware(rec.measured_at, "measured_at")
-            check_measurement(dataclasses.asdict(rec))
+            check_measurement(columns(rec))
             rows.append(
                 {
                     "block_key": rec.block_key,
-                    "backend": rec.backend,
+                    **without_device(rec.conditions),
                     "backend_version": rec.backend_version,
-                    "threads": rec.threads,
-                    "dtype": rec.dtype,
-                    "batch": rec.batch,
                     **{c: getattr(rec, c) for c in STAT_COLUMNS},
                     "protocol": canonical_json(rec.protocol, "protocol"),
                     "environment": canonical_json(rec.environment, "environment"),
@@ -84,9 +81,10 @@ class Measurements(StoreCore):
         def write(session: Session) -> None:
             device_ids: dict[str, int] = {}
             for rec, values in zip(recs, rows, strict=True):
-                if rec.device not in device_ids:
-                    device_ids[rec.device] = self._device_id(session, rec.device)
-                values["device_id"] = device_ids[rec.device]
+                device = rec.conditions.device
+                if device not in device_ids:
+                    device_ids[device] = self._device_id(session, device)
+                values["device_id"] = device_ids[device]
                 if session.get(Block, rec.block_key) is None:
                     raise StoreError(
                         f"Block '{rec.block_key}' is not in {self._url}; pass it to upsert_blocks before "

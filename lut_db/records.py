@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -36,12 +36,8 @@ class MeasurementRecord:
     """One block's latency on one device under one backend/threads/dtype/batch; times in microseconds."""
 
     block_key: str
-    device: str  # the device's name
-    backend: str
+    conditions: Conditions  # the device's name, the backend (resolved), threads, batch, dtype
     backend_version: str
-    threads: int
-    dtype: str
-    batch: int
     median_us: float
     p10_us: float
     p90_us: float
@@ -60,9 +56,8 @@ class MeasurementRecord:
     source: str = "measured"  # or "transferred", "predicted" (lut_db.models.SOURCES)
     expected_error: float | None = None  # relative error of a derived (not measured) row
 
-    @property
-    def conditions(self) -> Conditions:
-        return Conditions(self.device, self.backend, self.threads, self.batch, self.dtype)
+    def __post_init__(self) -> None:
+        _check_resolved(self.conditions)
 
 
 @dataclass(frozen=True)
@@ -71,12 +66,8 @@ class E2ERecord:
 
     arch_name: str
     arch_json: str
-    device: str
-    backend: str
+    conditions: Conditions
     backend_version: str
-    threads: int
-    dtype: str
-    batch: int
     median_us: float
     p10_us: float
     p90_us: float
@@ -97,11 +88,8 @@ class E2ERecord:
     arch_hash: str = field(init=False)
 
     def __post_init__(self) -> None:
+        _check_resolved(self.conditions)
         object.__setattr__(self, "arch_hash", arch_hash(self.arch_json))
-
-    @property
-    def conditions(self) -> Conditions:
-        return Conditions(self.device, self.backend, self.threads, self.batch, self.dtype)
 
     @functools.cached_property
     def arch(self) -> Arch:
@@ -128,12 +116,8 @@ class ImportSummary:
 class FitRecord:
     """A fitted model stored as JSON: `params` rebuild it, `metrics` say how good it was."""
 
-    device: str
-    backend: str
+    conditions: Conditions
     backend_version: str
-    threads: int
-    dtype: str
-    batch: int
     purpose: str  # "calibration", "block_predictor", ...
     params: dict[str, Any]
     metrics: dict[str, Any]
@@ -141,9 +125,8 @@ class FitRecord:
     fitted_at: datetime
     deploy_env: str = "default"  # the deployment whose end-to-end times the fit predicts
 
-    @property
-    def conditions(self) -> Conditions:
-        return Conditions(self.device, self.backend, self.threads, self.batch, self.dtype)
+    def __post_init__(self) -> None:
+        _check_resolved(self.conditions)
 
 
 @dataclass(frozen=True)
@@ -156,6 +139,17 @@ class DeviceInfo:
     n_e2e_runs: int
     created_at: datetime
     last_seen_at: datetime
+
+
+def _check_resolved(conditions: Conditions) -> None:
+    if not isinstance(conditions, Conditions) or conditions.backend is None:
+        raise StoreError(f"A record is stored under conditions with a resolved backend, not {conditions!r}.")
+
+
+def columns(record: MeasurementRecord | E2ERecord | FitRecord) -> dict[str, Any]:
+    """The record as the table's columns: its conditions flattened beside its other fields."""
+    values = {f.name: getattr(record, f.name) for f in fields(record) if f.init and f.name != "conditions"}
+    return {**record.conditions.columns(), **values}
 
 
 def check_aware(value: Any, name: str) -> None:

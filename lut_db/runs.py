@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
@@ -11,7 +10,7 @@ from sqlalchemy.orm import Session
 from latency.vocab.conditions import Conditions
 from latency.vocab.timing import STAT_COLUMNS
 from lut_db.checks import check_run
-from lut_db.core import StoreCore, as_record, filtered, under
+from lut_db.core import StoreCore, as_record, filtered, under, without_device
 from lut_db.models import (
     E2E_KEY,
     DeviceRow,
@@ -21,6 +20,7 @@ from lut_db.records import (
     E2ERecord,
     canonical_json,
     check_aware,
+    columns,
 )
 
 if TYPE_CHECKING:
@@ -34,14 +34,11 @@ class Runs(StoreCore):
     def put_e2e_run(self, rec: E2ERecord) -> None:
         """Insert or replace the run of (architecture, device, backend, version, threads, dtype, batch, tag)."""
         check_aware(rec.measured_at, "measured_at")
-        check_run(dataclasses.asdict(rec))
+        check_run(columns(rec))
         values = {
             "arch_hash": rec.arch_hash,
-            "backend": rec.backend,
+            **without_device(rec.conditions),
             "backend_version": rec.backend_version,
-            "threads": rec.threads,
-            "dtype": rec.dtype,
-            "batch": rec.batch,
             "tag": rec.tag or "",
             "deploy_env": rec.deploy_env,
             **{c: getattr(rec, c) for c in STAT_COLUMNS},
@@ -56,7 +53,7 @@ class Runs(StoreCore):
         stmt = stmt.on_conflict_do_update(index_elements=list(E2E_KEY), set_={c: stmt.excluded[c] for c in E2E_VALUES})
 
         def write(session: Session) -> None:
-            values["device_id"] = self._device_id(session, rec.device)
+            values["device_id"] = self._device_id(session, rec.conditions.device)
             session.execute(stmt, values)
 
         self._write(write)

@@ -42,7 +42,7 @@ def measurement(
 ) -> MeasurementRecord:
     """A block's row (100 samples, 3 trials; cpu/torch unless `conditions` say otherwise)."""
     values = {**_defaults(median_us, spread, n=100), **fields}
-    return MeasurementRecord(block_key=block_key, **conditions.columns(), **values)
+    return MeasurementRecord(block_key=block_key, conditions=conditions, **values)
 
 
 def run(
@@ -56,4 +56,4 @@ def run(
 ) -> E2ERecord:
     """A network's end-to-end run (50 samples, 3 trials; cpu/torch unless `conditions` say otherwise)."""
     values = {**_defaults(median_us, spread, n=50), **fields}
-    return E2ERecord(arch_name=arch_name, arch_json=arch_json, **conditions.columns(), tag=tag, **values)
+    return E2ERecord(arch_name=arch_name, arch_json=arch_json, conditions=conditions, tag=tag, **values)

@@ -216,4 +216,4 @@ def test_profile_with_other_host_backends(backend: str, tmp_path: Path) -> None:
     assert out["backend"] == backend and out["measured"] == len(arch_keys(arch)) and not out["failed"]
     with LutStore(db) as store:
         rows = store.measurements(Conditions("cpu"))
-        assert {r.backend for r in rows} == {backend} and all(r.median_us > 0 for r in rows)
+        assert {r.conditions.backend for r in rows} == {backend} and all(r.median_us > 0 for r in rows)

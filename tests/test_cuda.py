@@ -52,7 +52,7 @@ def test_gpu_blocks_are_measured_with_events(backend: str, tmp_path: Path) -> No
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["measured"] == len({s.key for s in blocks_of("dmasking_f1")})
     with LutStore(db) as store:
-        rows = [r for r in store.measurements() if r.device == "cuda"]
+        rows = [r for r in store.measurements() if r.conditions.device == "cuda"]
         assert all(r.median_us > 0 and r.protocol["timer"] == "cuda events" for r in rows)
         assert {r.protocol["cuda_graph"] for r in rows} == {backend == "torch"}
         assert store.device("cuda").fingerprint["gpu"] == torch.cuda.get_device_name(0)
@@ -77,4 +77,6 @@ def test_gpu_half_precision_and_batches(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     with LutStore(db) as store:
-        assert {(r.dtype, r.batch) for r in store.measurements() if r.device == "cuda"} == {("fp16", 8)}
+        assert {
+            (r.conditions.dtype, r.conditions.batch) for r in store.measurements() if r.conditions.device == "cuda"
+        } == {("fp16", 8)}

@@ -110,12 +110,8 @@ def store_fit(store: LutStore, correction, n_samples: int) -> None:
     """The correction stored as cpu/torch's calibration, as `lut calibrate` stores it."""
     store.put_fit(
         FitRecord(
-            device="cpu",
-            backend="torch",
+            conditions=CPU_TORCH,
             backend_version="2.13.0",
-            threads=1,
-            dtype="fp32",
-            batch=1,
             purpose="calibration",
             params=correction.to_params(),
             metrics=correction.metrics,

@@ -212,7 +212,7 @@ def test_a_cpu_worker_and_a_phone_worker_drain_their_own_jobs(fake_adb, pg_store
     again = json.loads(lut(*calibration, check=True).stdout)  # `lut calibrate` without --queue now fits on these
     assert again["already_present"] == 2 and again["queued_networks"] == again["blocks"]["queued_blocks"] == 0
     with LutStore(pg_store_url) as store:
-        assert {r.backend for r in store.measurements(Conditions("cpu"))} == {"torch"}
+        assert {r.conditions.backend for r in store.measurements(Conditions("cpu"))} == {"torch"}
         assert len(store.measurements(PHONE)) == len(blocks_of(MODELS[0]))
         present = store.measured_keys(Conditions("cpu", "torch"))
     corners = {s.key for s in corner_specs(get_space(str(TINY_SPACE)))}

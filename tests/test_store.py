@@ -67,7 +67,16 @@ def rec(key: str = KEYS[0], device: str = "pc", **changes) -> MeasurementRecord:
         environment={"governor": "performance", "temps_c": [41.5, 42.0]},
         measured_at=T0,
     )
-    return dataclasses.replace(base, **_consistent(base, changes))
+    return _changed(base, changes)
+
+
+def _changed(base: MeasurementRecord | E2ERecord, changes: dict) -> MeasurementRecord | E2ERecord:
+    """`base` with `changes`, a condition among them (device, backend, threads, batch, dtype) changed in its
+    conditions."""
+    names = ("device", "backend", "threads", "batch", "dtype")
+    conditions = dataclasses.replace(base.conditions, **{k: v for k, v in changes.items() if k in names})
+    rest = {k: v for k, v in changes.items() if k not in names}
+    return dataclasses.replace(base, conditions=conditions, **_consistent(base, rest))
 
 
 def _consistent(base: MeasurementRecord | E2ERecord, changes: dict) -> dict:
@@ -99,7 +108,7 @@ def e2e(tag: str | None = "validation", arch_json: str = '{"name": "tiny", "reso
         protocol={"runs": 30},
         measured_at=T0,
     )
-    return dataclasses.replace(base, **_consistent(base, changes))
+    return _changed(base, changes)
 
 
 # ---- fixtures: every store test runs on SQLite and on PostgreSQL ------------------------------
@@ -211,7 +220,7 @@ def test_measurement_upsert_replaces_stats(filled: LutStore) -> None:
     filled.put_measurement(rec(backend_version="2.14.0", median_us=90.0, measured_at=later + timedelta(hours=1)))
     assert count(filled, "measurements") == len(SPECS) + 2
     assert len(filled.measurements(keys=[KEYS[0]])) == 3
-    assert [r.threads for r in filled.measurements(keys=[KEYS[0]], backend_version="2.13.0")] == [1, 2]
+    assert [r.conditions.threads for r in filled.measurements(keys=[KEYS[0]], backend_version="2.13.0")] == [1, 2]
     # several backend versions for one key: the map takes the newest
     newest = filled.measurement_map(Conditions("pc", "torch_cpu", 1))
     assert newest[KEYS[0]].backend_version == "2.14.0" and newest[KEYS[0]].median_us == 90.0
@@ -327,7 +336,7 @@ def test_e2e_runs_upsert_and_filter(filled: LutStore) -> None:
 
 def test_fits_upsert_and_newest(filled: LutStore) -> None:
     fit = FitRecord(
-        "pc", "torch_cpu", "2.13.0", 1, "fp32", 1, "calibration", {"a": 1.1, "b": 20.0}, {"mape": 0.05}, 12, T0
+        Conditions("pc", "torch_cpu"), "2.13.0", "calibration", {"a": 1.1, "b": 20.0}, {"mape": 0.05}, 12, T0
     )
     conditions = Conditions("pc", "torch_cpu")
     assert fit.conditions == conditions
@@ -708,7 +717,7 @@ def test_runs_and_fits_are_kept_per_deployment(filled: LutStore) -> None:
     pc = Conditions("pc", "torch_cpu")
     assert {r.deploy_env: r.median_us for r in filled.e2e_runs(pc)} == {"default": 6000.0, "tuned-malloc": 5000.0}
     assert [r.median_us for r in filled.e2e_runs(pc, deploy_env="default")] == [6000.0]
-    fit = FitRecord("pc", "torch_cpu", "2.13.0", 1, "fp32", 1, "calibration", {"a": 1}, {}, 12, T0, "tuned-malloc")
+    fit = FitRecord(Conditions("pc", "torch_cpu"), "2.13.0", "calibration", {"a": 1}, {}, 12, T0, "tuned-malloc")
     filled.put_fit(fit)
     assert filled.get_fit(pc, "calibration") is None  # never another deployment's
     assert filled.get_fit(pc, "calibration", deploy_env=None) == fit
@@ -770,7 +779,7 @@ def test_a_schema_1_table_is_upgraded_in_place(new_url: Callable[[], str]) -> No
         with store.engine.connect() as conn:
             version = conn.execute(text("SELECT value FROM meta WHERE key = 'schema_version'")).scalar()
             assert version == str(SCHEMA_VERSION)
-        runs = {r.device: r for r in store.e2e_runs()}
+        runs = {r.conditions.device: r for r in store.e2e_runs()}
         # Host runs were timed in lut's tuned workers; a phone's runner ran as its runtime does by default.
         assert {d: r.deploy_env for d, r in runs.items()} == {"pc": "tuned-malloc", "phone": "default"}
         assert runs["pc"].median_us == 5000.0 and runs["pc"].measured_at == T0 and runs["pc"].tag == "calibration"

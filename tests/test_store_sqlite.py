@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKER = """
 import sys
 from datetime import datetime, timezone
+from latency.vocab.conditions import Conditions
 from lut_db import LutStore, MeasurementRecord
 
 path, worker, count, wait = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "wait"
@@ -40,7 +41,7 @@ for i in range(count):
     store.upsert_blocks([{**fields, "key": key, "batch": 1, "dtype": "fp32", "bias": False, "flops": i, "params": i}])
     t = float(i + 1)
     store.put_measurement(MeasurementRecord(
-        key, "shared", "torch_cpu", "2.13.0", 1, "fp32", 1, t, t, t, 0.0, t, 0.0, t, 50, 3, None, None,
+        key, Conditions("shared", "torch_cpu"), "2.13.0", t, t, t, 0.0, t, 0.0, t, 50, 3, None, None,
         {"worker": worker}, {}, datetime.now(timezone.utc), True,
     ))
     print(i, flush=True)

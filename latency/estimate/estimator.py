@@ -115,7 +115,7 @@ class Estimator:
         rows = self.store.measurements(conditions)
         if not rows:  # nothing measured yet: the backend the device would be measured with
             return resolve_device(conditions.device).default_backend
-        backends = [r.backend for r in rows]
+        backends = [r.conditions.backend for r in rows]
         return max(set(backends), key=backends.count)
 
     def reload(self) -> None:

@@ -56,7 +56,7 @@ def samples_from_runs(runs: list[E2ERecord], estimator: Estimator) -> list[Sampl
     features from that table, its time as measured."""
     samples = []
     for run in runs:
-        specs = run.arch.specs(batch=run.batch, dtype=run.dtype)
+        specs = run.arch.specs(batch=run.conditions.batch, dtype=run.conditions.dtype)
         entries = [estimator.entry(s) for s in specs]
         if any(e is None for e in entries):
             continue

@@ -135,7 +135,7 @@ def calibrate(
     used = int(correction.metrics["cv_n"])  # the runs of the kind fitted, where they were of two (fit_correction)
     store.put_fit(
         FitRecord(
-            **conditions.columns(),
+            conditions=conditions,
             backend_version=e2e.backend_version,
             purpose="calibration",
             params=correction.to_params(),

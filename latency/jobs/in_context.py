@@ -130,7 +130,7 @@ def profile_in_context(
             row = _median_appearance(seen[key])
             stored[key] = row["stable"]
             rows.append(
-                MeasurementRecord(block_key=key, **session.conditions.columns(), backend_version=session.version, **row)
+                MeasurementRecord(block_key=key, conditions=session.conditions, backend_version=session.version, **row)
             )
         store.put_measurements(rows)
 
@@ -190,14 +190,14 @@ def _part_fields(
     }
 
 
-_CONDITIONS = ("block_key", "device", "backend", "backend_version", "threads", "dtype", "batch")
+_ROW_KEY = ("block_key", "conditions", "backend_version")
 _OWN = ("position", "network_median_us", "share", "trial_medians_us", "canary_medians_us")
 
 
 def _stored_appearances(row: MeasurementRecord) -> list[tuple[float, dict[str, Any]]]:
     """A stored row's appearances, as this run's are: its own, and each other one as its numbers scaled to
     that appearance's median (the row keeps only the median appearance's full numbers)."""
-    fields = {f.name: getattr(row, f.name) for f in dataclasses.fields(row) if f.name not in _CONDITIONS}
+    fields = {f.name: getattr(row, f.name) for f in dataclasses.fields(row) if f.name not in _ROW_KEY}
     environment = {k: v for k, v in row.environment.items() if k not in ("appearances_us", "appearance_networks")}
     own = own_name = row.environment.get("network")
     appearances = []

@@ -235,7 +235,7 @@ def profile_blocks(
             store.put_measurement(
                 MeasurementRecord(
                     block_key=result.target.key,
-                    **session.conditions.columns(),
+                    conditions=session.conditions,
                     backend_version=session.version,
                     **fields,
                 )
@@ -283,7 +283,7 @@ def profile_archs(
             E2ERecord(
                 arch_name=target.name,
                 arch_json=target.arch_json,
-                **session.conditions.columns(),
+                conditions=session.conditions,
                 backend_version=session.version,
                 tag=tag,
                 deploy_env=deploy_env.name,

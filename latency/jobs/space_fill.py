@@ -183,7 +183,7 @@ def _predict_rest(
     version = max(set(versions), key=versions.count)
     store.put_fit(
         FitRecord(
-            **conditions.columns(),
+            conditions=conditions,
             backend_version=version,
             purpose=f"block_predictor:{space.name}",
             params={"model": "additive+boosted", "bags": 8},
@@ -200,7 +200,7 @@ def _predict_rest(
         store.put_measurement(
             MeasurementRecord(
                 block_key=spec.key,
-                **conditions.columns(),
+                conditions=conditions,
                 backend_version=version,
                 median_us=value,
                 # a band of one expected error either way, in ratio (stays positive for any error)

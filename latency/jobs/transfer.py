@@ -179,7 +179,7 @@ def transfer_from_runs(
     intercept_only = Correction("scale", (1.0,), correction.intercept, correction.metrics, target_canary_us)
     store.put_fit(
         FitRecord(
-            **target.columns(),
+            conditions=target,
             backend_version=version,
             purpose="calibration",
             params={**intercept_only.to_params(), "transferred_from": source, "transfer": correction.to_params()},
@@ -210,7 +210,7 @@ def _transferred_rows(
         rows.append(
             MeasurementRecord(
                 block_key=key,
-                **target.columns(),
+                conditions=target,
                 backend_version=version,
                 median_us=median_us,
                 p10_us=median_us * (1 + low),
