@@ -30,6 +30,7 @@ from latency.jobs.measure import block_row
 from latency.vocab.conditions import Conditions
 from latency.vocab.family import blocks_of, list_models
 from latency.vocab.space import get_space
+from latency.vocab.timing import TimingStats
 from lut_db import LutStore, MeasurementRecord
 
 
@@ -46,15 +47,7 @@ def fill(store: LutStore) -> int:
                 block_key=spec.key,
                 conditions=Conditions("cpu", "torch", 1, 1, "fp32"),
                 backend_version=torch.__version__,
-                median_us=us,
-                p10_us=us,
-                p90_us=us,
-                iqr_us=0.0,
-                mean_us=us,
-                std_us=0.0,
-                min_us=us,
-                n=1,
-                trials=1,
+                stats=TimingStats(us, us, us, 0.0, us, 0.0, us, n=1, trials=1),
                 canary_ratio=None,
                 canary_us=None,
                 protocol={"bench": True},

@@ -143,7 +143,7 @@ def farm_run(server: str, speeds: list[float], program_ms: float | None, args: a
             job_busy = [sum(busy.get(program(key), 0.0) for key in keys) for keys in jobs]
             table_us = estimator.table_canary_us or 1.0
             by_key = {s.key: s for s in specs}
-            raw = [abs(r.median_us / (truth[r.block_key] * table_us) - 1) for r in rows]
+            raw = [abs(r.stats.median_us / (truth[r.block_key] * table_us) - 1) for r in rows]
             scaled = [
                 abs(estimator.entry(by_key[r.block_key]).median_us / (truth[r.block_key] * table_us) - 1) for r in rows
             ]

@@ -42,7 +42,7 @@ def main() -> None:
     # The predictor's own view: every block at the table's speed (see training_set); the raw
     # times, with the machine's drift left in, are scored too.
     specs, at_speed_us, canary_ref = training_set(rows)
-    raw_us = np.array([rows[k].median_us for k in sorted(rows)])
+    raw_us = np.array([rows[k].stats.median_us for k in sorted(rows)])
     stable = np.array([bool(rows[k].stable) for k in sorted(rows)])
     canaries = np.array([rows[k].canary_us for k in sorted(rows) if rows[k].canary_us])
     absolute = np.abs(cross_validate(specs, at_speed_us, folds=args.folds))

@@ -49,7 +49,7 @@ def main() -> None:
         second, second_s = run_once(Path(tmp) / "b.sqlite", args.backend, args.threads, args.protocol)
     a, b = first["rows"], second["rows"]
     keys = sorted(a.keys() & b.keys())
-    raw = np.array([abs(a[k].median_us - b[k].median_us) / a[k].median_us for k in keys])
+    raw = np.array([abs(a[k].stats.median_us - b[k].stats.median_us) / a[k].stats.median_us for k in keys])
     rel = np.array([abs(a[k].canary_ratio - b[k].canary_ratio) / a[k].canary_ratio for k in keys])
     canary_a = float(np.median([a[k].canary_us for k in keys]))
     canary_b = float(np.median([b[k].canary_us for k in keys]))

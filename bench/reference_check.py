@@ -282,7 +282,7 @@ def main() -> None:
         # the rescaled fit's estimates of the very runs it was fitted on, against those runs as measured
         calibration_runs = store.e2e_runs(conditions, tag="calibration", deploy_env=env.name)
         rescaled_in_sample = float(
-            np.median([estimate_with(rescaled, plain, r.arch) / (r.median_us / 1e3) for r in calibration_runs])
+            np.median([estimate_with(rescaled, plain, r.arch) / (r.stats.median_us / 1e3) for r in calibration_runs])
         )
         rows = []
         for arch in check_set:
@@ -298,7 +298,7 @@ def main() -> None:
                 "predicted_blocks": predicted.get(arch.name, 0),
                 "user_ms": statistics.median(before + after),
                 "user_runs_ms": before + after,
-                "lut_run_ms": run.median_us / 1e3,
+                "lut_run_ms": run.stats.median_us / 1e3,
                 "canary_us": run.canary_us,
                 "uncalibrated_ms": uncal.latency_ms,
                 "calibrated_ms": cal.latency_ms,

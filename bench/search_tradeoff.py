@@ -64,7 +64,7 @@ def main() -> None:
         estimated = estimator.estimate(result.arch).latency_ms
         profile_archs([result.arch], store, estimator.conditions, tag="search-tradeoff", force=True)
         run = latest_run(store.e2e_runs(estimator.conditions, tag="search-tradeoff"), result.arch)
-        measured = run.median_us / 1e3
+        measured = run.stats.median_us / 1e3
         user_runs = []
         if args.user_loops and args.device == "cpu" and estimator.conditions.backend == "torch":
             with tempfile.TemporaryDirectory() as folder:

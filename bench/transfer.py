@@ -88,7 +88,7 @@ def flops_fit(train: list[E2ERecord], test: list[E2ERecord]) -> np.ndarray:
         return sum(s.flops_m for s in run.arch.specs(batch=run.conditions.batch, dtype=run.conditions.dtype))
 
     x = np.array([flops(r) for r in train])
-    y = np.array([r.median_us / 1e3 for r in train])
+    y = np.array([r.stats.median_us / 1e3 for r in train])
     slope, intercept = np.polyfit(x, y, 1, w=1 / y)  # weighted toward relative error, as the others
     return np.array([slope * flops(r) + intercept for r in test])
 

@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from latency.vocab.conditions import Conditions
+from latency.vocab.timing import TimingStats
 from lut_db.engine import WRITE_OPTION, build_engine, ensure_parent, is_sqlite, resolve_url, sqlite_read_only
 from lut_db.errors import StoreError, one_line
 from lut_db.models import (
@@ -31,6 +32,7 @@ from lut_db.models import (
     DeviceRow,
     Meta,
 )
+from lut_db.records import from_columns
 from lut_db.upgrade import upgrade
 
 if TYPE_CHECKING:
@@ -91,19 +93,22 @@ def without_device(conditions: Conditions) -> dict[str, Any]:
 def as_record(cls: type[R], row: Any, device: str) -> R:
     """A stored row as its record (MeasurementRecord, E2ERecord, FitRecord): its conditions with the
     device's name in place of its id, the JSON columns parsed, an end-to-end run's empty tag as None."""
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {
+        "device": device,
+        **{c: getattr(row, c) for c in ("backend", "threads", "batch", "dtype")},
+    }
     for f in dataclasses.fields(cls):
-        if not f.init:
+        if not f.init or f.name == "conditions":
             continue
-        if f.name == "conditions":
-            values[f.name] = Conditions(device, row.backend, row.threads, row.batch, row.dtype)
+        if f.name == "stats":
+            values.update({s.name: getattr(row, s.name) for s in dataclasses.fields(TimingStats)})
         elif f.name in _JSON_COLUMNS:
             values[f.name] = json.loads(getattr(row, _JSON_COLUMNS[f.name]))
         else:
             values[f.name] = getattr(row, f.name)
     if "tag" in values:
         values["tag"] = values["tag"] or None
-    return cls(**values)
+    return from_columns(cls, values)
 
 
 class StoreCore:

@@ -62,13 +62,14 @@ class Measurements(StoreCore):
         rows = []
         for rec in recs:
             check_aware(rec.measured_at, "measured_at")
-            check_measurement(columns(rec))
+            flat = columns(rec)
+            check_measurement(flat)
             rows.append(
                 {
                     "block_key": rec.block_key,
                     **without_device(rec.conditions),
                     "backend_version": rec.backend_version,
-                    **{c: getattr(rec, c) for c in STAT_COLUMNS},
+                    **{c: flat[c] for c in STAT_COLUMNS},
                     "protocol": canonical_json(rec.protocol, "protocol"),
                     "environment": canonical_json(rec.environment, "environment"),
                     "measured_at": rec.measured_at,

@@ -5,12 +5,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from latency.vocab.arch import Arch
 from latency.vocab.conditions import Conditions
+from latency.vocab.timing import TimingStats
 from lut_db.errors import StoreError
 
 
@@ -38,15 +40,7 @@ class MeasurementRecord:
     block_key: str
     conditions: Conditions  # the device's name, the backend (resolved), threads, batch, dtype
     backend_version: str
-    median_us: float
-    p10_us: float
-    p90_us: float
-    iqr_us: float
-    mean_us: float
-    std_us: float
-    min_us: float
-    n: int
-    trials: int
+    stats: TimingStats
     canary_ratio: float | None
     canary_us: float | None
     protocol: dict[str, Any]
@@ -68,15 +62,7 @@ class E2ERecord:
     arch_json: str
     conditions: Conditions
     backend_version: str
-    median_us: float
-    p10_us: float
-    p90_us: float
-    iqr_us: float
-    mean_us: float
-    std_us: float
-    min_us: float
-    n: int
-    trials: int
+    stats: TimingStats
     canary_ratio: float | None
     canary_us: float | None
     tag: str | None  # "calibration", "validation", ... or None
@@ -146,10 +132,31 @@ def _check_resolved(conditions: Conditions) -> None:
         raise StoreError(f"A record is stored under conditions with a resolved backend, not {conditions!r}.")
 
 
+_COMPOSED = ("conditions", "stats")
+
+
 def columns(record: MeasurementRecord | E2ERecord | FitRecord) -> dict[str, Any]:
-    """The record as the table's columns: its conditions flattened beside its other fields."""
-    values = {f.name: getattr(record, f.name) for f in fields(record) if f.init and f.name != "conditions"}
-    return {**record.conditions.columns(), **values}
+    """The record as the table's columns: its conditions and statistics flattened beside its other fields."""
+    values = {f.name: getattr(record, f.name) for f in fields(record) if f.init and f.name not in _COMPOSED}
+    stats = asdict(record.stats) if isinstance(record, (MeasurementRecord, E2ERecord)) else {}
+    return {**record.conditions.columns(), **stats, **values}
+
+
+R = TypeVar("R", "MeasurementRecord", "E2ERecord", "FitRecord")
+
+
+def from_columns(cls: type[R], values: Mapping[str, Any]) -> R:
+    """A record from the table's columns (the inverse of `columns`): unknown columns are an error."""
+    names = {f.name for f in fields(cls) if f.init}
+    own = {name: values[name] for name in names - set(_COMPOSED) if name in values}
+    conditions = Conditions(values["device"], values["backend"], values["threads"], values["batch"], values["dtype"])
+    if "stats" in names:
+        own["stats"] = TimingStats(**{f.name: values[f.name] for f in fields(TimingStats)})
+    known = {f.name for f in fields(cls)} | set(conditions.columns()) | {f.name for f in fields(TimingStats)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no column {unknown[0]!r}")
+    return cls(conditions=conditions, **own)
 
 
 def check_aware(value: Any, name: str) -> None:

@@ -34,14 +34,15 @@ class Runs(StoreCore):
     def put_e2e_run(self, rec: E2ERecord) -> None:
         """Insert or replace the run of (architecture, device, backend, version, threads, dtype, batch, tag)."""
         check_aware(rec.measured_at, "measured_at")
-        check_run(columns(rec))
+        flat = columns(rec)
+        check_run(flat)
         values = {
             "arch_hash": rec.arch_hash,
             **without_device(rec.conditions),
             "backend_version": rec.backend_version,
             "tag": rec.tag or "",
             "deploy_env": rec.deploy_env,
-            **{c: getattr(rec, c) for c in STAT_COLUMNS},
+            **{c: flat[c] for c in STAT_COLUMNS},
             "arch_name": rec.arch_name,
             "arch_json": rec.arch_json,
             "protocol": canonical_json(rec.protocol, "protocol"),

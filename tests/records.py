@@ -9,6 +9,7 @@ from typing import Any
 
 from latency.vocab.conditions import Conditions
 from lut_db import E2ERecord, MeasurementRecord
+from lut_db.records import from_columns
 
 CPU_TORCH = Conditions("cpu", "torch")
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -42,7 +43,7 @@ def measurement(
 ) -> MeasurementRecord:
     """A block's row (100 samples, 3 trials; cpu/torch unless `conditions` say otherwise)."""
     values = {**_defaults(median_us, spread, n=100), **fields}
-    return MeasurementRecord(block_key=block_key, conditions=conditions, **values)
+    return from_columns(MeasurementRecord, {"block_key": block_key, **conditions.columns(), **values})
 
 
 def run(
@@ -56,4 +57,5 @@ def run(
 ) -> E2ERecord:
     """A network's end-to-end run (50 samples, 3 trials; cpu/torch unless `conditions` say otherwise)."""
     values = {**_defaults(median_us, spread, n=50), **fields}
-    return E2ERecord(arch_name=arch_name, arch_json=arch_json, conditions=conditions, tag=tag, **values)
+    own = {"arch_name": arch_name, "arch_json": arch_json, "tag": tag}
+    return from_columns(E2ERecord, {**own, **conditions.columns(), **values})

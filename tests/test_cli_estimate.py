@@ -223,7 +223,7 @@ def test_profiling_a_space_within_a_budget_measures_corners_and_predicts_the_res
     with LutStore(db) as store:
         predicted = store.measurements(Conditions("cpu"), source="predicted")
         assert len(predicted) == out["predicted"]
-        assert all(r.expected_error and r.expected_error > 0 and r.n == 0 for r in predicted)
+        assert all(r.expected_error and r.expected_error > 0 and r.stats.n == 0 for r in predicted)
         source_of = {r.block_key: r.source for r in store.measurements(Conditions("cpu"))}
     # a point that holds a predicted shape (which shapes the budget reached in context depends on the host's speed)
     point = space.points_holding({predicted[0].block_key})[0]

@@ -53,7 +53,10 @@ def test_profile_fills_the_table_then_measures_nothing(tmp_path: Path) -> None:
     with LutStore(db) as store:
         assert store.measured_keys(Conditions("cpu", "torch")) == expected
         rows = store.measurements(Conditions("cpu"))
-        assert all(r.median_us > 0 and r.trials == 3 and r.p10_us <= r.median_us <= r.p90_us for r in rows)
+        assert all(
+            r.stats.median_us > 0 and r.stats.trials == 3 and r.stats.p10_us <= r.stats.median_us <= r.stats.p90_us
+            for r in rows
+        )
         assert all(r.canary_ratio and r.protocol["name"] == "quick" for r in rows)
         assert {r.backend_version for r in rows} == {first["backend_version"]}
     second = json.loads(lut("profile", "--models", "dmasking_f1", "--protocol", "quick", "--db", db, "--json").stdout)
@@ -216,4 +219,4 @@ def test_profile_with_other_host_backends(backend: str, tmp_path: Path) -> None:
     assert out["backend"] == backend and out["measured"] == len(arch_keys(arch)) and not out["failed"]
     with LutStore(db) as store:
         rows = store.measurements(Conditions("cpu"))
-        assert {r.conditions.backend for r in rows} == {backend} and all(r.median_us > 0 for r in rows)
+        assert {r.conditions.backend for r in rows} == {backend} and all(r.stats.median_us > 0 for r in rows)

@@ -186,7 +186,7 @@ def test_a_calibration_reproduces_its_own_runs_whatever_their_canary(store: LutS
     assert correction.metrics["in_sample_median_ratio"] == pytest.approx(1.0, abs=0.03)
     store_fit(store, correction, len(runs))
     calibrated = Estimator("cpu", store=store)
-    ratios = [calibrated.estimate(r.arch).latency_ms / (r.median_us / 1e3) for r in runs]
+    ratios = [calibrated.estimate(r.arch).latency_ms / (r.stats.median_us / 1e3) for r in runs]
     assert np.median(ratios) == pytest.approx(1.0, abs=0.03) and min(ratios) > 0.93 and max(ratios) < 1.07
 
 

@@ -56,14 +56,16 @@ def test_each_block_row_comes_from_the_networks_and_they_sum_to_the_network(tmp_
         assert set(rows) == keys == in_context_keys(store, TORCH, summary.backend_version, DEFAULT)
         for row in rows.values():
             assert row.protocol["context"] == CONTEXT_NETWORK and row.protocol["deploy_env"] == "default"
-            assert row.environment["appearance_networks"] and row.p10_us <= row.median_us <= row.p90_us
+            assert (
+                row.environment["appearance_networks"] and row.stats.p10_us <= row.stats.median_us <= row.stats.p90_us
+            )
         shared = {s.key for s in A.specs()} & {s.key for s in B.specs()}
         assert shared and all(len(rows[k].environment["appearances_us"]) == 2 for k in shared)
         # A block only one network holds carries that network's share of its median: the blocks of that
         # network sum to it.
         only_b = [rows[s.key] for s in B.specs() if s.key not in shared]
         network_us = only_b[0].environment["network_median_us"]
-        own = sum(r.median_us for r in only_b) + sum(
+        own = sum(r.stats.median_us for r in only_b) + sum(
             r.environment["appearances_us"][r.environment["appearance_networks"].index("tiny1")]
             for r in (rows[k] for k in shared)
         )
@@ -84,8 +86,8 @@ def test_a_later_run_adds_its_networks_to_the_appearances_of_earlier_ones(tmp_pa
     for key in shared:  # A's time for the block is kept beside B's, and the row is the median appearance
         environment = rows[key].environment
         assert sorted(environment["appearance_networks"]) == ["tiny0", "tiny1"]
-        assert round(first[key].median_us, 3) in environment["appearances_us"]
-        assert rows[key].median_us == pytest.approx(min(environment["appearances_us"]), abs=1e-3)
+        assert round(first[key].stats.median_us, 3) in environment["appearances_us"]
+        assert rows[key].stats.median_us == pytest.approx(min(environment["appearances_us"]), abs=1e-3)
     only_a = [k for k in first if k not in shared]
     assert all(rows[k] == first[k] for k in only_a)  # B's run leaves A's own blocks alone
 

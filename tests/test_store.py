@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from latency.vocab.blocks import BlockSpec
 from latency.vocab.conditions import Conditions
+from latency.vocab.timing import TIMES_US
 from lut_db import (
     SCHEMA_VERSION,
     E2ERecord,
@@ -30,6 +31,7 @@ from lut_db import (
     resolve_url,
 )
 from lut_db.csvio import COLUMN_NAMES
+from lut_db.records import columns, from_columns
 from tests.pg import fresh_schema_url, pg_server_url  # noqa: F401  (pg_server_url is a fixture)
 from tests.records import measurement, run
 
@@ -71,22 +73,15 @@ def rec(key: str = KEYS[0], device: str = "pc", **changes) -> MeasurementRecord:
 
 
 def _changed(base: MeasurementRecord | E2ERecord, changes: dict) -> MeasurementRecord | E2ERecord:
-    """`base` with `changes`, a condition among them (device, backend, threads, batch, dtype) changed in its
-    conditions."""
-    names = ("device", "backend", "threads", "batch", "dtype")
-    conditions = dataclasses.replace(base.conditions, **{k: v for k, v in changes.items() if k in names})
-    rest = {k: v for k, v in changes.items() if k not in names}
-    return dataclasses.replace(base, conditions=conditions, **_consistent(base, rest))
-
-
-def _consistent(base: MeasurementRecord | E2ERecord, changes: dict) -> dict:
-    """A new median moves the other times with it, so that the row stays possible (p10 <= median <= p90)."""
-    if "median_us" not in changes:
-        return changes
-    scale = changes["median_us"] / base.median_us
-    times = ("p10_us", "p90_us", "mean_us", "min_us", "iqr_us", "std_us")
-    moved = {name: getattr(base, name) * scale for name in times}
-    return {**moved, **changes}
+    """`base` with `changes` given as the table's columns (a condition or a statistic among them). A new
+    median moves the other times with it, so that the row stays possible (p10 <= median <= p90)."""
+    flat = columns(base)
+    if "median_us" in changes:
+        scale = changes["median_us"] / base.stats.median_us
+        flat |= {name: flat[name] * scale for name in TIMES_US}
+    values = {**flat, **changes}
+    values.pop("arch_hash", None)
+    return from_columns(type(base), values)
 
 
 def e2e(tag: str | None = "validation", arch_json: str = '{"name": "tiny", "resolution": 224}', **changes) -> E2ERecord:
@@ -209,7 +204,7 @@ def test_measurement_upsert_replaces_stats(filled: LutStore) -> None:
     filled.put_measurement(rec(median_us=120.0, canary_ratio=None, canary_us=None, stable=False, measured_at=later))
     assert count(filled, "measurements") == len(SPECS)  # same unique key: replaced
     [row] = filled.measurements(Conditions("pc"), keys=[KEYS[0]])
-    assert (row.median_us, row.canary_ratio, row.canary_us, row.stable, row.measured_at) == (
+    assert (row.stats.median_us, row.canary_ratio, row.canary_us, row.stable, row.measured_at) == (
         120.0,
         None,
         None,
@@ -223,7 +218,7 @@ def test_measurement_upsert_replaces_stats(filled: LutStore) -> None:
     assert [r.conditions.threads for r in filled.measurements(keys=[KEYS[0]], backend_version="2.13.0")] == [1, 2]
     # several backend versions for one key: the map takes the newest
     newest = filled.measurement_map(Conditions("pc", "torch_cpu", 1))
-    assert newest[KEYS[0]].backend_version == "2.14.0" and newest[KEYS[0]].median_us == 90.0
+    assert newest[KEYS[0]].backend_version == "2.14.0" and newest[KEYS[0]].stats.median_us == 90.0
     assert set(newest) == set(KEYS[:3])  # KEYS[3] is batch 8, fp16
 
 
@@ -297,7 +292,7 @@ def test_a_row_replaces_its_own_source_or_a_weaker_one(filled: LutStore, old: st
     filled.put_measurement(_sourced(new, 70.0))
     [row] = filled.measurements(Conditions("pc", threads=3), keys=[KEYS[0]])
     replaced = order.index(new) >= order.index(old)
-    assert (row.source, row.median_us) == ((new, 70.0) if replaced else (old, 50.0))
+    assert (row.source, row.stats.median_us) == ((new, 70.0) if replaced else (old, 50.0))
     assert (row.expected_error is None) == (row.source == "measured")
 
 
@@ -320,11 +315,11 @@ def test_e2e_runs_upsert_and_filter(filled: LutStore) -> None:
     assert len(runs) == 4
     assert len(filled.e2e_runs(Conditions("pc"))) == 3  # one thread
     [validation] = filled.e2e_runs(Conditions("pc", threads=1), tag="validation")
-    assert validation.median_us == 5100.0 and validation.arch_hash == e2e().arch_hash
+    assert validation.stats.median_us == 5100.0 and validation.arch_hash == e2e().arch_hash
     expected_hash = hashlib.sha256(b'{"name":"tiny","resolution":224}').hexdigest()
     assert validation.arch_hash == expected_hash
     untagged = [r for r in runs if r.tag is None]
-    assert [r.median_us for r in untagged] == [4999.0]
+    assert [r.stats.median_us for r in untagged] == [4999.0]
     assert untagged[0] == e2e(tag=None, median_us=4999.0)
     assert filled.e2e_runs(Conditions("pc", "onnxruntime")) == []
     assert filled.device("pc").n_e2e_runs == 4
@@ -715,8 +710,8 @@ def test_runs_and_fits_are_kept_per_deployment(filled: LutStore) -> None:
     filled.put_e2e_run(e2e(median_us=6000.0))  # "default": a plain process
     filled.put_e2e_run(e2e(median_us=5000.0, deploy_env="tuned-malloc"))
     pc = Conditions("pc", "torch_cpu")
-    assert {r.deploy_env: r.median_us for r in filled.e2e_runs(pc)} == {"default": 6000.0, "tuned-malloc": 5000.0}
-    assert [r.median_us for r in filled.e2e_runs(pc, deploy_env="default")] == [6000.0]
+    assert {r.deploy_env: r.stats.median_us for r in filled.e2e_runs(pc)} == {"default": 6000.0, "tuned-malloc": 5000.0}
+    assert [r.stats.median_us for r in filled.e2e_runs(pc, deploy_env="default")] == [6000.0]
     fit = FitRecord(Conditions("pc", "torch_cpu"), "2.13.0", "calibration", {"a": 1}, {}, 12, T0, "tuned-malloc")
     filled.put_fit(fit)
     assert filled.get_fit(pc, "calibration") is None  # never another deployment's
@@ -782,7 +777,7 @@ def test_a_schema_1_table_is_upgraded_in_place(new_url: Callable[[], str]) -> No
         runs = {r.conditions.device: r for r in store.e2e_runs()}
         # Host runs were timed in lut's tuned workers; a phone's runner ran as its runtime does by default.
         assert {d: r.deploy_env for d, r in runs.items()} == {"pc": "tuned-malloc", "phone": "default"}
-        assert runs["pc"].median_us == 5000.0 and runs["pc"].measured_at == T0 and runs["pc"].tag == "calibration"
+        assert runs["pc"].stats.median_us == 5000.0 and runs["pc"].measured_at == T0 and runs["pc"].tag == "calibration"
         assert store.get_fit(Conditions("pc", "torch"), "calibration") is None
         legacy = store.get_fit(Conditions("pc", "torch"), "calibration", deploy_env="tuned-malloc")
         assert legacy is not None and legacy.params == {"a": 1} and legacy.n_samples == 20
@@ -835,14 +830,14 @@ def test_a_schema_2_table_is_upgraded_to_take_transferred_rows(new_url: Callable
 
 
 def test_the_statistics_are_named_once() -> None:
-    """latency.vocab.timing names them; the profilers' summary, the records and the ORM's tables hold them."""
+    """latency.vocab.timing defines them; the profilers' summary, the records and the ORM's tables hold them."""
     from latency.vocab.timing import POSITIVE_TIMES_US, SPREAD_TIMES_US, STAT_COLUMNS, TIMES_US
     from lut_db.models import E2ERun, Measurement
     from profilers.stats import Stats
 
     assert [f.name for f in dataclasses.fields(Stats)] == [*TIMES_US, "n"]
     assert set(POSITIVE_TIMES_US) | set(SPREAD_TIMES_US) == set(TIMES_US)
-    for record in (MeasurementRecord, E2ERecord):
-        assert [f.name for f in dataclasses.fields(record) if f.name in STAT_COLUMNS] == list(STAT_COLUMNS)
+    for record in (rec(), e2e()):  # composed of TimingStats, flattened to the table's columns in its order
+        assert [name for name in columns(record) if name in STAT_COLUMNS] == list(STAT_COLUMNS)
     for model in (Measurement, E2ERun):
         assert set(STAT_COLUMNS) <= set(model.__table__.columns.keys())

@@ -27,6 +27,7 @@ WORKER = """
 import sys
 from datetime import datetime, timezone
 from latency.vocab.conditions import Conditions
+from latency.vocab.timing import TimingStats
 from lut_db import LutStore, MeasurementRecord
 
 path, worker, count, wait = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "wait"
@@ -41,7 +42,7 @@ for i in range(count):
     store.upsert_blocks([{**fields, "key": key, "batch": 1, "dtype": "fp32", "bias": False, "flops": i, "params": i}])
     t = float(i + 1)
     store.put_measurement(MeasurementRecord(
-        key, Conditions("shared", "torch_cpu"), "2.13.0", t, t, t, 0.0, t, 0.0, t, 50, 3, None, None,
+        key, Conditions("shared", "torch_cpu"), "2.13.0", TimingStats(t, t, t, 0.0, t, 0.0, t, 50, 3), None, None,
         {"worker": worker}, {}, datetime.now(timezone.utc), True,
     ))
     print(i, flush=True)
@@ -101,7 +102,7 @@ def test_sigkill_mid_write_loses_nothing_committed(tmp_path: Path) -> None:
     with contextlib.closing(sqlite3.connect(db)) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     with LutStore(db) as store:
-        stored = {r.median_us for r in store.measurements(Conditions("shared"))}
+        stored = {r.stats.median_us for r in store.measurements(Conditions("shared"))}
         assert {float(i + 1) for i in reported} <= stored
         assert len(stored) <= len(reported) + 1  # at most the row being written when killed
         assert len(store.to_pandas("blocks")) >= len(stored)

@@ -174,13 +174,13 @@ def test_a_transfer_writes_the_targets_table_and_estimates_say_so(tmp_path) -> N
         assert report.runs == 10 and report.rows == len(store.measured_keys(SOURCE))
         rows = store.measurements(TARGET)
         assert {r.source for r in rows} == {"transferred"} and len(rows) == report.rows
-        assert all(r.expected_error > 0 and r.p10_us <= r.median_us <= r.p90_us for r in rows)
+        assert all(r.expected_error > 0 and r.stats.p10_us <= r.stats.median_us <= r.stats.p90_us for r in rows)
         target = Estimator(TARGET, store=store)
         assert target.table_canary_us == pytest.approx(TARGET_CANARY_US, rel=0.02)  # the runs' median canary
         estimates = [target.estimate(a) for a in check_archs]
         runs = store.e2e_runs(TARGET, tag=TRANSFER_TAG)
         # the fit reproduces its own runs as measured
-        fitted = [target.estimate(r.arch).latency_ms / (r.median_us / 1e3) for r in runs]
+        fitted = [target.estimate(r.arch).latency_ms / (r.stats.median_us / 1e3) for r in runs]
         assert np.median(fitted) == pytest.approx(1.0, abs=0.01)
     # the held-out networks are where the device puts them
     truth = np.array([target_ms(a.specs(), rng, 0.0) for a in check_archs])

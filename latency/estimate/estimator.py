@@ -140,10 +140,10 @@ class Estimator:
         for key, rec in rows.items():
             speed = speeds.get(rec.environment.get("serial"), 1.0) if rec.source == "measured" else 1.0
             self._entries[key] = Entry(
-                rec.median_us * speed,
+                rec.stats.median_us * speed,
                 rec.source,
-                rec.p10_us * speed,
-                rec.p90_us * speed,
+                rec.stats.p10_us * speed,
+                rec.stats.p90_us * speed,
                 rec.expected_error,
                 context=rec.protocol.get("context", CONTEXT_ALONE),
             )

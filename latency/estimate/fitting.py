@@ -63,7 +63,7 @@ def samples_from_runs(runs: list[E2ERecord], estimator: Estimator) -> list[Sampl
         features = np.sum(
             [block_features(s, e.median_us / 1e3, e.context) for s, e in zip(specs, entries, strict=True)], axis=0
         )
-        samples.append(Sample(run.arch_name, features, run.median_us / 1e3))
+        samples.append(Sample(run.arch_name, features, run.stats.median_us / 1e3))
     return samples
 
 

@@ -11,7 +11,6 @@ A block seen in several networks gets the median of its times there (a row recor
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -31,6 +30,7 @@ from latency.vocab.conditions import Conditions
 from latency.vocab.deploy_env import DEFAULT, DeployEnv
 from latency.vocab.timing import TIMES_US
 from lut_db import LutStore, MeasurementRecord
+from lut_db.records import columns, from_columns
 from profilers.backends import backend_class
 from profilers.devices import resolve_device
 from profilers.errors import ProfilerError
@@ -129,9 +129,8 @@ def profile_in_context(
         for key in {part.target.key for part in result.parts}:
             row = _median_appearance(seen[key])
             stored[key] = row["stable"]
-            rows.append(
-                MeasurementRecord(block_key=key, conditions=session.conditions, backend_version=session.version, **row)
-            )
+            own = {"block_key": key, **session.conditions.columns(), "backend_version": session.version}
+            rows.append(from_columns(MeasurementRecord, {**own, **row}))
         store.put_measurements(rows)
 
     networks = session.summary(requested=len(todo))
@@ -190,27 +189,27 @@ def _part_fields(
     }
 
 
-_ROW_KEY = ("block_key", "conditions", "backend_version")
+_ROW_KEY = ("block_key", "device", "backend", "threads", "batch", "dtype", "backend_version")
 _OWN = ("position", "network_median_us", "share", "trial_medians_us", "canary_medians_us")
 
 
 def _stored_appearances(row: MeasurementRecord) -> list[tuple[float, dict[str, Any]]]:
     """A stored row's appearances, as this run's are: its own, and each other one as its numbers scaled to
     that appearance's median (the row keeps only the median appearance's full numbers)."""
-    fields = {f.name: getattr(row, f.name) for f in dataclasses.fields(row) if f.name not in _ROW_KEY}
+    fields = {name: value for name, value in columns(row).items() if name not in _ROW_KEY}
     environment = {k: v for k, v in row.environment.items() if k not in ("appearances_us", "appearance_networks")}
     own = own_name = row.environment.get("network")
     appearances = []
     for median_us, network in zip(
-        row.environment.get("appearances_us", [row.median_us]),
+        row.environment.get("appearances_us", [row.stats.median_us]),
         row.environment.get("appearance_networks", [own]),
         strict=True,
     ):
         if network == own:
-            appearances.append((row.median_us, {**fields, "environment": environment}))
+            appearances.append((row.stats.median_us, {**fields, "environment": environment}))
             own = None  # a network seen in two runs has one full copy
             continue
-        scale = median_us / row.median_us
+        scale = median_us / row.stats.median_us
         scaled = {column: fields[column] * scale for column in TIMES_US}
         ratio = None if row.canary_ratio is None else row.canary_ratio * scale
         # the numbers of this appearance are the row's scaled; what only the row's own network had is left out

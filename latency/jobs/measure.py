@@ -22,6 +22,7 @@ from latency.vocab.deploy_env import DEFAULT, DeployEnv
 from latency.vocab.family import blocks_of, expand_models, resolve_arch
 from latency.vocab.timing import TIMES_US
 from lut_db import E2ERecord, LutStore, MeasurementRecord, arch_hash
+from lut_db.records import from_columns
 from profilers.backends import backend_class
 from profilers.devices import Device, resolve_device
 from profilers.errors import ProfilerError
@@ -232,14 +233,8 @@ def profile_blocks(
         store.upsert_blocks(block_row(s) for s in todo)
 
         def store_result(result: Result, fields: dict[str, Any]) -> None:
-            store.put_measurement(
-                MeasurementRecord(
-                    block_key=result.target.key,
-                    conditions=session.conditions,
-                    backend_version=session.version,
-                    **fields,
-                )
-            )
+            key = {"block_key": result.target.key, **session.conditions.columns(), "backend_version": session.version}
+            store.put_measurement(from_columns(MeasurementRecord, {**key, **fields}))
 
         measure_targets(session, todo, summary, progress, store_result, deadline)
     summary.seconds = time.monotonic() - started
@@ -279,17 +274,9 @@ def profile_archs(
 
     def store_result(result: Result, fields: dict[str, Any]) -> None:
         target = result.target
-        store.put_e2e_run(
-            E2ERecord(
-                arch_name=target.name,
-                arch_json=target.arch_json,
-                conditions=session.conditions,
-                backend_version=session.version,
-                tag=tag,
-                deploy_env=deploy_env.name,
-                **fields,
-            )
-        )
+        run = {"arch_name": target.name, "arch_json": target.arch_json, **session.conditions.columns()}
+        run |= {"backend_version": session.version, "tag": tag, "deploy_env": deploy_env.name}
+        store.put_e2e_run(from_columns(E2ERecord, {**run, **fields}))
 
     if targets:
         measure_targets(session, targets, summary, progress, store_result, deploy_env=deploy_env)

@@ -141,7 +141,7 @@ def run_search(
             )
         runs = store.e2e_runs(estimator.conditions, tag="search", deploy_env=request.deploy_env.name)
         if (run := latest_run(runs, result.arch)) is not None:
-            measured = run.median_us / 1e3
+            measured = run.stats.median_us / 1e3
             # The machine drifts as a whole: compare with the estimate at its speed during the run.
             estimated_then = at_run_speed(estimated, run, estimator.table_canary_us)
     return SearchOutcome(

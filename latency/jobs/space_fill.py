@@ -29,6 +29,7 @@ from latency.vocab.blocks import CONTEXT_NETWORK, BlockSpec
 from latency.vocab.conditions import Conditions
 from latency.vocab.deploy_env import DEFAULT, DeployEnv
 from latency.vocab.space import Space
+from latency.vocab.timing import TimingStats
 from lut_db import FitRecord, LutStore, MeasurementRecord
 from profilers.devices import resolve_device
 from profilers.protocol import PROTOCOLS, ProgressSink, Protocol
@@ -202,16 +203,18 @@ def _predict_rest(
                 block_key=spec.key,
                 conditions=conditions,
                 backend_version=version,
-                median_us=value,
-                # a band of one expected error either way, in ratio (stays positive for any error)
-                p10_us=value / (1 + error),
-                p90_us=value * (1 + error),
-                iqr_us=0.0,
-                mean_us=value,
-                std_us=value * error,
-                min_us=value / (1 + error),
-                n=0,
-                trials=0,
+                stats=TimingStats(
+                    median_us=value,
+                    # a band of one expected error either way, in ratio (stays positive for any error)
+                    p10_us=value / (1 + error),
+                    p90_us=value * (1 + error),
+                    iqr_us=0.0,
+                    mean_us=value,
+                    std_us=value * error,
+                    min_us=value / (1 + error),
+                    n=0,
+                    trials=0,
+                ),
                 canary_ratio=value / canary_ref if canary_ref else None,
                 canary_us=canary_ref,
                 protocol={

@@ -29,6 +29,7 @@ from latency.vocab.blocks import BlockSpec
 from latency.vocab.conditions import Conditions
 from latency.vocab.deploy_env import DEFAULT, DeployEnv
 from latency.vocab.errors import LutError
+from latency.vocab.timing import TimingStats
 from lut_db import E2ERecord, FitRecord, LutStore, MeasurementRecord
 from profilers.backends import backend_class
 from profilers.devices import check_device_name
@@ -183,7 +184,7 @@ def transfer_from_runs(
             backend_version=version,
             purpose="calibration",
             params={**intercept_only.to_params(), "transferred_from": source, "transfer": correction.to_params()},
-            metrics={**correction.metrics, "floored_blocks": sum(r.median_us == FLOOR_US for r in rows)},
+            metrics={**correction.metrics, "floored_blocks": sum(r.stats.median_us == FLOOR_US for r in rows)},
             n_samples=n_runs,
             fitted_at=datetime.now(timezone.utc),
             deploy_env=deploy_env.name,
@@ -212,15 +213,17 @@ def _transferred_rows(
                 block_key=key,
                 conditions=target,
                 backend_version=version,
-                median_us=median_us,
-                p10_us=median_us * (1 + low),
-                p90_us=median_us * (1 + high),
-                iqr_us=median_us * (high - low) / 2,
-                mean_us=median_us,
-                std_us=median_us * error,
-                min_us=median_us * (1 + low),
-                n=n_runs,
-                trials=0,
+                stats=TimingStats(
+                    median_us=median_us,
+                    p10_us=median_us * (1 + low),
+                    p90_us=median_us * (1 + high),
+                    iqr_us=median_us * (high - low) / 2,
+                    mean_us=median_us,
+                    std_us=median_us * error,
+                    min_us=median_us * (1 + low),
+                    n=n_runs,
+                    trials=0,
+                ),
                 canary_ratio=median_us / canary if canary else None,
                 canary_us=canary,
                 protocol={"transferred_from": described, "model": correction.model, "runs": n_runs},

@@ -59,7 +59,7 @@ class ValidationReport:
 
 def process_medians_ms(run: E2ERecord) -> list[float]:
     """The run's medians per fresh process (its trials, where the protocol gave each its own process)."""
-    separate = run.protocol.get("launches", 1) >= run.trials and run.protocol.get("network_per_process", True)
+    separate = run.protocol.get("launches", 1) >= run.stats.trials and run.protocol.get("network_per_process", True)
     medians = run.environment.get("trial_medians_us", [])
     return [m / 1e3 for m in medians] if separate and len(medians) > 1 else []
 
@@ -79,7 +79,7 @@ def compare(archs: Sequence[Arch], estimator: Estimator, store: LutStore, tag: s
             continue
         estimate = estimator.estimate(arch)
         then_ms = at_run_speed(estimate.latency_ms, run, estimator.table_canary_us)
-        measured_ms = run.median_us / 1e3
+        measured_ms = run.stats.median_us / 1e3
         rows.append(
             {
                 "name": arch.name,

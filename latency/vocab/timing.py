@@ -1,11 +1,34 @@
-"""The statistics a latency is stated with, named once: what a block row and an end-to-end run hold, what
-the table checks, what scales together when blocks are brought to their network's time."""
+"""The statistics a latency is stated with, defined once: what a block row and an end-to-end run hold
+(`TimingStats`), what the table checks, what scales together when blocks are brought to their network's
+time."""
 
 from __future__ import annotations
 
-# Times in microseconds: their order is the table's column order.
-TIMES_US = ("median_us", "p10_us", "p90_us", "iqr_us", "mean_us", "std_us", "min_us")
+from dataclasses import dataclass, fields, replace
+
+
+@dataclass(frozen=True)
+class TimingStats:
+    """A latency's statistics over its timed samples, in microseconds; `n` samples over `trials` trials."""
+
+    median_us: float
+    p10_us: float
+    p90_us: float
+    iqr_us: float
+    mean_us: float
+    std_us: float
+    min_us: float
+    n: int
+    trials: int
+
+    def scaled(self, factor: float) -> TimingStats:
+        """Every time multiplied by `factor` (the counts stay)."""
+        return replace(self, **{name: getattr(self, name) * factor for name in TIMES_US})
+
+
+# Times in microseconds, in the table's column order.
+TIMES_US = tuple(f.name for f in fields(TimingStats) if f.name.endswith("_us"))
 SPREAD_TIMES_US = ("iqr_us", "std_us")  # zero is possible (a constant-time block, a predicted row)
 POSITIVE_TIMES_US = tuple(name for name in TIMES_US if name not in SPREAD_TIMES_US)
-# A row's statistics: the times, how many samples and trials gave them, and the canary beside them.
-STAT_COLUMNS = (*TIMES_US, "n", "trials", "canary_ratio", "canary_us")
+# A row's statistics as the table's columns: TimingStats's, then the canary timed beside them.
+STAT_COLUMNS = (*(f.name for f in fields(TimingStats)), "canary_ratio", "canary_us")
