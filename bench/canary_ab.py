@@ -39,8 +39,8 @@ def block_take(store: LutStore, conditions: Conditions, protocol: str) -> dict[s
     """A: a group of the network's blocks timed alone, as `lut profile --isolated` does."""
     specs = get_arch(NETWORK).specs()[:6]
     profile_blocks(specs, store, conditions, protocol, force=True)
-    row = max(store.measurements(conditions, [specs[0].key]), key=lambda r: r.measured_at)
-    return _take(row.canary_us, row.environment)
+    row = max(store.measurements(conditions, [specs[0].key]), key=lambda r: r.provenance.measured_at)
+    return _take(row.provenance.canary_us, row.provenance.environment)
 
 
 def run_take(store: LutStore, conditions: Conditions, protocol: str) -> dict[str, Any]:
@@ -49,7 +49,7 @@ def run_take(store: LutStore, conditions: Conditions, protocol: str) -> dict[str
     profile_archs([arch], store, conditions, TAG, protocol, force=True, deploy_env=DEFAULT)
     run = latest_run(store.e2e_runs(conditions, tag=TAG), arch)
     assert run is not None
-    return _take(run.canary_us, run.environment)
+    return _take(run.provenance.canary_us, run.provenance.environment)
 
 
 def _take(canary_us: float | None, environment: dict[str, Any]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from latency.vocab.family import blocks_of, list_models
 from latency.vocab.space import get_space
 from latency.vocab.timing import TimingStats
 from lut_db import LutStore, MeasurementRecord
+from lut_db.records import Provenance
 
 
 def fill(store: LutStore) -> int:
@@ -48,12 +49,7 @@ def fill(store: LutStore) -> int:
                 conditions=Conditions("cpu", "torch", 1, 1, "fp32"),
                 backend_version=torch.__version__,
                 stats=TimingStats(us, us, us, 0.0, us, 0.0, us, n=1, trials=1),
-                canary_ratio=None,
-                canary_us=None,
-                protocol={"bench": True},
-                environment={},
-                measured_at=now,
-                stable=True,
+                provenance=Provenance(None, None, {"bench": True}, {}, now, stable=True),
             )
         )
     return len(specs)

@@ -151,7 +151,7 @@ def farm_run(server: str, speeds: list[float], program_ms: float | None, args: a
     return {
         "devices": len(speeds),
         "speeds": speeds,
-        "units_used": len({r.environment["serial"] for r in rows}),
+        "units_used": len({r.provenance.environment["serial"] for r in rows}),
         "blocks": len(rows),
         "seconds": round(seconds, 1),
         "blocks_per_min": len(rows) / seconds * 60,

@@ -43,8 +43,8 @@ def main() -> None:
     # times, with the machine's drift left in, are scored too.
     specs, at_speed_us, canary_ref = training_set(rows)
     raw_us = np.array([rows[k].stats.median_us for k in sorted(rows)])
-    stable = np.array([bool(rows[k].stable) for k in sorted(rows)])
-    canaries = np.array([rows[k].canary_us for k in sorted(rows) if rows[k].canary_us])
+    stable = np.array([bool(rows[k].provenance.stable) for k in sorted(rows)])
+    canaries = np.array([rows[k].provenance.canary_us for k in sorted(rows) if rows[k].provenance.canary_us])
     absolute = np.abs(cross_validate(specs, at_speed_us, folds=args.folds))
     absolute_raw = np.abs(cross_validate(specs, raw_us, folds=args.folds))
 

@@ -50,9 +50,11 @@ def main() -> None:
     a, b = first["rows"], second["rows"]
     keys = sorted(a.keys() & b.keys())
     raw = np.array([abs(a[k].stats.median_us - b[k].stats.median_us) / a[k].stats.median_us for k in keys])
-    rel = np.array([abs(a[k].canary_ratio - b[k].canary_ratio) / a[k].canary_ratio for k in keys])
-    canary_a = float(np.median([a[k].canary_us for k in keys]))
-    canary_b = float(np.median([b[k].canary_us for k in keys]))
+    rel = np.array(
+        [abs(a[k].provenance.canary_ratio - b[k].provenance.canary_ratio) / a[k].provenance.canary_ratio for k in keys]
+    )
+    canary_a = float(np.median([a[k].provenance.canary_us for k in keys]))
+    canary_b = float(np.median([b[k].provenance.canary_us for k in keys]))
     result = {
         "backend": args.backend,
         "threads": args.threads,

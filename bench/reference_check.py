@@ -208,8 +208,8 @@ def rescaled_fit(store: LutStore, plain: Estimator, conditions: Conditions, env:
     over the table's (the drift correction whose A/B this bench shows)."""
     runs = store.e2e_runs(conditions, tag="calibration", deploy_env=env.name)
     samples = [
-        Sample(s.name, s.features, s.measured_ms * plain.table_canary_us / r.canary_us)
-        if r.canary_us and plain.table_canary_us
+        Sample(s.name, s.features, s.measured_ms * plain.table_canary_us / r.provenance.canary_us)
+        if r.provenance.canary_us and plain.table_canary_us
         else s
         for r, s in zip(runs, samples_from_runs(runs, plain), strict=True)  # every run's blocks are present
     ]
@@ -299,7 +299,7 @@ def main() -> None:
                 "user_ms": statistics.median(before + after),
                 "user_runs_ms": before + after,
                 "lut_run_ms": run.stats.median_us / 1e3,
-                "canary_us": run.canary_us,
+                "canary_us": run.provenance.canary_us,
                 "uncalibrated_ms": uncal.latency_ms,
                 "calibrated_ms": cal.latency_ms,
                 "calibrated_interval_ms": list(cal.interval_ms),

@@ -104,8 +104,8 @@ def busy_minutes(times: list[Any], max_gap_s: float = 300.0) -> float:
 def costs(store: LutStore, target: Conditions, specs: list[Any], train_runs: list[E2ERecord]) -> dict[str, float]:
     """What T cost: its full block table (the ceiling's price) against its runs, per run, from the rows' stamps."""
     keys = {s.key for s in specs}
-    rows = [r.measured_at for r in store.measurements(target, source="measured") if r.block_key in keys]
-    run_minutes = busy_minutes([r.measured_at for r in train_runs])
+    rows = [r.provenance.measured_at for r in store.measurements(target, source="measured") if r.block_key in keys]
+    run_minutes = busy_minutes([r.provenance.measured_at for r in train_runs])
     return {
         "table_blocks": len(rows),
         "table_minutes": round(busy_minutes(rows), 1),
@@ -125,7 +125,9 @@ def one_pair(store: LutStore, name: str, args: argparse.Namespace, sizes: list[i
     tag = HELD_OUT_TAG if args.held_out_seed == 1 else f"{HELD_OUT_TAG}-seed{args.held_out_seed}"
     test_runs = measured(store, held_out, target, tag, args.protocol)
     canary_us = runs_canary_us(train_runs + test_runs)  # the speed the view at each run's speed is relative to
-    speed = np.array([r.canary_us / canary_us if r.canary_us and canary_us else 1.0 for r in test_runs])
+    speed = np.array(
+        [r.provenance.canary_us / canary_us if r.provenance.canary_us and canary_us else 1.0 for r in test_runs]
+    )
     from_source = Estimator(source, store=store, use_calibration=False)
     own = Estimator(target, store=store, use_calibration=False)
     fill_missing(from_source, pool + held_out, measure=False)

@@ -32,7 +32,7 @@ from lut_db.models import (
     DeviceRow,
     Meta,
 )
-from lut_db.records import from_columns
+from lut_db.records import Provenance, from_columns
 from lut_db.upgrade import upgrade
 
 if TYPE_CHECKING:
@@ -100,12 +100,14 @@ def as_record(cls: type[R], row: Any, device: str) -> R:
     for f in dataclasses.fields(cls):
         if not f.init or f.name == "conditions":
             continue
-        if f.name == "stats":
-            values.update({s.name: getattr(row, s.name) for s in dataclasses.fields(TimingStats)})
-        elif f.name in _JSON_COLUMNS:
-            values[f.name] = json.loads(getattr(row, _JSON_COLUMNS[f.name]))
-        else:
-            values[f.name] = getattr(row, f.name)
+        names = [f.name]
+        if f.name in ("stats", "provenance"):  # composed of columns of their own
+            names = [part.name for part in dataclasses.fields(TimingStats if f.name == "stats" else Provenance)]
+        for name in names:
+            if name in _JSON_COLUMNS:
+                values[name] = json.loads(getattr(row, _JSON_COLUMNS[name]))
+            else:
+                values[name] = getattr(row, name)
     if "tag" in values:
         values["tag"] = values["tag"] or None
     return from_columns(cls, values)

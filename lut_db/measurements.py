@@ -61,7 +61,7 @@ class Measurements(StoreCore):
         """put_measurement for many rows, in one transaction: all are written or none."""
         rows = []
         for rec in recs:
-            check_aware(rec.measured_at, "measured_at")
+            check_aware(rec.provenance.measured_at, "measured_at")
             flat = columns(rec)
             check_measurement(flat)
             rows.append(
@@ -70,10 +70,10 @@ class Measurements(StoreCore):
                     **without_device(rec.conditions),
                     "backend_version": rec.backend_version,
                     **{c: flat[c] for c in STAT_COLUMNS},
-                    "protocol": canonical_json(rec.protocol, "protocol"),
-                    "environment": canonical_json(rec.environment, "environment"),
-                    "measured_at": rec.measured_at,
-                    "stable": bool(rec.stable),
+                    "protocol": canonical_json(rec.provenance.protocol, "protocol"),
+                    "environment": canonical_json(rec.provenance.environment, "environment"),
+                    "measured_at": rec.provenance.measured_at,
+                    "stable": bool(rec.provenance.stable),
                     "source": rec.source,
                     "expected_error": rec.expected_error,
                 }
@@ -167,7 +167,7 @@ class Measurements(StoreCore):
         best: dict[str, MeasurementRecord] = {}
         for rec in rows:
             held = best.get(rec.block_key)
-            if held is None or rec.measured_at > held.measured_at:
+            if held is None or rec.provenance.measured_at > held.provenance.measured_at:
                 best[rec.block_key] = rec
         return best
 

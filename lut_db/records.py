@@ -34,6 +34,19 @@ def arch_hash(arch_json: str) -> str:
 
 
 @dataclass(frozen=True)
+class Provenance:
+    """How a number came to be: the canary timed beside it (its ratio to it, and its own median), the
+    protocol and the machine's environment, when, and whether its trials agreed."""
+
+    canary_ratio: float | None
+    canary_us: float | None
+    protocol: dict[str, Any]
+    environment: dict[str, Any]
+    measured_at: datetime
+    stable: bool
+
+
+@dataclass(frozen=True)
 class MeasurementRecord:
     """One block's latency on one device under one backend/threads/dtype/batch; times in microseconds."""
 
@@ -41,12 +54,7 @@ class MeasurementRecord:
     conditions: Conditions  # the device's name, the backend (resolved), threads, batch, dtype
     backend_version: str
     stats: TimingStats
-    canary_ratio: float | None
-    canary_us: float | None
-    protocol: dict[str, Any]
-    environment: dict[str, Any]
-    measured_at: datetime
-    stable: bool
+    provenance: Provenance
     source: str = "measured"  # or "transferred", "predicted" (lut_db.models.SOURCES)
     expected_error: float | None = None  # relative error of a derived (not measured) row
 
@@ -63,13 +71,8 @@ class E2ERecord:
     conditions: Conditions
     backend_version: str
     stats: TimingStats
-    canary_ratio: float | None
-    canary_us: float | None
+    provenance: Provenance
     tag: str | None  # "calibration", "validation", ... or None
-    protocol: dict[str, Any]
-    environment: dict[str, Any]
-    measured_at: datetime
-    stable: bool
     deploy_env: str = "default"  # the process the network ran in (latency.vocab.deploy_env's name)
     arch_hash: str = field(init=False)
 
@@ -132,14 +135,15 @@ def _check_resolved(conditions: Conditions) -> None:
         raise StoreError(f"A record is stored under conditions with a resolved backend, not {conditions!r}.")
 
 
-_COMPOSED = ("conditions", "stats")
+_COMPOSED = ("conditions", "stats", "provenance")
 
 
 def columns(record: MeasurementRecord | E2ERecord | FitRecord) -> dict[str, Any]:
     """The record as the table's columns: its conditions and statistics flattened beside its other fields."""
     values = {f.name: getattr(record, f.name) for f in fields(record) if f.init and f.name not in _COMPOSED}
-    stats = asdict(record.stats) if isinstance(record, (MeasurementRecord, E2ERecord)) else {}
-    return {**record.conditions.columns(), **stats, **values}
+    if not isinstance(record, (MeasurementRecord, E2ERecord)):
+        return {**record.conditions.columns(), **values}
+    return {**record.conditions.columns(), **asdict(record.stats), **asdict(record.provenance), **values}
 
 
 R = TypeVar("R", "MeasurementRecord", "E2ERecord", "FitRecord")
@@ -152,7 +156,9 @@ def from_columns(cls: type[R], values: Mapping[str, Any]) -> R:
     conditions = Conditions(values["device"], values["backend"], values["threads"], values["batch"], values["dtype"])
     if "stats" in names:
         own["stats"] = TimingStats(**{f.name: values[f.name] for f in fields(TimingStats)})
-    known = {f.name for f in fields(cls)} | set(conditions.columns()) | {f.name for f in fields(TimingStats)}
+        own["provenance"] = Provenance(**{f.name: values[f.name] for f in fields(Provenance)})
+    parts = (*fields(TimingStats), *fields(Provenance))
+    known = {f.name for f in fields(cls)} | set(conditions.columns()) | {f.name for f in parts}
     unknown = sorted(set(values) - known)
     if unknown:
         raise TypeError(f"{cls.__name__} has no column {unknown[0]!r}")

@@ -33,7 +33,7 @@ E2E_VALUES = (*STAT_COLUMNS, "arch_name", "arch_json", "protocol", "environment"
 class Runs(StoreCore):
     def put_e2e_run(self, rec: E2ERecord) -> None:
         """Insert or replace the run of (architecture, device, backend, version, threads, dtype, batch, tag)."""
-        check_aware(rec.measured_at, "measured_at")
+        check_aware(rec.provenance.measured_at, "measured_at")
         flat = columns(rec)
         check_run(flat)
         values = {
@@ -45,10 +45,10 @@ class Runs(StoreCore):
             **{c: flat[c] for c in STAT_COLUMNS},
             "arch_name": rec.arch_name,
             "arch_json": rec.arch_json,
-            "protocol": canonical_json(rec.protocol, "protocol"),
-            "environment": canonical_json(rec.environment, "environment"),
-            "measured_at": rec.measured_at,
-            "stable": bool(rec.stable),
+            "protocol": canonical_json(rec.provenance.protocol, "protocol"),
+            "environment": canonical_json(rec.provenance.environment, "environment"),
+            "measured_at": rec.provenance.measured_at,
+            "stable": bool(rec.provenance.stable),
         }
         stmt = self._insert(E2ERun)
         stmt = stmt.on_conflict_do_update(index_elements=list(E2E_KEY), set_={c: stmt.excluded[c] for c in E2E_VALUES})

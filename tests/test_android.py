@@ -215,8 +215,8 @@ def test_profiling_a_phone_end_to_end(fake_adb, tmp_path: Path) -> None:
         assert device.fingerprint["build_fingerprint"].startswith("google/panther/panther:14")
         rows = store.measurements(Conditions("pixel"))
         assert len(rows) == 3 and specs[1].key not in {r.block_key for r in rows}
-        assert all(r.stats.median_us > 0 and r.protocol["taskset_mask"] == "c0" for r in rows)
-        assert all("temperatures_c" in r.environment for r in rows)
+        assert all(r.stats.median_us > 0 and r.provenance.protocol["taskset_mask"] == "c0" for r in rows)
+        assert all("temperatures_c" in r.provenance.environment for r in rows)
     ran = dict(line.split() for line in (tmp_path / "phones" / PIXEL["serial"] / "runs.log").read_text().splitlines())
     for row in rows:  # each block's time is the stand-in phone's for its own program, read back from the log
         phone_ms = float(ran[f"{hashlib.sha256(row.block_key.encode()).hexdigest()[:20]}.pte"])
@@ -260,7 +260,7 @@ def test_a_new_phone_from_a_few_whole_network_runs(fake_adb, tmp_path: Path) -> 
     with LutStore(db) as store:
         runs = store.e2e_runs(Conditions("pixel", "executorch"), tag="transfer")
         rows = store.measurements(Conditions("pixel", "executorch"))
-    assert len(runs) == 4 and all(r.stats.median_us > 0 and r.canary_us for r in runs)
+    assert len(runs) == 4 and all(r.stats.median_us > 0 and r.provenance.canary_us for r in runs)
     assert rows and {r.source for r in rows} == {"transferred"} and all(r.expected_error > 0 for r in rows)
     unseen = tmp_path / "unseen.json"  # an architecture the phone never ran
     unseen.write_text(space.sampled_archs(6, seed=7)[5].to_json())

@@ -49,7 +49,7 @@ def test_estimate_on_a_fresh_table_measures_then_answers(db: str) -> None:
     assert all(b["source"] == "measured" and b["latency_ms"] > 0 for b in out["blocks"])
     assert out["warm_heap_blocks"] == 0 and out["deploy_env"] == "default"
     with LutStore(db) as store:  # every block timed on a cold heap, and the rows say so
-        assert all(r.protocol["cold_heap"] is True for r in store.measurements(Conditions("cpu")))
+        assert all(r.provenance.protocol["cold_heap"] is True for r in store.measurements(Conditions("cpu")))
     assert sum(b["latency_ms"] for b in out["blocks"]) == pytest.approx(out["sum_ms"])
     table = lut("estimate", "dmasking_f3", "--breakdown", db=db).stdout
     assert "uncalibrated" in table and "stem_k3_s2_c3-8-8_se0_hswish_192x192_b1_fp32" in table
@@ -114,7 +114,7 @@ def test_validate_reports_the_field_metrics_and_draws_them(db: str, tmp_path: Pa
     with LutStore(db) as store:
         rows = store.measurement_map(Conditions("cpu", "torch"))
         keys = {s.key for s in blocks_of("dmasking_f3")}
-        inside = sum("dmasking_f3" in rows[k].environment.get("appearance_networks", ()) for k in keys)
+        inside = sum("dmasking_f3" in rows[k].provenance.environment.get("appearance_networks", ()) for k in keys)
     assert f3["blocks_timed_inside_it"] == inside
     assert all(r["blocks_timed_inside_it"] == 0 for r in out["rows"] if not r["family"])
     held_out = [r for r in out["rows"] if not r["in_calibration"] and not r["blocks_timed_inside_it"]]
@@ -140,17 +140,20 @@ def test_time_measures_as_a_users_process_and_prints_the_estimate_beside(db: str
     with LutStore(db) as store:  # f3's blocks were timed inside it (the estimate before): the report says so
         rows = store.measurement_map(Conditions("cpu", "torch"))
         inside = sum(
-            "dmasking_f3" in rows[s.key].environment.get("appearance_networks", ()) for s in blocks_of("dmasking_f3")
+            "dmasking_f3" in rows[s.key].provenance.environment.get("appearance_networks", ())
+            for s in blocks_of("dmasking_f3")
         )
     assert out["blocks_timed_inside_it"] == inside
     with LutStore(db) as store:
         runs = [r for r in store.e2e_runs(Conditions("cpu"), tag="time") if r.arch_name == "dmasking_f3"]
         calibration = store.e2e_runs(Conditions("cpu"), tag="calibration")
     # A plain process: none of the block workers' allocator settings; the canary timed beside it.
-    assert len(runs) == 1 and runs[0].deploy_env == "default" and runs[0].protocol["deploy_env"] == "default"
-    assert runs[0].environment["malloc"] == {k: None for k in MALLOC_ENV} and runs[0].canary_us > 0
+    assert len(runs) == 1 and runs[0].deploy_env == "default" and runs[0].provenance.protocol["deploy_env"] == "default"
+    assert (
+        runs[0].provenance.environment["malloc"] == {k: None for k in MALLOC_ENV} and runs[0].provenance.canary_us > 0
+    )
     assert calibration and all(r.deploy_env == "default" for r in calibration)
-    assert not any(value for r in calibration for value in r.environment["malloc"].values())
+    assert not any(value for r in calibration for value in r.provenance.environment["malloc"].values())
 
 
 @pytest.mark.usefixtures("calibration")

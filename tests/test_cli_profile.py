@@ -57,7 +57,7 @@ def test_profile_fills_the_table_then_measures_nothing(tmp_path: Path) -> None:
             r.stats.median_us > 0 and r.stats.trials == 3 and r.stats.p10_us <= r.stats.median_us <= r.stats.p90_us
             for r in rows
         )
-        assert all(r.canary_ratio and r.protocol["name"] == "quick" for r in rows)
+        assert all(r.provenance.canary_ratio and r.provenance.protocol["name"] == "quick" for r in rows)
         assert {r.backend_version for r in rows} == {first["backend_version"]}
     second = json.loads(lut("profile", "--models", "dmasking_f1", "--protocol", "quick", "--db", db, "--json").stdout)
     assert second["measured"] == 0 and second["already_present"] == len(expected)

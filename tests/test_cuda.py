@@ -53,8 +53,8 @@ def test_gpu_blocks_are_measured_with_events(backend: str, tmp_path: Path) -> No
     assert json.loads(proc.stdout)["measured"] == len({s.key for s in blocks_of("dmasking_f1")})
     with LutStore(db) as store:
         rows = [r for r in store.measurements() if r.conditions.device == "cuda"]
-        assert all(r.stats.median_us > 0 and r.protocol["timer"] == "cuda events" for r in rows)
-        assert {r.protocol["cuda_graph"] for r in rows} == {backend == "torch"}
+        assert all(r.stats.median_us > 0 and r.provenance.protocol["timer"] == "cuda events" for r in rows)
+        assert {r.provenance.protocol["cuda_graph"] for r in rows} == {backend == "torch"}
         assert store.device("cuda").fingerprint["gpu"] == torch.cuda.get_device_name(0)
 
 

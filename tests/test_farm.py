@@ -163,16 +163,16 @@ def test_three_phones_share_the_jobs_survive_a_kill_and_agree_after_the_canary(
             assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(ran))
 
         # Each unit's own times, speed-free: a block's run over the canary's run on the same phone.
-        by_unit = {r.environment["serial"]: [] for r in rows}
+        by_unit = {r.provenance.environment["serial"]: [] for r in rows}
         for r in rows:
-            by_unit[r.environment["serial"]].append(r)
+            by_unit[r.provenance.environment["serial"]].append(r)
         assert {"UNITB", "UNITC"} <= set(by_unit)
         ratio = {}
         for serial in by_unit:
             ran = dict(line.split() for line in (phones / serial / "runs.log").read_text().splitlines())
             canary = float(ran[program(canary_spec().key)])
             ratio.update({r.block_key: float(ran[program(r.block_key)]) / canary for r in by_unit[serial]})
-        slow, fast = (sum(r.canary_us for r in by_unit[s]) / len(by_unit[s]) for s in ("UNITC", "UNITB"))
+        slow, fast = (sum(r.provenance.canary_us for r in by_unit[s]) / len(by_unit[s]) for s in ("UNITC", "UNITB"))
         assert slow / fast == pytest.approx(1.5, rel=0.05)  # the units really differ
         estimator = Estimator(PHONE, store=store, use_calibration=False)
         for r in rows:  # after the canary the table does not depend on which unit took which job

@@ -55,18 +55,22 @@ def test_each_block_row_comes_from_the_networks_and_they_sum_to_the_network(tmp_
         rows = store.measurement_map(TORCH)
         assert set(rows) == keys == in_context_keys(store, TORCH, summary.backend_version, DEFAULT)
         for row in rows.values():
-            assert row.protocol["context"] == CONTEXT_NETWORK and row.protocol["deploy_env"] == "default"
             assert (
-                row.environment["appearance_networks"] and row.stats.p10_us <= row.stats.median_us <= row.stats.p90_us
+                row.provenance.protocol["context"] == CONTEXT_NETWORK
+                and row.provenance.protocol["deploy_env"] == "default"
+            )
+            assert (
+                row.provenance.environment["appearance_networks"]
+                and row.stats.p10_us <= row.stats.median_us <= row.stats.p90_us
             )
         shared = {s.key for s in A.specs()} & {s.key for s in B.specs()}
-        assert shared and all(len(rows[k].environment["appearances_us"]) == 2 for k in shared)
+        assert shared and all(len(rows[k].provenance.environment["appearances_us"]) == 2 for k in shared)
         # A block only one network holds carries that network's share of its median: the blocks of that
         # network sum to it.
         only_b = [rows[s.key] for s in B.specs() if s.key not in shared]
-        network_us = only_b[0].environment["network_median_us"]
+        network_us = only_b[0].provenance.environment["network_median_us"]
         own = sum(r.stats.median_us for r in only_b) + sum(
-            r.environment["appearances_us"][r.environment["appearance_networks"].index("tiny1")]
+            r.provenance.environment["appearances_us"][r.provenance.environment["appearance_networks"].index("tiny1")]
             for r in (rows[k] for k in shared)
         )
         assert own == pytest.approx(network_us, rel=1e-3)
@@ -84,7 +88,7 @@ def test_a_later_run_adds_its_networks_to_the_appearances_of_earlier_ones(tmp_pa
         profile_in_context([B], store, TORCH, "quick")  # as `lut estimate` of a second network does
         rows = store.measurement_map(TORCH)
     for key in shared:  # A's time for the block is kept beside B's, and the row is the median appearance
-        environment = rows[key].environment
+        environment = rows[key].provenance.environment
         assert sorted(environment["appearance_networks"]) == ["tiny0", "tiny1"]
         assert round(first[key].stats.median_us, 3) in environment["appearances_us"]
         assert rows[key].stats.median_us == pytest.approx(min(environment["appearances_us"]), abs=1e-3)
@@ -148,19 +152,22 @@ def test_a_space_fill_times_its_shapes_inside_networks_of_the_space(tmp_path: Pa
         assert {s.key for s in corner_specs(space)} <= {r.block_key for r in measured}
         # every measured row was timed inside networks of the space, each a point of it
         for row in measured:
-            assert row.protocol["context"] == CONTEXT_NETWORK and row.protocol["deploy_env"] == "default"
-            names = row.environment["appearance_networks"]
+            assert (
+                row.provenance.protocol["context"] == CONTEXT_NETWORK
+                and row.provenance.protocol["deploy_env"] == "default"
+            )
+            names = row.provenance.environment["appearance_networks"]
             assert names and all(n.startswith(f"{space.name}-r") for n in names)
         # the rest is predicted from those rows, and stands for blocks timed in context
         assert len(predicted) == summary.predicted > 0
-        assert all(r.protocol["context"] == CONTEXT_NETWORK for r in predicted)
+        assert all(r.provenance.protocol["context"] == CONTEXT_NETWORK for r in predicted)
         estimator = Estimator(TORCH, store=store)
         assert {e.context for e in estimator.entry_map().values()} == {CONTEXT_NETWORK}
         assert estimator.space_tables(space)  # the search's tables are complete
         # a calibration on networks of the space corrects that table: it measures none of their blocks alone
         blocks = ensure_blocks(space.sampled_archs(4, seed=5), store, TORCH, "quick", None)
         assert blocks.measured == 0 and blocks.already_present == blocks.requested > 0
-        assert {r.protocol.get("context") for r in store.measurements(TORCH)} == {CONTEXT_NETWORK}
+        assert {r.provenance.protocol.get("context") for r in store.measurements(TORCH)} == {CONTEXT_NETWORK}
         alone = profile_space(space, store, TORCH, budget_min=0.0, protocol="quick", in_context=False)
         assert not alone.in_context and alone.networks == 0
 
@@ -174,7 +181,7 @@ def test_cli_profiles_in_context_by_default_on_the_host_and_refuses_the_queue(tm
     assert out["measured"] == len({s.key for s in A.specs()})
     with LutStore(db) as store:
         rows = store.measurements(TORCH)
-        assert rows and {r.protocol.get("context") for r in rows} == {CONTEXT_NETWORK}
+        assert rows and {r.provenance.protocol.get("context") for r in rows} == {CONTEXT_NETWORK}
     refused = lut("profile", "--in-context", "--queue", "--models", "dmasking_f1", "--db", db, check=False)
     assert refused.returncode == 2 and "--in-context" in refused.stderr
     alone = lut("profile", "--arch", str(arch), "--isolated", "--deploy-env", "tuned-malloc", "--db", db, check=False)

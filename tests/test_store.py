@@ -204,7 +204,13 @@ def test_measurement_upsert_replaces_stats(filled: LutStore) -> None:
     filled.put_measurement(rec(median_us=120.0, canary_ratio=None, canary_us=None, stable=False, measured_at=later))
     assert count(filled, "measurements") == len(SPECS)  # same unique key: replaced
     [row] = filled.measurements(Conditions("pc"), keys=[KEYS[0]])
-    assert (row.stats.median_us, row.canary_ratio, row.canary_us, row.stable, row.measured_at) == (
+    assert (
+        row.stats.median_us,
+        row.provenance.canary_ratio,
+        row.provenance.canary_us,
+        row.provenance.stable,
+        row.provenance.measured_at,
+    ) == (
         120.0,
         None,
         None,
@@ -229,7 +235,7 @@ def test_measurement_round_trips_every_field(filled: LutStore) -> None:
     [back] = filled.measurements(Conditions("pc", threads=4), keys=[KEYS[1]])
     assert back.conditions == Conditions("pc", "torch_cpu", 4)
     assert back == original
-    assert back.measured_at.utcoffset() == timedelta(0) and back.measured_at.hour == 12
+    assert back.provenance.measured_at.utcoffset() == timedelta(0) and back.provenance.measured_at.hour == 12
 
 
 def test_put_measurement_needs_block_device_and_sane_values(filled: LutStore) -> None:
@@ -584,7 +590,7 @@ def test_to_pandas_columns(filled: LutStore) -> None:
     assert len(measurements) == len(SPECS)
     when = measurements["measured_at"].dtype
     assert isinstance(when, pd.DatetimeTZDtype) and str(when.tz) == "UTC", when
-    assert json.loads(measurements["protocol"][0]) == rec().protocol
+    assert json.loads(measurements["protocol"][0]) == rec().provenance.protocol
     runs = filled.to_pandas("e2e_runs", device="pc")
     assert {"arch_hash", "arch_name", "device", "device_kind", "median_us", "canary_ratio", "tag"} <= set(runs.columns)
     assert "device_id" not in runs.columns and runs["tag"].isna().all()
@@ -777,7 +783,11 @@ def test_a_schema_1_table_is_upgraded_in_place(new_url: Callable[[], str]) -> No
         runs = {r.conditions.device: r for r in store.e2e_runs()}
         # Host runs were timed in lut's tuned workers; a phone's runner ran as its runtime does by default.
         assert {d: r.deploy_env for d, r in runs.items()} == {"pc": "tuned-malloc", "phone": "default"}
-        assert runs["pc"].stats.median_us == 5000.0 and runs["pc"].measured_at == T0 and runs["pc"].tag == "calibration"
+        assert (
+            runs["pc"].stats.median_us == 5000.0
+            and runs["pc"].provenance.measured_at == T0
+            and runs["pc"].tag == "calibration"
+        )
         assert store.get_fit(Conditions("pc", "torch"), "calibration") is None
         legacy = store.get_fit(Conditions("pc", "torch"), "calibration", deploy_env="tuned-malloc")
         assert legacy is not None and legacy.params == {"a": 1} and legacy.n_samples == 20

@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from latency.vocab.conditions import Conditions
 from latency.vocab.timing import TimingStats
 from lut_db import LutStore, MeasurementRecord
+from lut_db.records import Provenance
 
 path, worker, count, wait = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "wait"
 if wait:
@@ -42,8 +43,8 @@ for i in range(count):
     store.upsert_blocks([{**fields, "key": key, "batch": 1, "dtype": "fp32", "bias": False, "flops": i, "params": i}])
     t = float(i + 1)
     store.put_measurement(MeasurementRecord(
-        key, Conditions("shared", "torch_cpu"), "2.13.0", TimingStats(t, t, t, 0.0, t, 0.0, t, 50, 3), None, None,
-        {"worker": worker}, {}, datetime.now(timezone.utc), True,
+        key, Conditions("shared", "torch_cpu"), "2.13.0", TimingStats(t, t, t, 0.0, t, 0.0, t, 50, 3),
+        Provenance(None, None, {"worker": worker}, {}, datetime.now(timezone.utc), True),
     ))
     print(i, flush=True)
 store.close()
@@ -80,7 +81,7 @@ def test_four_processes_write_concurrently(tmp_path: Path) -> None:
     with LutStore(db) as store:
         rows = store.measurements(Conditions("shared"))
         assert len(rows) == 800 and len({r.block_key for r in rows}) == 800
-        assert {r.protocol["worker"] for r in rows} == {0, 1, 2, 3}
+        assert {r.provenance.protocol["worker"] for r in rows} == {0, 1, 2, 3}
         assert [d.n_measurements for d in store.devices()] == [800]
 
 

@@ -16,11 +16,11 @@ def table_canary_us(rows: Iterable[Any]) -> float | None:
     the table has any."""
     rows = list(rows)
     # A transferred table (latency.jobs.transfer) has no measured rows: its rows carry the target's canary.
-    measured = [r for r in rows if r.canary_us and r.source == "measured"] or [
-        r for r in rows if r.canary_us and r.source == "transferred"
+    measured = [r for r in rows if r.provenance.canary_us and r.source == "measured"] or [
+        r for r in rows if r.provenance.canary_us and r.source == "transferred"
     ]
-    cold = [r.canary_us for r in measured if "cold_heap" in r.protocol]
-    canaries = cold or [r.canary_us for r in measured]
+    cold = [r.provenance.canary_us for r in measured if "cold_heap" in r.provenance.protocol]
+    canaries = cold or [r.provenance.canary_us for r in measured]
     return float(np.median(canaries)) if canaries else None
 
 
@@ -31,11 +31,11 @@ def unit_speeds(rows: Iterable[Any], table_canary_us: float | None) -> dict[str 
     measured (dividing each by its own trial's canary added more per-process noise than it removed:
     docs/design.md), so a table measured on one unit is read exactly as before."""
     rows = list(rows)
-    measured = [r for r in rows if r.source == "measured" and r.canary_us]
-    cold = [r for r in measured if "cold_heap" in r.protocol]
+    measured = [r for r in rows if r.source == "measured" and r.provenance.canary_us]
+    cold = [r for r in measured if "cold_heap" in r.provenance.protocol]
     canaries: dict[str | None, list[float]] = {}
     for r in cold or measured:  # the kind of canary the table's median is of (table_canary_us)
-        canaries.setdefault(r.environment.get("serial"), []).append(r.canary_us)
+        canaries.setdefault(r.provenance.environment.get("serial"), []).append(r.provenance.canary_us)
     if not table_canary_us or len(canaries) < 2:
         return {}
     return {unit: table_canary_us / float(np.median(values)) for unit, values in canaries.items()}

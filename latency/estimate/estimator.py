@@ -138,19 +138,19 @@ class Estimator:
         speeds = unit_speeds(rows.values(), self.table_canary_us)
         self._entries = {}
         for key, rec in rows.items():
-            speed = speeds.get(rec.environment.get("serial"), 1.0) if rec.source == "measured" else 1.0
+            speed = speeds.get(rec.provenance.environment.get("serial"), 1.0) if rec.source == "measured" else 1.0
             self._entries[key] = Entry(
                 rec.stats.median_us * speed,
                 rec.source,
                 rec.stats.p10_us * speed,
                 rec.stats.p90_us * speed,
                 rec.expected_error,
-                context=rec.protocol.get("context", CONTEXT_ALONE),
+                context=rec.provenance.protocol.get("context", CONTEXT_ALONE),
             )
         # Rows measured before blocks returned the heap between calls (protocol.cold_heap) miss the page
         # faults a plain process pays; they are used, and every estimate says how many it holds.
         self.warm_heap_keys = {
-            key for key, rec in rows.items() if rec.source == "measured" and "cold_heap" not in rec.protocol
+            key for key, rec in rows.items() if rec.source == "measured" and "cold_heap" not in rec.provenance.protocol
         }
         # Blocks timed alone sum higher than blocks timed inside networks: where the table holds both, every
         # estimate says how many of its blocks were timed alone (a per_kind calibration weighs each kind).

@@ -47,7 +47,7 @@ class Sample:
 def at_run_speed(estimate_ms: float, run: E2ERecord, table_canary_us: float | None) -> float:
     """An estimate restated at the machine's speed during `run` (its canary over the table's; 1 without
     one): a view beside the plain comparison, never instead of it, and never fed back into a fit."""
-    ratio = run.canary_us / table_canary_us if table_canary_us and run.canary_us else 1.0
+    ratio = run.provenance.canary_us / table_canary_us if table_canary_us and run.provenance.canary_us else 1.0
     return estimate_ms * ratio
 
 

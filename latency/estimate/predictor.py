@@ -218,7 +218,8 @@ def training_set(rows: Mapping[str, Any]) -> tuple[list[BlockSpec], np.ndarray, 
     keys = sorted(rows)
     reference = table_canary_us(rows.values())
     latencies = [
-        rows[k].stats.median_us * (reference / rows[k].canary_us if reference and rows[k].canary_us else 1.0)
+        rows[k].stats.median_us
+        * (reference / rows[k].provenance.canary_us if reference and rows[k].provenance.canary_us else 1.0)
         for k in keys
     ]
     return [BlockSpec.from_key(k) for k in keys], np.asarray(latencies, dtype=float), reference

@@ -81,9 +81,9 @@ def predict_missing(estimator: Estimator, missing: Sequence[BlockSpec], minimum:
     """Predict blocks from the device's measured ones (none when it has fewer than `minimum`): from the rows of
     the kind most of them are (timed alone, or inside networks), and the predictions stand for that kind."""
     rows = estimator.store.measurement_map(estimator.conditions, source="measured")
-    contexts = [r.protocol.get("context", CONTEXT_ALONE) for r in rows.values()]
+    contexts = [r.provenance.protocol.get("context", CONTEXT_ALONE) for r in rows.values()]
     context = max(set(contexts), key=contexts.count, default=CONTEXT_ALONE)
-    rows = {k: r for k, r in rows.items() if r.protocol.get("context", CONTEXT_ALONE) == context}
+    rows = {k: r for k, r in rows.items() if r.provenance.protocol.get("context", CONTEXT_ALONE) == context}
     if len(rows) < minimum:
         return 0
     specs, latencies_us, _ = training_set(rows)

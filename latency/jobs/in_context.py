@@ -51,7 +51,9 @@ def timed_inside(arch: Arch, rows: Mapping[str, MeasurementRecord], conditions: 
     """How many of `arch`'s blocks have a row (of `rows`, by key) timed inside `arch` itself, among other
     networks or alone: its estimate then holds its own time, and says less of networks never run."""
     specs = arch.specs(batch=conditions.batch, dtype=conditions.dtype)
-    return sum(arch.name in rows[s.key].environment.get("appearance_networks", ()) for s in specs if s.key in rows)
+    return sum(
+        arch.name in rows[s.key].provenance.environment.get("appearance_networks", ()) for s in specs if s.key in rows
+    )
 
 
 def in_context_rows(
@@ -67,7 +69,8 @@ def in_context_rows(
     return {
         key: row
         for key, row in rows.items()
-        if row.protocol.get("context") == CONTEXT_NETWORK and row.protocol.get("deploy_env") == deploy_env.name
+        if row.provenance.protocol.get("context") == CONTEXT_NETWORK
+        and row.provenance.protocol.get("deploy_env") == deploy_env.name
     }
 
 
@@ -197,12 +200,14 @@ def _stored_appearances(row: MeasurementRecord) -> list[tuple[float, dict[str, A
     """A stored row's appearances, as this run's are: its own, and each other one as its numbers scaled to
     that appearance's median (the row keeps only the median appearance's full numbers)."""
     fields = {name: value for name, value in columns(row).items() if name not in _ROW_KEY}
-    environment = {k: v for k, v in row.environment.items() if k not in ("appearances_us", "appearance_networks")}
-    own = own_name = row.environment.get("network")
+    environment = {
+        k: v for k, v in row.provenance.environment.items() if k not in ("appearances_us", "appearance_networks")
+    }
+    own = own_name = row.provenance.environment.get("network")
     appearances = []
     for median_us, network in zip(
-        row.environment.get("appearances_us", [row.stats.median_us]),
-        row.environment.get("appearance_networks", [own]),
+        row.provenance.environment.get("appearances_us", [row.stats.median_us]),
+        row.provenance.environment.get("appearance_networks", [own]),
         strict=True,
     ):
         if network == own:
@@ -211,7 +216,7 @@ def _stored_appearances(row: MeasurementRecord) -> list[tuple[float, dict[str, A
             continue
         scale = median_us / row.stats.median_us
         scaled = {column: fields[column] * scale for column in TIMES_US}
-        ratio = None if row.canary_ratio is None else row.canary_ratio * scale
+        ratio = None if row.provenance.canary_ratio is None else row.provenance.canary_ratio * scale
         # the numbers of this appearance are the row's scaled; what only the row's own network had is left out
         other = {k: v for k, v in environment.items() if k not in _OWN} | {"network": network, "scaled_from": own_name}
         appearances.append((median_us, {**fields, **scaled, "canary_ratio": ratio, "environment": other}))

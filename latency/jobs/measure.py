@@ -244,7 +244,7 @@ def profile_blocks(
 def latest_run(runs: Iterable[E2ERecord], arch: Arch) -> E2ERecord | None:
     """The newest of `runs` of this architecture, matched by its content (not its name)."""
     digest = arch_hash(arch.to_json())
-    return max((r for r in runs if r.arch_hash == digest), key=lambda r: r.measured_at, default=None)
+    return max((r for r in runs if r.arch_hash == digest), key=lambda r: r.provenance.measured_at, default=None)
 
 
 def profile_archs(

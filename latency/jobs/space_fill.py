@@ -31,6 +31,7 @@ from latency.vocab.deploy_env import DEFAULT, DeployEnv
 from latency.vocab.space import Space
 from latency.vocab.timing import TimingStats
 from lut_db import FitRecord, LutStore, MeasurementRecord
+from lut_db.records import Provenance
 from profilers.devices import resolve_device
 from profilers.protocol import PROTOCOLS, ProgressSink, Protocol
 
@@ -215,16 +216,18 @@ def _predict_rest(
                     n=0,
                     trials=0,
                 ),
-                canary_ratio=value / canary_ref if canary_ref else None,
-                canary_us=canary_ref,
-                protocol={
-                    "predicted_by": f"block_predictor:{space.name}",
-                    "trained_on": len(specs),
-                    **({"context": CONTEXT_NETWORK, "deploy_env": deploy_env.name} if deploy_env else {}),
-                },
-                environment={},
-                measured_at=datetime.now(timezone.utc),
-                stable=False,
+                provenance=Provenance(
+                    canary_ratio=value / canary_ref if canary_ref else None,
+                    canary_us=canary_ref,
+                    protocol={
+                        "predicted_by": f"block_predictor:{space.name}",
+                        "trained_on": len(specs),
+                        **({"context": CONTEXT_NETWORK, "deploy_env": deploy_env.name} if deploy_env else {}),
+                    },
+                    environment={},
+                    measured_at=datetime.now(timezone.utc),
+                    stable=False,
+                ),
                 source="predicted",
                 expected_error=error,
             )

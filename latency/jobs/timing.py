@@ -102,7 +102,7 @@ def time_network(
         p90_ms=run.stats.p90_us / 1e3,
         calls=run.stats.n,
         trials=run.stats.trials,
-        stable=run.stable,
+        stable=run.provenance.stable,
         estimated_ms=estimated_ms,
         estimated_then_ms=estimated_then_ms,
         calibrated=estimator.calibrated,

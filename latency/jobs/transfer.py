@@ -31,6 +31,7 @@ from latency.vocab.deploy_env import DEFAULT, DeployEnv
 from latency.vocab.errors import LutError
 from latency.vocab.timing import TimingStats
 from lut_db import E2ERecord, FitRecord, LutStore, MeasurementRecord
+from lut_db.records import Provenance
 from profilers.backends import backend_class
 from profilers.devices import check_device_name
 from profilers.protocol import ProgressSink, Protocol
@@ -84,7 +85,7 @@ def describe(conditions: Conditions) -> str:
 
 def runs_canary_us(runs: Sequence[E2ERecord]) -> float | None:
     """The target's speed, as a table's: the median canary of its runs (None if none had one)."""
-    canaries = [r.canary_us for r in runs if r.canary_us]
+    canaries = [r.provenance.canary_us for r in runs if r.provenance.canary_us]
     return float(np.median(canaries)) if canaries else None
 
 
@@ -224,12 +225,14 @@ def _transferred_rows(
                     n=n_runs,
                     trials=0,
                 ),
-                canary_ratio=median_us / canary if canary else None,
-                canary_us=canary,
-                protocol={"transferred_from": described, "model": correction.model, "runs": n_runs},
-                environment={},
-                measured_at=now,
-                stable=True,  # a fitted value, not a spread of trials
+                provenance=Provenance(
+                    canary_ratio=median_us / canary if canary else None,
+                    canary_us=canary,
+                    protocol={"transferred_from": described, "model": correction.model, "runs": n_runs},
+                    environment={},
+                    measured_at=now,
+                    stable=True,  # a fitted value, not a spread of trials
+                ),
                 source="transferred",
                 expected_error=error,
             )

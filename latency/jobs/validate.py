@@ -59,8 +59,10 @@ class ValidationReport:
 
 def process_medians_ms(run: E2ERecord) -> list[float]:
     """The run's medians per fresh process (its trials, where the protocol gave each its own process)."""
-    separate = run.protocol.get("launches", 1) >= run.stats.trials and run.protocol.get("network_per_process", True)
-    medians = run.environment.get("trial_medians_us", [])
+    separate = run.provenance.protocol.get("launches", 1) >= run.stats.trials and run.provenance.protocol.get(
+        "network_per_process", True
+    )
+    medians = run.provenance.environment.get("trial_medians_us", [])
     return [m / 1e3 for m in medians] if separate and len(medians) > 1 else []
 
 
