@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from latency.vocab.conditions import is_device_name
+from latency.vocab.conditions import Conditions, is_device_name
 from latency.vocab.deploy_env import DeployEnv
 from profilers.errors import ProfilerError
 from profilers.host import host_environment, host_fingerprint, host_identity
@@ -226,6 +226,14 @@ def check_device_name(name: str) -> None:
     """A name `--device` takes, else one sentence (a device that is not attached here may still be named)."""
     if not is_device_name(name):
         raise ProfilerError(f"'{name}' is not a device name: use cpu, cuda[:N], or a phone's name.", exit_code=2)
+
+
+def with_backend(conditions: Conditions) -> Conditions:
+    """`conditions` with their backend resolved by the one rule for a missing backend: the device's default
+    (`--backend` names another), whether a command measures, queues or estimates."""
+    if conditions.backend is not None:
+        return conditions
+    return conditions.with_backend(resolve_device(conditions.device).default_backend)
 
 
 def resolve_device(name: str, serial: str | None = None, runner: str | None = None) -> Device:

@@ -308,7 +308,7 @@ def test_ranking_over_two_devices_reports_rank_changes(store: LutStore) -> None:
     names = ["dmasking_f1", "dmasking_f2", "dmasking_f3", "dmasking_f4", "dmasking_l1", "dmasking_l2", "dmasking_l3"]
     specs = [s for n in names for s in blocks_of(n)]
     fill(store, specs, device="cpu")
-    fill(store, specs, device="phone")
+    fill(store, specs, device="phone", backend="executorch")
     estimators = {d: Estimator(d, store=store) for d in ("cpu", "phone")}
     # The phone is the same but 10x slower on dmasking_f4 alone: only f4 and those it passes change rank.
 
@@ -342,7 +342,7 @@ def test_blocks_missing_on_a_phone_are_predicted_from_its_measured_ones(store: L
 
     space = get_space()
     measured = [s for a in space.sampled_archs(12, seed=9) for s in a.specs()]
-    fill(store, measured, device="phone")
+    fill(store, measured, device="phone", backend="executorch")
     estimator = Estimator("phone", store=store)
     target = get_arch("dmasking_f4")
     absent = estimator.missing(target)
@@ -375,7 +375,7 @@ def test_blocks_predicted_from_blocks_timed_in_context_stand_for_such_blocks(sto
 def test_too_few_measured_blocks_predict_nothing(store: LutStore) -> None:
     from latency.jobs.cover import fill_missing
 
-    fill(store, blocks_of("dmasking_f1")[:5], device="phone")
+    fill(store, blocks_of("dmasking_f1")[:5], device="phone", backend="executorch")
     estimator = Estimator("phone", store=store)
     fill_missing(estimator, [get_arch("dmasking_f1")])
     with pytest.raises(MissingBlocksError):
@@ -390,9 +390,9 @@ def test_the_predictor_learns_blocks_at_the_tables_speed_when_the_machine_drifte
     measured = list({s.key: s for a in space.sampled_archs(12, seed=9) for s in a.specs()}.values())
     # A third of the blocks measured while the whole machine ran 30% slower (its canary too).
     slow = measured[::3]
-    fill(store, [s for s in measured if s not in slow], device="phone")
-    fill(store, slow, device="phone", scale=1.3, canary_us=CANARY_US * 1.3)
-    rows = store.measurement_map(Conditions("phone", "torch"), source="measured")
+    fill(store, [s for s in measured if s not in slow], device="phone", backend="executorch")
+    fill(store, slow, device="phone", scale=1.3, canary_us=CANARY_US * 1.3, backend="executorch")
+    rows = store.measurement_map(Conditions("phone", "executorch"), source="measured")
     specs, latencies_us, reference = training_set(rows)
     assert reference == CANARY_US
     assert latencies_us == pytest.approx([fake_latency_us(s) for s in specs], rel=1e-9)

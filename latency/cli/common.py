@@ -41,9 +41,7 @@ DeviceOpt = Annotated[
     str,
     typer.Option("--device", envvar="LUT_DEVICE", help="Device: cpu (this host), cuda[:N], or a phone's name (pixel)."),
 ]
-BackendOpt = Annotated[
-    str | None, typer.Option(envvar="LUT_BACKEND", help="Backend [default: the one with most entries in the table].")
-]
+BackendOpt = Annotated[str | None, typer.Option(envvar="LUT_BACKEND", help="Backend [default: the device's first].")]
 ThreadsOpt = Annotated[int, typer.Option(min=1, envvar="LUT_THREADS", help="Threads of the runtime.")]
 BatchOpt = Annotated[int, typer.Option(min=1, help="Batch size.")]
 DtypeOpt = Annotated[str, typer.Option(help="fp32, fp16 or bf16.")]

@@ -65,9 +65,9 @@ def validate(
     accuracy."""
     from latency.jobs.calibrate import run_archs
     from latency.jobs.validate import validate as run_validation
-    from profilers.devices import resolve_device
+    from profilers.devices import with_backend
 
-    backend = backend or resolve_device(device).default_backend
+    backend = with_backend(Conditions(device, backend)).backend
     archs = run_archs(split_items(models, "--models"), random, seed, space)
     if not archs:
         raise LutError("Nothing to validate: give --models or --random.", exit_code=2)

@@ -22,7 +22,7 @@ from latency.vocab.errors import LutError
 from latency.vocab.family import list_models, resolve_arch
 from latency.vocab.space import Space
 from lut_db import LutStore
-from profilers.devices import resolve_device
+from profilers.devices import with_backend
 
 
 class MissingBlocksError(LutError):
@@ -88,8 +88,8 @@ class Entry:
 class Estimator:
     """Estimates under one set of conditions (device, backend, threads, batch, dtype), from one table.
 
-    `conditions`: a device's name (its default conditions) or a `Conditions`; a backend of None takes the
-    backend with the most entries for the device in the table.
+    `conditions`: a device's name (its default conditions) or a `Conditions`; a backend of None is the
+    device's default (profilers.devices.with_backend).
     `use_calibration=False` ignores a stored calibration (the raw sum; what calibration fits on).
     `deploy_env` names the deployment the estimate predicts: the calibration fitted on end-to-end runs
     in that environment is used, never one fitted on another's.
@@ -108,15 +108,8 @@ class Estimator:
         # a name where a user passes one (LatencyCost, scripts); the deployment itself from here on
         self.deploy_env = DeployEnv.parse(deploy_env) if isinstance(deploy_env, str) else deploy_env
         self.use_calibration = use_calibration
-        self.conditions = conditions.with_backend(conditions.backend or self._default_backend(conditions))
+        self.conditions = with_backend(conditions)
         self.reload()
-
-    def _default_backend(self, conditions: Conditions) -> str:
-        rows = self.store.measurements(conditions)
-        if not rows:  # nothing measured yet: the backend the device would be measured with
-            return resolve_device(conditions.device).default_backend
-        backends = [r.conditions.backend for r in rows]
-        return max(set(backends), key=backends.count)
 
     def reload(self) -> None:
         """Re-read the table (after profiling or calibrating)."""

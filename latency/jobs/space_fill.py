@@ -32,7 +32,7 @@ from latency.vocab.space import Space
 from latency.vocab.timing import TimingStats
 from lut_db import FitRecord, LutStore, MeasurementRecord
 from lut_db.records import Provenance
-from profilers.devices import resolve_device
+from profilers.devices import with_backend
 from profilers.protocol import PROTOCOLS, ProgressSink, Protocol
 
 ROUND_SIZE = 36  # shapes measured between two refits of the predictor
@@ -100,8 +100,7 @@ def profile_space(
     `device_options`: a phone's `serial`, `runner`."""
     started = time.monotonic()
     deadline = started + budget_min * 60
-    backend = conditions.backend or resolve_device(conditions.device).default_backend
-    conditions = conditions.with_backend(backend)
+    conditions = with_backend(conditions)
     if in_context is None:
         in_context = not device_options and times_in_context(conditions)
     batch, dtype = conditions.batch, conditions.dtype
@@ -109,6 +108,7 @@ def profile_space(
     grid = space.all_specs(batch, dtype)
     by_key = {s.key: s for s in grid}
     env = deploy_env if in_context else None
+    backend = conditions.backend or ""
     summary = SpaceProfileSummary(space.name, conditions.device, backend, len(grid), in_context=in_context)
     summary.measured_before = len(by_key.keys() & _measured(store, conditions, env).keys())
     reachable = set(space.realizations(batch, dtype)) if in_context else set(by_key)

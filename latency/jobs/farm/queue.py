@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sqlalchemy import text
@@ -18,7 +18,7 @@ from latency.vocab.conditions import Conditions
 from latency.vocab.deploy_env import DEFAULT, DeployEnv
 from latency.vocab.errors import LutError
 from lut_db import LutStore, arch_hash
-from profilers.devices import resolve_device
+from profilers.devices import with_backend
 from profilers.protocol import PROTOCOLS
 
 TASK_NAME = "lut.measure"  # a job: a group of blocks (`keys`) or one whole network (`archs`)
@@ -130,8 +130,8 @@ def enqueue_blocks(
     queued job holds."""
     require_postgres(store)
     ensure_queue(store)
-    backend = conditions.backend or resolve_device(conditions.device).default_backend  # reaches no device
-    conditions = replace(conditions, backend=backend)
+    conditions = with_backend(conditions)  # reaches no device
+    backend = conditions.backend or ""
     summary = QueueSummary(conditions.device, backend, conditions.threads, requested=len(specs))
     present = store.measured_keys(conditions)
     queued = {key for args in _active_args(store, conditions) for key in listed(args, "keys") if isinstance(key, str)}
@@ -198,8 +198,8 @@ def enqueue_runs(
     workers are done, `lut calibrate` with the same options measures nothing and fits."""
     require_postgres(store)
     ensure_queue(store)
-    backend = conditions.backend or resolve_device(conditions.device).default_backend
-    conditions = replace(conditions, backend=backend)
+    conditions = with_backend(conditions)
+    backend = conditions.backend or ""
     summary = RunsQueueSummary(conditions.device, backend, tag, requested=len(archs))
     if with_blocks:
         specs = [s for a in archs for s in a.specs(conditions.batch, conditions.dtype)]
