@@ -73,7 +73,7 @@ def main() -> None:
         "device": args.device,
         "backend": args.backend,
         "calibration_runs": report.runs,
-        "correction": report.correction.model,
+        "correction": report.correction.variant,
         "calibration_cv": {k: v for k, v in report.correction.metrics.items() if k.startswith("cv_")},
         "validation": m,
         "validation_plain": ms,
@@ -81,7 +81,7 @@ def main() -> None:
         "rows": validation.rows,
     }
     print(
-        f"calibrated on {report.runs} sampled architectures of {', '.join(spaces)} ({report.correction.model} "
+        f"calibrated on {report.runs} sampled architectures of {', '.join(spaces)} ({report.correction.variant} "
         "correction, "
         f"leave-one-out RMSPE {report.correction.metrics['cv_rmspe']:.1%})"
     )

@@ -269,7 +269,7 @@ def main() -> None:
             profile_blocks(list({s.key: s for a in check_set for s in a.specs()}.values()), isolated_store, **common)
             isolated = Estimator(conditions, store=isolated_store, use_calibration=False)
         report = calibrate(store, calibration_set, **common, deploy_env=env)
-        print(f"calibrated on {report.runs} sampled architectures: {report.correction.model} correction", flush=True)
+        print(f"calibrated on {report.runs} sampled architectures: {report.correction.variant} correction", flush=True)
         plain = Estimator(conditions, store=store, use_calibration=False)
         calibrated = Estimator(conditions, store=store, deploy_env=env.name)
         predicted = {}
@@ -349,7 +349,7 @@ def main() -> None:
         "blocks": args.blocks,
         "table": context,
         "calibration_runs": report.runs,
-        "correction": report.correction.model,
+        "correction": report.correction.variant,
         "calibration_cv_rmspe": report.correction.metrics.get("cv_rmspe"),
         "calibration_in_sample_median_ratio": report.correction.metrics.get("in_sample_median_ratio"),
         "rescaled_in_sample_median_ratio": rescaled_in_sample,

@@ -128,7 +128,7 @@ def test_calibration_recovers_a_known_correction_and_the_estimator_applies_it(st
     raw = Estimator("cpu", store=store, use_calibration=False)
     samples = synthetic_samples(archs, raw, overhead_ms=0.05, scale=1.2)
     correction = fit_correction(samples, raw.table_canary_us)
-    assert correction.model in ("per_block", "traffic")
+    assert correction.variant in ("per_block", "traffic")
     assert correction.metrics["cv_rmspe"] < 1e-6 and correction.metrics["cv_within_10pct"] == 1.0
     weights = correction.weights
     assert weights[0] == pytest.approx(1.2) and weights[FEATURES.index("blocks")] + correction.intercept / 22 == (
@@ -218,7 +218,7 @@ def test_calibration_on_blocks_timed_both_ways_fits_a_scale_for_each(store: LutS
         for a in archs
     ]
     correction = fit_correction(samples, raw.table_canary_us)
-    assert correction.model == "per_kind" and set(correction.contexts) == {CONTEXT_ALONE, CONTEXT_NETWORK}
+    assert correction.variant == "per_kind" and set(correction.contexts) == {CONTEXT_ALONE, CONTEXT_NETWORK}
     weights = correction.weights
     assert weights[FEATURES.index("latency_ms")] == pytest.approx(1.0)
     assert weights[FEATURES.index("latency_ms")] + weights[FEATURES.index("alone_ms")] == pytest.approx(0.7)
@@ -235,7 +235,7 @@ def test_calibration_on_blocks_timed_both_ways_fits_a_scale_for_each(store: LutS
     alone = [s for s, kind in zip(samples, kinds, strict=True) if kind == CONTEXT_ALONE]
     few = [s for s, kind in zip(samples, kinds, strict=True) if kind == CONTEXT_NETWORK][:2] + alone
     fallback = fit_correction(few, raw.table_canary_us)
-    assert len(alone) >= 5 and fallback.model != "per_kind" and fallback.contexts == (CONTEXT_ALONE,)
+    assert len(alone) >= 5 and fallback.variant != "per_kind" and fallback.contexts == (CONTEXT_ALONE,)
     assert fallback.metrics["cv_n"] == len(alone)
 
 

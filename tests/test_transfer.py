@@ -79,7 +79,7 @@ def test_a_device_that_is_only_slower_keeps_the_prior() -> None:
     nets = networks(5, seed=4)
     times = [2.5 * sum(uneven_source_ms(s) for s in n) * (1 + 0.005 * rng.standard_normal()) for n in nets]
     correction = fit_transfer(samples(nets, times, uneven_source_ms))
-    assert correction.model == "scale"
+    assert correction.variant == "scale"
     assert correction.coef[0] == pytest.approx(2.5, rel=0.02)
     assert abs(correction.intercept) < 0.02 * np.mean(times)
 
@@ -95,7 +95,7 @@ def test_few_noisy_runs_average_the_source_and_the_work() -> None:
         return exact * (1 + 0.1 * rng.standard_normal())
 
     correction = fit_transfer(samples(nets, [half_and_half_ms(n) for n in nets], uneven_source_ms))
-    assert correction.model == "combined"
+    assert correction.variant == "combined"
     assert set(VARIANTS["combined"]) == {"latency_ms", "flops_m", "blocks"}
     assert correction.coef[0] > 0 and correction.coef[1] > 0  # the source's time and the work both count
 
@@ -110,7 +110,7 @@ def test_a_device_that_follows_the_work_not_the_source_is_fitted_on_multiply_add
 
     fit_nets, check_nets = networks(10, seed=7), networks(30, seed=8)
     correction = fit_transfer(samples(fit_nets, [work_ms(n) for n in fit_nets], uneven_source_ms))
-    assert "flops_m" in VARIANTS[correction.model]
+    assert "flops_m" in VARIANTS[correction.variant]
     check_times = [work_ms(n) for n in check_nets]
     check = samples(check_nets, check_times, uneven_source_ms)
     estimates = np.array([correction.intercept + correction.block_ms(s.features) for s in check])

@@ -21,7 +21,7 @@ CONTEXTS = (CONTEXT_ALONE, CONTEXT_NETWORK)
 # Per-block features, all additive over blocks. `alone_ms` is the latency of a block timed alone, 0 for one
 # timed inside networks (latency.jobs.in_context): the two kinds sum differently (isolated blocks high).
 FEATURES = ("latency_ms", "activations_m", "params_m", "blocks", "flops_m", "alone_ms")
-# Models (feature subsets), by name: a stored fit names its model.
+# Variants (feature subsets), by name: a stored fit names its variant (under the key "model", as fits always have).
 VARIANTS: dict[str, tuple[str, ...]] = {
     "scale": ("latency_ms",),
     "per_block": ("latency_ms", "blocks"),
@@ -36,8 +36,8 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "combined": ("latency_ms", "flops_m", "blocks"),
 }
 # Calibration over a device's own table keeps the one with the lowest cross-validated error of these.
-# (fitting skips a model its runs cannot determine: per_kind on a table of one kind).
-CALIBRATION_MODELS = ("scale", "per_block", "traffic", "per_kind")
+# (fitting skips a variant its runs cannot determine: per_kind on a table of one kind).
+CALIBRATION_VARIANTS = ("scale", "per_block", "traffic", "per_kind")
 
 
 def block_features(spec: BlockSpec, latency_ms: float, context: str = CONTEXT_ALONE) -> np.ndarray:
@@ -50,7 +50,7 @@ def block_features(spec: BlockSpec, latency_ms: float, context: str = CONTEXT_AL
 
 @dataclass(frozen=True)
 class Correction:
-    """`network_ms = intercept + sum over blocks of coef . features[model]`.
+    """`network_ms = intercept + sum over blocks of coef . features[variant]`.
 
     `table_canary_us` records the canary's median in the table the fit was made on: comparing it
     with the canary now tells how far the machine has drifted since. `contexts`: where the blocks it
@@ -58,7 +58,7 @@ class Correction:
     plain table time, as the fit says nothing about it.
     """
 
-    model: str
+    variant: str
     coef: tuple[float, ...]
     intercept: float
     metrics: dict[str, float]
@@ -67,9 +67,9 @@ class Correction:
 
     @property
     def weights(self) -> np.ndarray:
-        """Coefficients over all FEATURES (zero for those the model does not use)."""
+        """Coefficients over all FEATURES (zero for those the variant does not use)."""
         full = np.zeros(len(FEATURES))
-        for name, value in zip(VARIANTS[self.model], self.coef, strict=True):
+        for name, value in zip(VARIANTS[self.variant], self.coef, strict=True):
             full[FEATURES.index(name)] = value
         return full
 
@@ -88,8 +88,8 @@ class Correction:
 
     def to_params(self) -> dict[str, Any]:
         return {
-            "model": self.model,
-            "features": list(VARIANTS[self.model]),
+            "model": self.variant,
+            "features": list(VARIANTS[self.variant]),
             "coef": list(self.coef),
             "intercept": self.intercept,
             "table_canary_us": self.table_canary_us,
@@ -99,7 +99,7 @@ class Correction:
     @classmethod
     def from_params(cls, params: dict[str, Any], metrics: dict[str, Any]) -> Correction:
         return cls(
-            model=params["model"],
+            variant=params["model"],
             coef=tuple(params["coef"]),
             intercept=float(params["intercept"]),
             metrics=dict(metrics),
@@ -109,4 +109,4 @@ class Correction:
 
 
 # The uncalibrated estimate: the plain sum of the blocks' table latencies.
-IDENTITY = Correction(model="scale", coef=(1.0,), intercept=0.0, metrics={}, contexts=CONTEXTS)
+IDENTITY = Correction(variant="scale", coef=(1.0,), intercept=0.0, metrics={}, contexts=CONTEXTS)

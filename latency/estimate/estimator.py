@@ -223,7 +223,7 @@ class Estimator:
             high = correction.metrics.get("residual_q95", 0.0) + predicted
             interval = (latency_ms * (1 + low), latency_ms * (1 + high))
             calibration = {
-                "model": correction.model,
+                "model": correction.variant,
                 "contexts": list(correction.contexts),
                 **correction.metrics,
                 **self.transfer,

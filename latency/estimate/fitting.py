@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from latency.estimate.correction import (
-    CALIBRATION_MODELS,
+    CALIBRATION_VARIANTS,
     CONTEXTS,
     FEATURES,
     VARIANTS,
@@ -73,19 +73,19 @@ def in_sample_ratio(predicted_ms: np.ndarray, measured_ms: np.ndarray) -> float:
     return float(np.median(predicted_ms / measured_ms))
 
 
-def design(samples: list[Sample], model: str) -> np.ndarray:
-    """The model's features, one row per architecture."""
-    columns = [FEATURES.index(f) for f in VARIANTS[model]]
+def design(samples: list[Sample], variant: str) -> np.ndarray:
+    """The variant's features, one row per architecture."""
+    columns = [FEATURES.index(f) for f in VARIANTS[variant]]
     return np.stack([s.features[columns] for s in samples])
 
 
-def determined(samples: list[Sample], model: str) -> bool:
-    """Whether the runs can fit `model`: more of them than its coefficients and two, and for per_kind,
+def determined(samples: list[Sample], variant: str) -> bool:
+    """Whether the runs can fit `variant`: more of them than its coefficients and two, and for per_kind,
     MIN_RUNS_PER_CONTEXT of each kind whose share of block time timed alone differs by at least
     MIN_SHARE_SPREAD (else the two scales cannot be told apart, or one rests on a run or two)."""
-    if len(samples) <= len(VARIANTS[model]) + 2:
+    if len(samples) <= len(VARIANTS[variant]) + 2:
         return False
-    if model != "per_kind":
+    if variant != "per_kind":
         return True
     features = np.stack([s.features for s in samples])
     alone_share = features[:, FEATURES.index("alone_ms")] / features[:, FEATURES.index("latency_ms")]
@@ -94,14 +94,14 @@ def determined(samples: list[Sample], model: str) -> bool:
     return enough and float(np.ptp(alone_share)) >= MIN_SHARE_SPREAD
 
 
-def _fit(x: np.ndarray, y: np.ndarray, model: str) -> tuple[np.ndarray, float]:
+def _fit(x: np.ndarray, y: np.ndarray, variant: str) -> tuple[np.ndarray, float]:
     """Least squares on relative errors (weights 1/y^2, the metric that matters: RMSPE), with the intercept
     at 0 or above: a network's fixed cost cannot be negative, and a negative one, fitted on a few noisy
     runs, put the estimate of a network smaller than the runs below zero (as the transfer's, transfer.py)."""
     from sklearn.linear_model import LinearRegression
 
     weights = 1.0 / y**2
-    if model != "scale":
+    if variant != "scale":
         regression = LinearRegression().fit(x, y, sample_weight=weights)
         if regression.intercept_ >= 0:
             return regression.coef_, float(regression.intercept_)
@@ -117,11 +117,11 @@ def leave_one_out(x: np.ndarray, y: np.ndarray, fit: Callable[[np.ndarray, np.nd
     return predictions
 
 
-def _cross_validated(samples: list[Sample], model: str) -> np.ndarray:
-    """Leave-one-out predictions of the model's fit (its features and a constant for the intercept)."""
-    x = np.column_stack([design(samples, model), np.ones(len(samples))])
+def _cross_validated(samples: list[Sample], variant: str) -> np.ndarray:
+    """Leave-one-out predictions of the variant's fit (its features and a constant for the intercept)."""
+    x = np.column_stack([design(samples, variant), np.ones(len(samples))])
     y = np.array([s.measured_ms for s in samples])
-    return leave_one_out(x, y, lambda x_rest, y_rest: np.append(*_fit(x_rest[:, :-1], y_rest, model)))
+    return leave_one_out(x, y, lambda x_rest, y_rest: np.append(*_fit(x_rest[:, :-1], y_rest, variant)))
 
 
 def error_metrics(estimated: np.ndarray, measured: np.ndarray) -> dict[str, float | None]:
@@ -190,7 +190,7 @@ def run_contexts(samples: list[Sample]) -> list[str]:
 
 
 def fit_correction(samples: list[Sample], table_canary_us: float | None = None) -> Correction:
-    """Choose the model with the lowest leave-one-out RMSPE, refit it on all runs.
+    """Choose the variant with the lowest leave-one-out RMSPE, refit it on all runs.
 
     Runs whose blocks were timed alone and runs whose blocks were timed inside networks get a scale for
     each (per_kind) where there are enough of each; otherwise the fit is made on the runs of the more
@@ -207,31 +207,31 @@ def fit_correction(samples: list[Sample], table_canary_us: float | None = None) 
             f"{MIN_RUNS_PER_CONTEXT} whose blocks were mostly timed alone and {MIN_RUNS_PER_CONTEXT} inside "
             f"networks); found {len(samples)}."
         )
-    models = ("per_kind",) if per_kind else CALIBRATION_MODELS
+    variants = ("per_kind",) if per_kind else CALIBRATION_VARIANTS
     measured = np.array([s.measured_ms for s in samples])
     best: tuple[float, str, np.ndarray] | None = None
     candidates = {}
-    for model in models:
-        if not determined(samples, model):
+    for variant in variants:
+        if not determined(samples, variant):
             continue
-        predictions = _cross_validated(samples, model)
+        predictions = _cross_validated(samples, variant)
         rmspe = float(np.sqrt(np.mean(((predictions - measured) / measured) ** 2)))
-        candidates[model] = rmspe
-        if np.any(predictions <= 0):  # no model of time (as fit_transfer): kept only if nothing else fits
+        candidates[variant] = rmspe
+        if np.any(predictions <= 0):  # no variant of time (as fit_transfer): kept only if nothing else fits
             rmspe = np.inf
         if best is None or rmspe < best[0]:
-            best = (rmspe, model, predictions)
+            best = (rmspe, variant, predictions)
     assert best is not None
-    _, model, predictions = best
-    x = design(samples, model)
-    coef, intercept = _fit(x, measured, model)
+    _, variant, predictions = best
+    x = design(samples, variant)
+    coef, intercept = _fit(x, measured, variant)
     metrics = {
         **held_out_metrics(predictions, measured),
         **{f"cv_rmspe_{name}": value for name, value in candidates.items()},
         "in_sample_median_ratio": in_sample_ratio(x @ coef + intercept, measured),
     }
     return Correction(
-        model=model,
+        variant=variant,
         coef=tuple(float(c) for c in coef),
         intercept=intercept,
         table_canary_us=table_canary_us,

@@ -1,11 +1,11 @@
 """Transfer calibration: a new device's correction from another device's table and a few of its own runs.
 
-The target's network time is modelled exactly as calibration models a device's own (correction.py): an
+The target's network time is modelled exactly as calibration variants a device's own (correction.py): an
 intercept plus a sum over blocks of a linear function of each block's features, here with the block's
 time taken from the *source* device's table. So the result is a `Correction`, and the estimate,
 `estimate_many` and LatencyCost stay one and the same function of the blocks.
 
-With about ten runs a free linear fit chases noise. Each candidate (TRANSFER_MODELS) is pulled toward a
+With about ten runs a free linear fit chases noise. Each candidate (TRANSFER_VARIANTS) is pulled toward a
 prior, the target proportional to the first feature (the source's time; multiply-adds for "flops"): features
 are rescaled so that each coefficient is the share of a typical network's time it moves, and a ridge
 penalty, chosen by leave-one-out error, keeps those shares near the prior's. The default is the equal-weight
@@ -39,7 +39,7 @@ from latency.estimate.fitting import (
 PENALTIES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 # "flops" (the network's multiply-adds and a per-block cost, no source time) is there so that a transfer
 # is never worse than a fit on work alone where the source's kernels mislead.
-TRANSFER_MODELS = ("scale", "per_block", "flops", "work", "traffic")
+TRANSFER_VARIANTS = ("scale", "per_block", "flops", "work", "traffic")
 COMBINED = "combined"  # the average of the "scale" and "flops" fits (correction.VARIANTS)
 # A candidate's mean absolute leave-one-out error must be below the average's by this many standard errors
 # of the paired difference: on this host's noisy runs no pick reached 2 (the largest, 1.7, lost on held-out
@@ -50,20 +50,20 @@ MIN_TRANSFER_RUNS = 3
 
 @dataclass(frozen=True)
 class _Candidate:
-    model: str
+    variant: str
     penalty: float
-    theta: np.ndarray  # coefficients of the model's features, then the intercept
+    theta: np.ndarray  # coefficients of the variant's features, then the intercept
     loo_ms: np.ndarray  # leave-one-out predictions of the runs
 
     def correction(self, metrics: dict[str, float], table_canary_us: float | None) -> Correction:
         coef = tuple(float(c) for c in self.theta[:-1])
         # it maps the source's rows, wherever they were timed, onto the target
-        return Correction(self.model, coef, float(self.theta[-1]), metrics, table_canary_us, contexts=CONTEXTS)
+        return Correction(self.variant, coef, float(self.theta[-1]), metrics, table_canary_us, contexts=CONTEXTS)
 
 
-def _design(samples: list[Sample], model: str) -> np.ndarray:
-    """The model's features and a constant (the intercept), one row per architecture."""
-    return np.column_stack([design(samples, model), np.ones(len(samples))])
+def _design(samples: list[Sample], variant: str) -> np.ndarray:
+    """The variant's features and a constant (the intercept), one row per architecture."""
+    return np.column_stack([design(samples, variant), np.ones(len(samples))])
 
 
 def prior_ratio(x: np.ndarray, y: np.ndarray) -> float:
@@ -93,16 +93,16 @@ def _ridge(x: np.ndarray, y: np.ndarray, penalty: float) -> np.ndarray:
     return np.linalg.solve(gram, rhs)
 
 
-def _candidate(samples: list[Sample], model: str, y: np.ndarray) -> _Candidate:
-    """The model at the strongest penalty whose leave-one-out RMSPE is within 1% of the best (ten runs
+def _candidate(samples: list[Sample], variant: str, y: np.ndarray) -> _Candidate:
+    """The variant at the strongest penalty whose leave-one-out RMSPE is within 1% of the best (ten runs
     cannot tell finer differences apart); penalties whose fits put a held-out run at zero time or below (no
-    model of time; a few noisy runs of small networks can make one) only if all do."""
-    x = _design(samples, model)
+    variant of time; a few noisy runs of small networks can make one) only if all do."""
+    x = _design(samples, variant)
     fits = [(penalty, leave_one_out(x, y, partial(_fit, penalty=penalty))) for penalty in PENALTIES]
     fits = [f for f in fits if np.all(f[1] > 0)] or fits
     best = min(_rmspe(loo, y) for _, loo in fits)
     penalty, loo = next(f for f in reversed(fits) if _rmspe(f[1], y) <= best + 0.01)
-    return _Candidate(model, penalty, _fit(x, y, penalty), loo)
+    return _Candidate(variant, penalty, _fit(x, y, penalty), loo)
 
 
 def _rmspe(predictions: np.ndarray, y: np.ndarray) -> float:
@@ -110,7 +110,7 @@ def _rmspe(predictions: np.ndarray, y: np.ndarray) -> float:
 
 
 def _combined(scale: _Candidate, flops: _Candidate) -> _Candidate:
-    """The equal-weight average of the two fits, as one linear model over the combined variant's features."""
+    """The equal-weight average of the two fits, as one linear variant over the combined variant's features."""
     weights = (scale.correction({}, None).weights + flops.correction({}, None).weights) / 2
     coef = np.array([weights[FEATURES.index(f)] for f in VARIANTS[COMBINED]])
     intercept = (scale.theta[-1] + flops.theta[-1]) / 2
@@ -134,7 +134,7 @@ def fit_transfer(samples: list[Sample], table_canary_us: float | None = None) ->
             f"in the source's table; found {len(samples)}."
         )
     y = np.array([s.measured_ms for s in samples])
-    candidates = {model: _candidate(samples, model, y) for model in TRANSFER_MODELS}
+    candidates = {variant: _candidate(samples, variant, y) for variant in TRANSFER_VARIANTS}
     choice = _combined(candidates["scale"], candidates["flops"])
     better = [c for c in candidates.values() if np.all(c.loo_ms > 0) and _clearly_better(c, choice, y)]
     if better:
@@ -143,6 +143,6 @@ def fit_transfer(samples: list[Sample], table_canary_us: float | None = None) ->
         **held_out_metrics(choice.loo_ms, y),
         "penalty": choice.penalty,
         "prior_ratio": prior_ratio(_design(samples, "scale"), y),
-        "in_sample_median_ratio": in_sample_ratio(_design(samples, choice.model) @ choice.theta, y),
+        "in_sample_median_ratio": in_sample_ratio(_design(samples, choice.variant) @ choice.theta, y),
     }
     return choice.correction(metrics, table_canary_us)

@@ -42,7 +42,7 @@ class CalibrationReport:
         metrics, c = self.correction.metrics, self.conditions
         return (
             f"calibrated {c.device}/{c.backend} for deployment '{self.deploy_env}' on {self.runs} end-to-end runs: "
-            f"{self.correction.model} correction; cross-validated RMSPE {metrics['cv_rmspe']:.1%}, MAPE "
+            f"{self.correction.variant} correction; cross-validated RMSPE {metrics['cv_rmspe']:.1%}, MAPE "
             f"{metrics['cv_mape']:.1%}, within 10% {metrics['cv_within_10pct']:.0%}; on its own runs the estimate is "
             f"{metrics['in_sample_median_ratio']:.3f} of the measured time (median)"
         )
@@ -50,9 +50,9 @@ class CalibrationReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "deploy_env": self.deploy_env,
-            "model": self.correction.model,
+            "model": self.correction.variant,
             "coef": list(self.correction.coef),
-            "features": list(VARIANTS[self.correction.model]),
+            "features": list(VARIANTS[self.correction.variant]),
             "contexts": list(self.correction.contexts),
             "intercept": self.correction.intercept,
             "table_canary_us": self.correction.table_canary_us,

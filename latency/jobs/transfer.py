@@ -69,7 +69,7 @@ class TransferReport:
             "transferred_from": list(self.sources),
             "runs": self.runs,
             "rows_written": self.rows,
-            "model": self.correction.model,
+            "model": self.correction.variant,
             "coef": list(self.correction.coef),
             "intercept": self.correction.intercept,
             "table_canary_us": self.correction.table_canary_us,
@@ -228,7 +228,7 @@ def _transferred_rows(
                 provenance=Provenance(
                     canary_ratio=median_us / canary if canary else None,
                     canary_us=canary,
-                    protocol={"transferred_from": described, "model": correction.model, "runs": n_runs},
+                    protocol={"transferred_from": described, "model": correction.variant, "runs": n_runs},
                     environment={},
                     measured_at=now,
                     stable=True,  # a fitted value, not a spread of trials
