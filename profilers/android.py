@@ -22,7 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from profilers.backends.executorch_cpu import program_bytes
 from profilers.errors import BlockFailed, ProfilerError
+from profilers.targets import parse_target
+from profilers.worker import Timing
 
 REMOTE_DIR = "/data/local/tmp/lut"
 ADB_TIMEOUT_S = 120.0
@@ -330,8 +333,6 @@ class AndroidWorker:
         return self.adb.shell(command + " 2>&1", check=False, timeout=ADB_TIMEOUT_S * 5)
 
     def measure(self, key: str, plan: Any) -> Any:
-        from profilers.worker import Timing
-
         remote = self._push(key)
         before = self._wait_until_cool()
         warmups, runs = plan.warmup_runs, plan.min_runs
@@ -350,7 +351,4 @@ class AndroidWorker:
 
 def export_pte(key: str) -> bytes:
     """A block (or whole network) lowered to ExecuTorch with the XNNPACK delegate."""
-    from profilers.backends.executorch_cpu import program_bytes
-    from profilers.targets import parse_target
-
     return program_bytes(parse_target(key))

@@ -16,8 +16,12 @@ from typing import Any
 
 from latency.vocab.conditions import Conditions, is_device_name
 from latency.vocab.deploy_env import DeployEnv
+from profilers.android import Adb, AndroidWorker, choose_phone, export_pte, read_phone, thermal
+from profilers.backends import backend_class
+from profilers.backends.cuda import nvidia_smi
 from profilers.errors import ProfilerError
 from profilers.host import host_environment, host_fingerprint, host_identity
+from profilers.worker import WorkerPool
 
 
 @dataclass(frozen=True)
@@ -84,8 +88,6 @@ class Device:
     ) -> AbstractContextManager[Any]:
         """A context manager giving the workers (one per independent launch) to measure with; tuned for
         stable block numbers, or set up as `deploy_env` runs networks; `preloaded`: forked from a zygote."""
-        from profilers.worker import WorkerPool
-
         implementation, options = self.implementation(backend)
         return WorkerPool(implementation, threads, launches, options, deploy_env, preloaded)
 
@@ -112,8 +114,6 @@ class CudaDevice(Device):
     def fingerprint(self) -> dict[str, Any]:
         import torch
 
-        from profilers.backends.cuda import nvidia_smi
-
         smi = nvidia_smi(self.index)
         return {
             **self.identity(),
@@ -128,8 +128,6 @@ class CudaDevice(Device):
         return self._properties()
 
     def environment(self) -> dict[str, Any]:
-        from profilers.backends.cuda import nvidia_smi
-
         return {**host_environment(), **nvidia_smi(self.index)}
 
 
@@ -151,8 +149,6 @@ class AndroidDevice(Device):
 
     @cached_property
     def _connection(self) -> tuple[Any, Any]:
-        from profilers.android import Adb, choose_phone, read_phone
-
         adb = Adb()
         phone = choose_phone(adb, self.name, self.serial)
         adb.serial = phone.serial
@@ -165,8 +161,6 @@ class AndroidDevice(Device):
         return self._connection[1].identity()
 
     def environment(self) -> dict[str, Any]:
-        from profilers.android import thermal
-
         adb, phone = self._connection
         return {"serial": phone.serial, **thermal(adb)}  # units of one model share a table: which one ran it
 
@@ -186,9 +180,6 @@ class AndroidDevice(Device):
         preloaded: bool = False,
     ) -> AbstractContextManager[Any]:
         from pathlib import Path
-
-        from profilers.android import AndroidWorker, export_pte
-        from profilers.backends import backend_class
 
         adb, phone = self._connection
         runner = self.runner or os.environ.get("LUT_ANDROID_RUNNER")

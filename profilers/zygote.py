@@ -22,12 +22,15 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from typing import IO, Any
 
+from profilers.backends import backend_class
 from profilers.errors import ProfilerError
 
 READY_TIMEOUT_S = 600.0  # importing torch alone took 60-110 s here on a loaded 2-core machine
-_ENTRY = "import sys; from profilers.zygote import serve; serve(sys.argv[1:])"
+# The zygote's entry hands it the worker's main (the worker imports this module, not the other way round).
+_ENTRY = "import sys; from profilers.worker import main; from profilers.zygote import serve; serve(sys.argv[1:], main)"
 _MESSAGE_BYTES = 1 << 20
 # Variables read while a process starts (the C library's allocator, the dynamic loader, OpenMP, Python's
 # own): a zygote serves one set of them. The rest of a worker's environment is set after the fork, so that
@@ -163,11 +166,9 @@ def close_zygotes() -> None:
         _ZYGOTES.clear()
 
 
-def serve(argv: list[str]) -> None:
-    """Entry point of the zygote process; argv: FD BACKEND. Imports the runtime, then forks on request."""
-    from profilers.backends import backend_class
-    from profilers.worker import main as worker_main
-
+def serve(argv: list[str], worker_main: Callable[[list[str]], None]) -> None:
+    """Entry point of the zygote process; argv: FD BACKEND. Imports the runtime, then forks on request, each
+    child running `worker_main` (profilers.worker.main)."""
     sock = socket.socket(fileno=int(argv[0]))
     backend_class(argv[1]).preload()
     sock.send(json.dumps({"pid": os.getpid()}).encode())
