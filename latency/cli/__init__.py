@@ -1,7 +1,8 @@
 """The `lut` command: typer apps that parse, call one job and print.
 
-Each command imports its job (latency.jobs, search_cost) inside itself: the jobs import torch and the
-runtimes, seconds on a loaded machine, and `lut --help` or a mistyped option should answer at once.
+Each command imports its job (latency.jobs, search_cost), and `common` the store and the protocols, inside the
+function that needs them: the jobs import torch and the runtimes, the store SQLAlchemy (seconds on a loaded
+machine), and `lut --help` or a mistyped option should answer at once.
 """
 
 from latency.cli.app import app, main

@@ -26,7 +26,7 @@ def seeded_input(target: Target, device: str = "cpu") -> Any:
 
 def built_module(target: Target, device: str = "cpu") -> Any:
     """The block (or whole network) in eval mode with seeded weights, on `device`, in its dtype."""
-    import torch
+    import torch  # here and below: torch and its modules load only in the worker that builds a block
 
     torch.manual_seed(0)
     if isinstance(target, ArchTarget):
