@@ -50,14 +50,14 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def under(stmt: Select[Any], model: Any, conditions: Conditions | None) -> Select[Any]:
+def under(stmt: Select[Any], table: Any, conditions: Conditions | None) -> Select[Any]:
     """Rows measured under `conditions` (a backend of None: any)."""
     if conditions is None:
         return stmt
     stmt = stmt.where(DeviceRow.name == conditions.device)
     return filtered(
         stmt,
-        model,
+        table,
         backend=conditions.backend,
         threads=conditions.threads,
         batch=conditions.batch,
@@ -65,10 +65,10 @@ def under(stmt: Select[Any], model: Any, conditions: Conditions | None) -> Selec
     )
 
 
-def filtered(stmt: Select[Any], model: Any, **filters: Any) -> Select[Any]:
+def filtered(stmt: Select[Any], table: Any, **filters: Any) -> Select[Any]:
     for column, value in filters.items():
         if value is not None:
-            stmt = stmt.where(getattr(model, column) == value)
+            stmt = stmt.where(getattr(table, column) == value)
     return stmt
 
 
@@ -246,9 +246,9 @@ class StoreCore:
         return f"LutStore({str(self._url)!r})"
 
     # ---- plumbing ---------------------------------------------------------------------------
-    def _insert(self, model: Any) -> Any:
-        """The dialect's INSERT, which has on_conflict_do_update / on_conflict_do_nothing."""
-        table = model.__table__
+    def _insert(self, mapped: Any) -> Any:
+        """The dialect's INSERT into a mapped class's table, which has on_conflict_do_update / _do_nothing."""
+        table = mapped.__table__
         return postgresql.insert(table) if self._engine.dialect.name == "postgresql" else sqlite.insert(table)
 
     def _retry(self, fn: Callable[[], T]) -> T:

@@ -180,8 +180,8 @@ class Estimator:
         """Every block the estimator knows (the table's rows and the predictions added), by key."""
         return dict(self._entries)
 
-    def missing(self, model: str | Path | Arch | dict[str, Any]) -> list[BlockSpec]:
-        specs = resolve_arch(model).specs(batch=self.conditions.batch, dtype=self.conditions.dtype)
+    def missing(self, arch: str | Path | Arch | dict[str, Any]) -> list[BlockSpec]:
+        specs = resolve_arch(arch).specs(batch=self.conditions.batch, dtype=self.conditions.dtype)
         unique = {s.key: s for s in specs if s.key not in self._entries}
         return list(unique.values())
 
@@ -199,8 +199,8 @@ class Estimator:
             )
         return [self._entries[s.key] for s in specs]
 
-    def estimate(self, model: str | Path | Arch | dict[str, Any]) -> Estimate:
-        arch = resolve_arch(model)
+    def estimate(self, arch: str | Path | Arch | dict[str, Any]) -> Estimate:
+        arch = resolve_arch(arch)
         specs = arch.specs(batch=self.conditions.batch, dtype=self.conditions.dtype)
         entries = self._require(arch, specs)
         correction = self.correction or IDENTITY

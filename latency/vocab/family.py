@@ -129,18 +129,18 @@ def get_arch(name: str) -> Arch:
     return Arch.from_json_text((_DATA / "archs" / f"{name}.json").read_text(), f"{name}.json")
 
 
-def resolve_arch(model: str | Path | Arch | dict[str, Any]) -> Arch:
-    """A model name, a path to an ARCH.json file, a parsed dict or an Arch, as an Arch."""
-    if isinstance(model, Arch):
-        return model
-    if isinstance(model, dict):
-        return Arch.from_dict(model)
-    text = str(model)
-    if isinstance(model, Path) or text.endswith(".json") or "/" in text:
+def resolve_arch(arch: str | Path | Arch | dict[str, Any]) -> Arch:
+    """A family model's name, a path to an ARCH.json file, a parsed dict or an Arch, as an Arch."""
+    if isinstance(arch, Arch):
+        return arch
+    if isinstance(arch, dict):
+        return Arch.from_dict(arch)
+    text = str(arch)
+    if isinstance(arch, Path) or text.endswith(".json") or "/" in text:
         return Arch.from_json(text)
     return get_arch(text)
 
 
-def blocks_of(model: str | Path | Arch | dict[str, Any], batch: int = 1, dtype: str = "fp32") -> list[BlockSpec]:
-    """The ordered block specs, stem to classifier, of a model name or an architecture."""
-    return resolve_arch(model).specs(batch=batch, dtype=dtype)
+def blocks_of(arch: str | Path | Arch | dict[str, Any], batch: int = 1, dtype: str = "fp32") -> list[BlockSpec]:
+    """The ordered block specs, stem to classifier, of a family model's name or an architecture."""
+    return resolve_arch(arch).specs(batch=batch, dtype=dtype)
