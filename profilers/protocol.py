@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from latency.vocab.blocks import BlockSpec
+from latency.vocab.timing import SampleStats
 from profilers.errors import BlockFailed
-from profilers.stats import Stats, relative_spread, summarize
+from profilers.stats import relative_spread, summarize
 from profilers.targets import ArchTarget, Target, label
 from profilers.worker import Timing, TimingPlan, Worker, WorkerCrashed
 
@@ -146,7 +147,7 @@ class Result:
     """One target's measurement (a block or a whole network), or why it failed (`error`)."""
 
     target: Target
-    stats: Stats | None
+    stats: SampleStats | None
     trial_medians_us: tuple[float, ...] = ()
     canary_medians_us: tuple[float, ...] = ()
     canary_ratio: float | None = None

@@ -4,35 +4,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class Stats:
-    """Summary of a set of per-call times, all in microseconds."""
-
-    median_us: float
-    p10_us: float
-    p90_us: float
-    iqr_us: float
-    mean_us: float
-    std_us: float
-    min_us: float
-    n: int
-
-    @property
-    def iqr_ratio(self) -> float:
-        return self.iqr_us / self.median_us if self.median_us > 0 else math.inf
+from latency.vocab.timing import SampleStats
 
 
-def summarize(samples_us: Sequence[float]) -> Stats:
+def summarize(samples_us: Sequence[float]) -> SampleStats:
     if len(samples_us) == 0:
         raise ValueError("no samples to summarize")
     arr = np.asarray(samples_us, dtype=np.float64)
     p10, q1, median, q3, p90 = np.percentile(arr, [10, 25, 50, 75, 90])
-    return Stats(
+    return SampleStats(
         median_us=float(median),
         p10_us=float(p10),
         p90_us=float(p90),

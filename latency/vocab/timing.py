@@ -4,12 +4,16 @@ time."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
+from typing import TypeVar
+
+S = TypeVar("S", bound="SampleStats")
 
 
 @dataclass(frozen=True)
-class TimingStats:
-    """A latency's statistics over its timed samples, in microseconds; `n` samples over `trials` trials."""
+class SampleStats:
+    """A set of per-call times summarised, in microseconds: what one set of samples gives (profilers.stats)."""
 
     median_us: float
     p10_us: float
@@ -19,11 +23,21 @@ class TimingStats:
     std_us: float
     min_us: float
     n: int
-    trials: int
 
-    def scaled(self, factor: float) -> TimingStats:
+    @property
+    def iqr_ratio(self) -> float:
+        return self.iqr_us / self.median_us if self.median_us > 0 else math.inf
+
+    def scaled(self: S, factor: float) -> S:
         """Every time multiplied by `factor` (the counts stay)."""
         return replace(self, **{name: getattr(self, name) * factor for name in TIMES_US})
+
+
+@dataclass(frozen=True)
+class TimingStats(SampleStats):
+    """A latency's statistics as a row states them: its samples' summary over `trials` trials."""
+
+    trials: int
 
 
 # Times in microseconds, in the table's column order.
