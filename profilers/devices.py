@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from latency.vocab.blocks import QUANTIZED_DTYPES
 from latency.vocab.conditions import Conditions, is_device_name
 from latency.vocab.deploy_env import DeployEnv
 from profilers.android import Adb, AndroidWorker, choose_phone, export_pte, read_phone, thermal
@@ -22,6 +23,8 @@ from profilers.backends.cuda import nvidia_smi
 from profilers.errors import ProfilerError
 from profilers.host import host_environment, host_fingerprint, host_identity
 from profilers.worker import WorkerPool
+
+QUANTIZED_BACKENDS = ("executorch",)  # the backends that lower a quantized network (int8)
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,14 @@ class Device:
         if backend not in self.backends:
             raise ProfilerError(
                 f"Device '{self.name}' has no backend '{backend}'; its backends: {', '.join(self.backends)}.",
+                exit_code=2,
+            )
+
+    def check_dtype(self, backend: str, dtype: str) -> None:
+        if dtype in QUANTIZED_DTYPES and backend not in QUANTIZED_BACKENDS:
+            raise ProfilerError(
+                f"{dtype} runs on the {', '.join(QUANTIZED_BACKENDS)} backend (XNNPACK's quantized kernels, as phones "
+                f"run it), not on {backend}: add --backend {QUANTIZED_BACKENDS[0]}.",
                 exit_code=2,
             )
 

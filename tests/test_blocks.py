@@ -99,7 +99,7 @@ def test_batch_and_dtype_flow_into_shapes_and_flops() -> None:
         ({"mid": 0}, "mid must be a positive integer"),
         ({"stride": 3}, "stride must be 1 or 2"),
         ({"act": "gelu"}, "act must be one of"),
-        ({"dtype": "int8"}, "dtype must be one of"),
+        ({"dtype": "int4"}, "dtype must be one of"),
         ({"kernel": 4}, "kernel must be odd"),
         ({"kind": "conv"}, "kind 'conv' is not one of"),
         ({"se": -1}, "se must be a non-negative integer"),

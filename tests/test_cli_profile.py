@@ -220,3 +220,30 @@ def test_profile_with_other_host_backends(backend: str, tmp_path: Path) -> None:
     with LutStore(db) as store:
         rows = store.measurements(Conditions("cpu"))
         assert {r.conditions.backend for r in rows} == {backend} and all(r.stats.median_us > 0 for r in rows)
+
+
+def test_int8_blocks_are_quantized_lowered_timed_and_estimated_from_int8_rows_only(tmp_path: Path) -> None:
+    pytest.importorskip("executorch")
+    db = str(tmp_path / "lut.sqlite")
+    arch = tmp_path / "four.json"
+    arch.write_text(json.dumps(FOUR_BLOCKS))
+    refused = lut("profile", "--arch", str(arch), "--dtype", "int8", "--protocol", "quick", "--db", db, check=False)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "int8 runs on the executorch backend (XNNPACK's quantized kernels, as phones run it), not on torch" in (
+        refused.stderr
+    )
+    common = ["--arch", str(arch), "--backend", "executorch", "--protocol", "quick", "--db", db, "--json"]
+    for dtype in ("fp32", "int8"):  # the same blocks in both: an estimate must take its own dtype's rows
+        out = json.loads(lut("profile", *common, "--dtype", dtype).stdout)
+        assert out["measured"] == len(arch_keys(arch)) and not out["failed"]
+    with LutStore(db) as store:
+        int8 = store.measurements(Conditions("cpu", "executorch", dtype="int8"))
+        assert len(int8) == len(arch_keys(arch)) and all(r.block_key.endswith("_int8") for r in int8)
+        assert all(r.stats.median_us > 0 and r.conditions.dtype == "int8" for r in int8)
+    estimate = json.loads(
+        lut(
+            "estimate", str(arch), "--backend", "executorch", "--dtype", "int8", "--no-profile", "--json", "--db", db
+        ).stdout
+    )
+    assert {b["key"] for b in estimate["blocks"]} == {r.block_key for r in int8} and estimate["dtype"] == "int8"
+    assert estimate["sum_ms"] == pytest.approx(sum(r.stats.median_us for r in int8) / 1e3)

@@ -23,7 +23,7 @@ app = typer.Typer()
 def blocks(
     model: Annotated[str, typer.Argument(help="A model name (see `lut models`) or an ARCH.json file.")],
     batch: Annotated[int, typer.Option(min=1, help="Batch size of the block inputs.")] = 1,
-    dtype: Annotated[str, typer.Option(help="Data type: fp32, fp16 or bf16.")] = "fp32",
+    dtype: Annotated[str, typer.Option(help="Data type: fp32, fp16, bf16 or int8.")] = "fp32",
     as_json: JsonOpt = False,
 ) -> None:
     """Show a model's blocks from stem to classifier, with shapes, FLOPs and params."""

@@ -44,7 +44,7 @@ DeviceOpt = Annotated[
 BackendOpt = Annotated[str | None, typer.Option(envvar="LUT_BACKEND", help="Backend [default: the device's first].")]
 ThreadsOpt = Annotated[int, typer.Option(min=1, envvar="LUT_THREADS", help="Threads of the runtime.")]
 BatchOpt = Annotated[int, typer.Option(min=1, help="Batch size.")]
-DtypeOpt = Annotated[str, typer.Option(help="fp32, fp16 or bf16.")]
+DtypeOpt = Annotated[str, typer.Option(help="fp32, fp16, bf16 or int8 (int8: with --backend executorch).")]
 ProtocolOpt = Annotated[
     str,
     typer.Option(envvar="LUT_PROTOCOL", help="Measurement protocol: standard, or quick (a smoke test: tiny budgets)."),

@@ -133,6 +133,7 @@ def open_session(
     device = resolve_device(conditions.device, **(device_options or {}))
     backend = with_backend(conditions).backend or ""
     device.check_backend(backend)
+    device.check_dtype(backend, conditions.dtype)
     device.check_threads(conditions.threads)
     fingerprint, identity = device.fingerprint(), device.identity()  # reaches the device (a phone: adb) first
     implementation = backend_class(device.implementation(backend)[0])

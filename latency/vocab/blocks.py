@@ -19,7 +19,10 @@ KINDS = ("stem", "ir", "skip", "head", "classifier")
 # Far beyond any mobile network, and small enough that FLOPs and params fit a 64-bit table column.
 MAX_SIZE = {"c_in": 65536, "mid": 65536, "c_out": 65536, "kernel": 15, "h": 8192, "w": 8192, "batch": 4096}
 ACTIVATIONS = ("relu", "hswish", "none")
-DTYPES = ("fp32", "fp16", "bf16")
+DTYPES = ("fp32", "fp16", "bf16", "int8")
+# int8: weights and activations quantized as a deployment quantizes them (PT2E, XNNPACK's int8 kernels); only
+# the runtime phones use runs it (profilers.devices.QUANTIZED_BACKENDS).
+QUANTIZED_DTYPES = ("int8",)
 # Where a block was timed: the `context` its row's protocol records when timed inside whole networks
 # (latency.jobs.in_context); a row without one was timed alone.
 CONTEXT_ALONE, CONTEXT_NETWORK = "alone", "network"

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from latency.vocab.blocks import QUANTIZED_DTYPES
 from latency.vocab.paths import user_cache_dir
 from profilers.backends.base import Backend, Runner
 from profilers.backends.torch_cpu import built_module, seeded_input
@@ -53,16 +54,40 @@ def program_path(target: Target) -> Path:
     return user_cache_dir() / "programs" / f"{hashlib.sha256(identity.encode()).hexdigest()}.pte"
 
 
+CALIBRATION_BATCHES = 4  # seeded inputs an int8 program's activation ranges are observed on
+
+
 def export_program(target: Target) -> bytes:
-    """The target lowered to an ExecuTorch program (XNNPACK delegate), as `.pte` bytes."""
+    """The target lowered to an ExecuTorch program (XNNPACK delegate), as `.pte` bytes; an int8 target
+    quantized first as a deployment quantizes it (quantize_program)."""
     import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
     module, x = built_module(target), seeded_input(target)
+    if target.dtype in QUANTIZED_DTYPES:
+        module = quantize_program(module, x)
     exported = torch.export.export(module, (x,))
     program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
     return program.buffer
+
+
+def quantize_program(module: Any, x: Any) -> Any:
+    """`module` quantized to int8 the documented PT2E way: XNNPACKQuantizer's symmetric config, weights per
+    channel, activations calibrated on seeded inputs shaped like `x`."""
+    import torch
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(torch.export.export(module, (x,)).module(), quantizer)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(CALIBRATION_BATCHES):
+        prepared(torch.randn(x.shape, generator=generator, dtype=x.dtype))
+    return convert_pt2e(prepared)
 
 
 class ExecuTorchCPU(Backend):

@@ -7,7 +7,8 @@ from typing import Any
 from profilers.backends.base import Backend, PartsRunner, Runner
 from profilers.targets import ArchTarget, Target
 
-TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+# int8 blocks are built in float32 and quantized when exported (profilers.backends.executorch_cpu)
+TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int8": "float32"}
 
 
 def input_shape(target: Target) -> tuple[int, ...]:
