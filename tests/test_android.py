@@ -269,3 +269,37 @@ def test_a_new_phone_from_a_few_whole_network_runs(fake_adb, tmp_path: Path) -> 
     answer = json.loads(estimate.stdout)
     assert answer["latency_ms"] > 0 and answer["calibration"]["transferred_from"] == "cpu/executorch, 1 thread(s)"
     assert answer["calibration"]["transfer_runs"] == 4 and {b["source"] for b in answer["blocks"]} == {"transferred"}
+
+
+@pytest.mark.skipif(not HAS_EXECUTORCH, reason="executorch is not installed (pip install 'lut[executorch]')")
+def test_a_phone_runs_the_int8_programs_the_host_quantized(fake_adb, tmp_path: Path) -> None:
+    from profilers.backends.executorch_cpu import program_bytes
+    from profilers.targets import parse_target
+
+    fake_adb(PIXEL)
+    db = str(tmp_path / "t.sqlite")
+    arch = {
+        "resolution": 32,
+        "blocks": [
+            {"op": "conv_k3_hs", "c_out": 8, "stride": 2},
+            {"op": "ir_k5", "c_out": 8, "mid": 8},
+            {"op": "ir_pool_hs", "c_out": 64, "mid": 48},
+            {"op": "fc", "c_out": 10},
+        ],
+    }
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(arch))
+    args = ["profile", "--device", "pixel", "--arch", str(path), "--dtype", "int8", "--runner"]
+    proc = lut(*args, str(runner_binary(tmp_path)), "--protocol", "quick", "--db", db, "--json")
+    assert proc.returncode == 0, proc.stderr
+    keys = {s.key for s in blocks_of(arch, dtype="int8")}
+    with LutStore(db) as store:
+        rows = store.measurements(Conditions("pixel", "executorch", dtype="int8"))
+    assert {r.block_key for r in rows} == keys and all(r.stats.median_us > 0 for r in rows)
+    # What the phone ran is the host's quantized program of each block: the stand-in runner's time follows
+    # the size of the program it was given (tests/stand_in/executor_runner.py).
+    for row in rows:
+        program_ms = 0.05 + len(program_bytes(parse_target(row.block_key))) / 20_000
+        assert row.stats.median_us == pytest.approx(program_ms * 1e3, rel=0.02)
+    ir = next(k for k in keys if k.startswith("ir_"))
+    assert len(program_bytes(parse_target(ir))) != len(program_bytes(parse_target(ir.replace("_int8", "_fp32"))))
