@@ -147,3 +147,24 @@ def test_gradient_descent_meets_a_latency_target(cost: LatencyCost, calibrated_s
     assert cost(probs, resolution).item() == pytest.approx(target, rel=0.03)
     chosen = estimator.estimate(SPACE.arch(argmax_point(cost, logits))).latency_ms
     assert chosen == pytest.approx(target, rel=0.05)  # annealed to one-hot: the argmax meets it too
+
+
+def test_an_int8_cost_is_the_int8_estimate_and_differentiable(tmp_path: Path) -> None:
+    from latency.vocab.conditions import Conditions
+
+    int8 = Conditions("cpu", "executorch", dtype="int8")
+    store = LutStore(str(tmp_path / "lut.sqlite"))
+    fill(store, SPACE.all_specs(dtype="int8"), backend="executorch")
+    fill(store, SPACE.all_specs(), backend="executorch", scale=3.0)  # fp32 beside it, three times slower
+    cost = LatencyCost(SPACE, estimator=Estimator(int8, store=store))
+    estimator = Estimator(int8, store=store)
+    for point in SPACE.sample(5, seed=2):
+        widths, resolution = cost.one_hot(point)
+        estimate = estimator.estimate(SPACE.arch(point))
+        assert all(b.key.endswith("_int8") for b in estimate.blocks)
+        assert cost(widths, resolution).item() == pytest.approx(estimate.latency_ms, rel=1e-6)
+    widths = {k: torch.full_like(v, 1 / v.numel(), requires_grad=True) for k, v in cost.one_hot(point)[0].items()}
+    resolution = torch.full((len(SPACE.resolutions),), 1 / len(SPACE.resolutions), requires_grad=True)
+    cost(widths, resolution).backward()
+    assert all(w.grad is not None and torch.isfinite(w.grad).all() for w in widths.values())
+    assert resolution.grad is not None and resolution.grad.abs().sum() > 0
