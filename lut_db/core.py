@@ -7,7 +7,6 @@ written by a newer lut.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -22,7 +21,6 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from latency.vocab.conditions import Conditions
-from latency.vocab.timing import TimingStats
 from lut_db.engine import WRITE_OPTION, build_engine, ensure_parent, is_sqlite, resolve_url, sqlite_read_only
 from lut_db.errors import StoreError, one_line
 from lut_db.models import (
@@ -32,7 +30,7 @@ from lut_db.models import (
     DeviceRow,
     Meta,
 )
-from lut_db.records import Provenance, from_columns
+from lut_db.records import column_names, from_columns
 from lut_db.upgrade import upgrade
 
 if TYPE_CHECKING:
@@ -93,21 +91,14 @@ def without_device(conditions: Conditions) -> dict[str, Any]:
 def as_record(cls: type[R], row: Any, device: str) -> R:
     """A stored row as its record (MeasurementRecord, E2ERecord, FitRecord): its conditions with the
     device's name in place of its id, the JSON columns parsed, an end-to-end run's empty tag as None."""
-    values: dict[str, Any] = {
-        "device": device,
-        **{c: getattr(row, c) for c in ("backend", "threads", "batch", "dtype")},
-    }
-    for f in dataclasses.fields(cls):
-        if not f.init or f.name == "conditions":
-            continue
-        names = [f.name]
-        if f.name in ("stats", "provenance"):  # composed of columns of their own
-            names = [part.name for part in dataclasses.fields(TimingStats if f.name == "stats" else Provenance)]
-        for name in names:
-            if name in _JSON_COLUMNS:
-                values[name] = json.loads(getattr(row, _JSON_COLUMNS[name]))
-            else:
-                values[name] = getattr(row, name)
+    values: dict[str, Any] = {}
+    for name in column_names(cls):
+        if name == "device":
+            values[name] = device
+        elif name in _JSON_COLUMNS:
+            values[name] = json.loads(getattr(row, _JSON_COLUMNS[name]))
+        else:
+            values[name] = getattr(row, name)
     if "tag" in values:
         values["tag"] = values["tag"] or None
     return from_columns(cls, values)

@@ -136,11 +136,36 @@ def _check_resolved(conditions: Conditions) -> None:
 
 
 _COMPOSED = ("conditions", "stats", "provenance")
+_CONDITION_COLUMNS = ("device", "backend", "threads", "batch", "dtype")  # Conditions' fields, in its order
+
+
+@functools.cache
+def _own_names(cls: type) -> tuple[str, ...]:
+    """A record's own fields, its composed parts left out (cached: every stored row is read through here)."""
+    return tuple(f.name for f in fields(cls) if f.init and f.name not in _COMPOSED)
+
+
+@functools.cache
+def _has_parts(cls: type) -> bool:
+    """Whether a record holds stats and provenance (a measurement, a run) or not (a fit)."""
+    return "stats" in {f.name for f in fields(cls)}
+
+
+@functools.cache
+def column_names(cls: type) -> tuple[str, ...]:
+    """The table's columns a record of `cls` is made of: its conditions, its parts flattened, its own fields."""
+    parts = (*_own_names(TimingStats), *_own_names(Provenance)) if _has_parts(cls) else ()
+    return (*_CONDITION_COLUMNS, *parts, *_own_names(cls))
+
+
+@functools.cache
+def _known_columns(cls: type) -> frozenset[str]:
+    return frozenset(column_names(cls)) | {f.name for f in fields(cls)}  # a run's derived arch_hash too
 
 
 def columns(record: MeasurementRecord | E2ERecord | FitRecord) -> dict[str, Any]:
     """The record as the table's columns: its conditions and statistics flattened beside its other fields."""
-    values = {f.name: getattr(record, f.name) for f in fields(record) if f.init and f.name not in _COMPOSED}
+    values = {name: getattr(record, name) for name in _own_names(type(record))}
     if not isinstance(record, (MeasurementRecord, E2ERecord)):
         return {**record.conditions.columns(), **values}
     return {**record.conditions.columns(), **asdict(record.stats), **asdict(record.provenance), **values}
@@ -151,18 +176,14 @@ R = TypeVar("R", "MeasurementRecord", "E2ERecord", "FitRecord")
 
 def from_columns(cls: type[R], values: Mapping[str, Any]) -> R:
     """A record from the table's columns (the inverse of `columns`): unknown columns are an error."""
-    names = {f.name for f in fields(cls) if f.init}
-    own = {name: values[name] for name in names - set(_COMPOSED) if name in values}
-    conditions = Conditions(values["device"], values["backend"], values["threads"], values["batch"], values["dtype"])
-    if "stats" in names:
-        own["stats"] = TimingStats(**{f.name: values[f.name] for f in fields(TimingStats)})
-        own["provenance"] = Provenance(**{f.name: values[f.name] for f in fields(Provenance)})
-    parts = (*fields(TimingStats), *fields(Provenance))
-    known = {f.name for f in fields(cls)} | set(conditions.columns()) | {f.name for f in parts}
-    unknown = sorted(set(values) - known)
+    unknown = sorted(set(values) - _known_columns(cls))
     if unknown:
         raise TypeError(f"{cls.__name__} has no column {unknown[0]!r}")
-    return cls(conditions=conditions, **own)
+    own = {name: values[name] for name in _own_names(cls) if name in values}
+    if _has_parts(cls):
+        own["stats"] = TimingStats(**{name: values[name] for name in _own_names(TimingStats)})
+        own["provenance"] = Provenance(**{name: values[name] for name in _own_names(Provenance)})
+    return cls(conditions=Conditions(*(values[c] for c in _CONDITION_COLUMNS)), **own)
 
 
 def check_aware(value: Any, name: str) -> None:
