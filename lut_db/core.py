@@ -30,7 +30,7 @@ from lut_db.models import (
     DeviceRow,
     Meta,
 )
-from lut_db.records import column_names, from_columns
+from lut_db.records import canonical_json, column_names, from_columns
 from lut_db.upgrade import upgrade
 
 if TYPE_CHECKING:
@@ -86,6 +86,16 @@ _JSON_COLUMNS = {
 def without_device(conditions: Conditions) -> dict[str, Any]:
     """The conditions' columns but the device, which a row holds by its id."""
     return {k: v for k, v in conditions.columns().items() if k != "device"}
+
+
+def row_values(flat: dict[str, Any]) -> dict[str, Any]:
+    """A record's columns (records.columns) as its table's row takes them: the device left for its id, the
+    JSON columns as canonical text."""
+    values = {name: value for name, value in flat.items() if name != "device"}
+    for name in ("protocol", "environment"):
+        values[name] = canonical_json(values[name], name)
+    values["stable"] = bool(values["stable"])
+    return values
 
 
 def as_record(cls: type[R], row: Any, device: str) -> R:

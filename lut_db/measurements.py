@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from latency.vocab.conditions import Conditions
 from latency.vocab.timing import STAT_COLUMNS
 from lut_db.checks import check_measurement
-from lut_db.core import StoreCore, as_record, chunks, filtered, under, without_device
+from lut_db.core import StoreCore, as_record, chunks, filtered, row_values, under
 from lut_db.errors import StoreError
 from lut_db.models import (
     BLOCK_COLUMNS,
@@ -23,7 +23,6 @@ from lut_db.models import (
 )
 from lut_db.records import (
     MeasurementRecord,
-    canonical_json,
     check_aware,
     columns,
 )
@@ -64,20 +63,7 @@ class Measurements(StoreCore):
             check_aware(rec.provenance.measured_at, "measured_at")
             flat = columns(rec)
             check_measurement(flat)
-            rows.append(
-                {
-                    "block_key": rec.block_key,
-                    **without_device(rec.conditions),
-                    "backend_version": rec.backend_version,
-                    **{c: flat[c] for c in STAT_COLUMNS},
-                    "protocol": canonical_json(rec.provenance.protocol, "protocol"),
-                    "environment": canonical_json(rec.provenance.environment, "environment"),
-                    "measured_at": rec.provenance.measured_at,
-                    "stable": bool(rec.provenance.stable),
-                    "source": rec.source,
-                    "expected_error": rec.expected_error,
-                }
-            )
+            rows.append(row_values(flat))
 
         def write(session: Session) -> None:
             device_ids: dict[str, int] = {}

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from latency.vocab.conditions import Conditions
 from latency.vocab.timing import STAT_COLUMNS
 from lut_db.checks import check_run
-from lut_db.core import StoreCore, as_record, filtered, under, without_device
+from lut_db.core import StoreCore, as_record, filtered, row_values, under
 from lut_db.models import (
     E2E_KEY,
     DeviceRow,
@@ -18,7 +18,6 @@ from lut_db.models import (
 )
 from lut_db.records import (
     E2ERecord,
-    canonical_json,
     check_aware,
     columns,
 )
@@ -36,20 +35,7 @@ class Runs(StoreCore):
         check_aware(rec.provenance.measured_at, "measured_at")
         flat = columns(rec)
         check_run(flat)
-        values = {
-            "arch_hash": rec.arch_hash,
-            **without_device(rec.conditions),
-            "backend_version": rec.backend_version,
-            "tag": rec.tag or "",
-            "deploy_env": rec.deploy_env,
-            **{c: flat[c] for c in STAT_COLUMNS},
-            "arch_name": rec.arch_name,
-            "arch_json": rec.arch_json,
-            "protocol": canonical_json(rec.provenance.protocol, "protocol"),
-            "environment": canonical_json(rec.provenance.environment, "environment"),
-            "measured_at": rec.provenance.measured_at,
-            "stable": bool(rec.provenance.stable),
-        }
+        values = {**row_values(flat), "arch_hash": rec.arch_hash, "tag": rec.tag or ""}
         stmt = self._insert(E2ERun)
         stmt = stmt.on_conflict_do_update(index_elements=list(E2E_KEY), set_={c: stmt.excluded[c] for c in E2E_VALUES})
 
