@@ -13,6 +13,7 @@ from typing import Any
 
 from latency.vocab.blocks import DTYPES, BlockSpec, BlockSpecError
 from latency.vocab.conditions import MAX_DEVICE_CHARS, MAX_LABEL_CHARS, is_device_name, is_label
+from latency.vocab.errors import shown
 from latency.vocab.timing import POSITIVE_TIMES_US, SPREAD_TIMES_US
 from lut_db.errors import StoreError
 from lut_db.models import SOURCES
@@ -62,17 +63,12 @@ def check_timing(values: Mapping[str, Any], *, predicted: bool = False) -> None:
         _whole(values, name, 0 if predicted else 1)
 
 
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else f"{text[:57]}..."
-
-
 def check_label(values: Mapping[str, Any], name: str) -> None:
     if not is_label(values[name]):
         raise RowError(
             name,
             f"{name} must be letters, digits and _.:+- (at most {MAX_LABEL_CHARS} characters), "
-            f"not {_shown(values[name])}.",
+            f"not {shown(values[name])}.",
         )
 
 
@@ -82,7 +78,7 @@ def check_conditions(values: Mapping[str, Any]) -> None:
         raise RowError(
             "device",
             f"device must be a device's name (letters, digits and _.:-, at most {MAX_DEVICE_CHARS} characters, "
-            f"as --device takes it), not {_shown(values['device'])}.",
+            f"as --device takes it), not {shown(values['device'])}.",
         )
     for name in ("backend", "backend_version"):
         if name in values:

@@ -17,7 +17,7 @@ from latency.vocab.arch import Arch
 from latency.vocab.blocks import DTYPES, MAX_SIZE, BlockSpec
 from latency.vocab.conditions import Conditions, is_device_name
 from latency.vocab.deploy_env import DeployEnv
-from latency.vocab.errors import LutError
+from latency.vocab.errors import LutError, shown
 from profilers.backends import BACKENDS
 from profilers.protocol import PROTOCOLS
 
@@ -60,7 +60,7 @@ class RunsJob:
 def _text(args: Mapping[str, Any], name: str, limit: int) -> str:
     value = args.get(name)
     if not isinstance(value, str):
-        raise InvalidJob(f"'{name}' must be a text, got {_shown(value)}.")
+        raise InvalidJob(f"'{name}' must be a text, got {shown(value)}.")
     if len(value) > limit:
         raise InvalidJob(f"'{name}' is {len(value)} characters long, more than the {limit} a job may hold.")
     return value
@@ -69,39 +69,34 @@ def _text(args: Mapping[str, Any], name: str, limit: int) -> str:
 def _integer(args: Mapping[str, Any], name: str, maximum: int) -> int:
     value = args.get(name)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
-        raise InvalidJob(f"'{name}' must be an integer from 1 to {maximum}, got {_shown(value)}.")
+        raise InvalidJob(f"'{name}' must be an integer from 1 to {maximum}, got {shown(value)}.")
     return value
 
 
 def _texts(args: Mapping[str, Any], name: str, most: int, limit: int) -> list[str]:
     values = args.get(name)
     if not isinstance(values, list) or not values:
-        raise InvalidJob(f"'{name}' must be a non-empty list, got {_shown(values)}.")
+        raise InvalidJob(f"'{name}' must be a non-empty list, got {shown(values)}.")
     if len(values) > most:
         raise InvalidJob(f"'{name}' holds {len(values)} items, more than the {most} a job may hold.")
     for value in values:
         if not isinstance(value, str):
-            raise InvalidJob(f"'{name}' must hold texts, got {_shown(value)}.")
+            raise InvalidJob(f"'{name}' must hold texts, got {shown(value)}.")
         if len(value) > limit:
             raise InvalidJob(f"an item of '{name}' is {len(value)} characters long, more than the {limit} allowed.")
     return values
 
 
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else f"{text[:57]}..."
-
-
 def _conditions(args: Mapping[str, Any]) -> Conditions:
     device = _text(args, "device", MAX_NAME_CHARS)
     if not is_device_name(device):
-        raise InvalidJob(f"'device' must be a device name, got {_shown(device)}.")
+        raise InvalidJob(f"'device' must be a device name, got {shown(device)}.")
     backend = _text(args, "backend", MAX_NAME_CHARS)
     if backend not in BACKENDS:
-        raise InvalidJob(f"'backend' must be one of {', '.join(BACKENDS)}, got {_shown(backend)}.")
+        raise InvalidJob(f"'backend' must be one of {', '.join(BACKENDS)}, got {shown(backend)}.")
     dtype = _text(args, "dtype", MAX_NAME_CHARS)
     if dtype not in DTYPES:
-        raise InvalidJob(f"'dtype' must be one of {', '.join(DTYPES)}, got {_shown(dtype)}.")
+        raise InvalidJob(f"'dtype' must be one of {', '.join(DTYPES)}, got {shown(dtype)}.")
     threads = _integer(args, "threads", MAX_THREADS)
     batch = _integer(args, "batch", MAX_SIZE["batch"])
     return Conditions(device, backend, threads, batch, dtype)
@@ -113,7 +108,7 @@ def parse_job(args: Mapping[str, Any]) -> BlocksJob | RunsJob:
     unknown = sorted(set(args) - known)
     if unknown:
         raise InvalidJob(
-            f"the job holds {_shown(unknown[0])}, which no job lut queues holds "
+            f"the job holds {shown(unknown[0])}, which no job lut queues holds "
             f"(a job of {kind} holds {', '.join(sorted(known))})."
         )
     missing = sorted(known - set(args))
@@ -122,7 +117,7 @@ def parse_job(args: Mapping[str, Any]) -> BlocksJob | RunsJob:
     conditions = _conditions(args)
     protocol = _text(args, "protocol", MAX_NAME_CHARS)
     if protocol not in PROTOCOLS:
-        raise InvalidJob(f"'protocol' must be one of {', '.join(PROTOCOLS)}, got {_shown(protocol)}.")
+        raise InvalidJob(f"'protocol' must be one of {', '.join(PROTOCOLS)}, got {shown(protocol)}.")
     try:
         if kind == "keys":
             keys = _texts(args, "keys", MAX_KEYS, MAX_KEY_CHARS)
