@@ -107,15 +107,13 @@ class QueueSummary:
         return asdict(self)
 
 
-def _active_args(store: LutStore, conditions: Conditions) -> list[dict[str, Any]]:
-    """The arguments of the queued and running jobs under `conditions` (procrastinate's job list)."""
-    app = queue_app(store.url, asynchronous=False)
-    with app.open():
-        jobs = [
-            job
-            for status in ("todo", "doing")
-            for job in app.job_manager.list_jobs(queue=queue_of(conditions.device), task=TASK_NAME, status=status)
-        ]
+def _active_args(app: Any, conditions: Conditions) -> list[dict[str, Any]]:
+    """The arguments of the queued and running jobs under `conditions` (procrastinate's job list; `app` open)."""
+    jobs = [
+        job
+        for status in ("todo", "doing")
+        for job in app.job_manager.list_jobs(queue=queue_of(conditions.device), task=TASK_NAME, status=status)
+    ]
     return [job.task_kwargs for job in jobs if _same_conditions(job.task_kwargs, conditions)]
 
 
@@ -134,14 +132,16 @@ def enqueue_blocks(
     backend = conditions.backend or ""
     summary = QueueSummary(conditions.device, backend, conditions.threads, requested=len(specs))
     present = store.measured_keys(conditions)
-    queued = {key for args in _active_args(store, conditions) for key in listed(args, "keys") if isinstance(key, str)}
-    unique = list({s.key: s for s in specs}.values())
-    todo = [s.key for s in unique if s.key not in present and s.key not in queued]
-    summary.already_present = sum(s.key in present for s in unique)
-    summary.already_queued = sum(s.key in queued and s.key not in present for s in unique)
-    size = job_size or PROTOCOLS[protocol].group_size
-    groups = [todo[start : start + size] for start in range(0, len(todo), size)]
-    ids = _defer(store, conditions, [_job_args(conditions, protocol, keys) for keys in groups])
+    app = queue_app(store.url, asynchronous=False)
+    with app.open():  # one connection for the queue's reading and the deferring
+        queued = {key for args in _active_args(app, conditions) for key in listed(args, "keys") if isinstance(key, str)}
+        unique = list({s.key: s for s in specs}.values())
+        todo = [s.key for s in unique if s.key not in present and s.key not in queued]
+        summary.already_present = sum(s.key in present for s in unique)
+        summary.already_queued = sum(s.key in queued and s.key not in present for s in unique)
+        size = job_size or PROTOCOLS[protocol].group_size
+        groups = [todo[start : start + size] for start in range(0, len(todo), size)]
+        ids = _defer(app, conditions, [_job_args(conditions, protocol, keys) for keys in groups])
     for keys, job_id in zip(groups, ids, strict=True):
         if job_id is None:  # another host queued the same group a moment ago
             summary.already_queued += len(keys)
@@ -151,20 +151,19 @@ def enqueue_blocks(
     return summary
 
 
-def _defer(store: LutStore, conditions: Conditions, jobs: list[dict[str, Any]]) -> list[int | None]:
-    """Each job's id, or None where the same job is queued already (procrastinate's queueing lock)."""
+def _defer(app: Any, conditions: Conditions, jobs: list[dict[str, Any]]) -> list[int | None]:
+    """Each job's id, or None where the same job is queued already (procrastinate's queueing lock; `app`
+    open)."""
     from procrastinate.exceptions import AlreadyEnqueued
 
     ids: list[int | None] = []
-    app = queue_app(store.url, asynchronous=False)
-    with app.open():
-        for args in jobs:
-            digest = hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:32]
-            deferrer = app.configure_task(TASK_NAME, queue=queue_of(conditions.device), queueing_lock=digest)
-            try:
-                ids.append(deferrer.defer(**args))
-            except AlreadyEnqueued:
-                ids.append(None)
+    for args in jobs:
+        digest = hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:32]
+        deferrer = app.configure_task(TASK_NAME, queue=queue_of(conditions.device), queueing_lock=digest)
+        try:
+            ids.append(deferrer.defer(**args))
+        except AlreadyEnqueued:
+            ids.append(None)
     return ids
 
 
@@ -205,31 +204,33 @@ def enqueue_runs(
         specs = [s for a in archs for s in a.specs(conditions.batch, conditions.dtype)]
         summary.blocks = enqueue_blocks(store, conditions, specs, protocol)
     present = {r.arch_hash for r in store.e2e_runs(conditions, tag=tag, deploy_env=deploy_env.name)}
-    queued = {
-        arch_hash(text_)
-        for args in _active_args(store, conditions)
-        if args.get("tag") == tag
-        for text_ in listed(args, "archs")
-        if isinstance(text_, str)
-    }
-    unique = list({arch_hash(a.to_json()): a for a in archs}.items())
-    todo = [a for h, a in unique if h not in present and h not in queued]
-    summary.already_present = sum(h in present for h, _ in unique)
-    summary.already_queued = sum(h in queued and h not in present for h, _ in unique)
-    jobs = [
-        {
-            **conditions.columns(),
-            "protocol": protocol,
-            "tag": tag,
-            "deploy_env": deploy_env.name,
-            "archs": [a.to_json()],
+    app = queue_app(store.url, asynchronous=False)
+    with app.open():  # one connection for the queue's reading and the deferring
+        queued = {
+            arch_hash(text_)
+            for args in _active_args(app, conditions)
+            if args.get("tag") == tag
+            for text_ in listed(args, "archs")
+            if isinstance(text_, str)
         }
-        for a in todo
-    ]
-    for job_id in _defer(store, conditions, jobs):
-        if job_id is None:
-            summary.already_queued += 1
-        else:
-            summary.jobs.append(job_id)
-            summary.queued_networks += 1
+        unique = list({arch_hash(a.to_json()): a for a in archs}.items())
+        todo = [a for h, a in unique if h not in present and h not in queued]
+        summary.already_present = sum(h in present for h, _ in unique)
+        summary.already_queued = sum(h in queued and h not in present for h, _ in unique)
+        jobs = [
+            {
+                **conditions.columns(),
+                "protocol": protocol,
+                "tag": tag,
+                "deploy_env": deploy_env.name,
+                "archs": [a.to_json()],
+            }
+            for a in todo
+        ]
+        for job_id in _defer(app, conditions, jobs):
+            if job_id is None:
+                summary.already_queued += 1
+            else:
+                summary.jobs.append(job_id)
+                summary.queued_networks += 1
     return summary
