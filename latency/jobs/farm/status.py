@@ -31,14 +31,6 @@ STATUSES = ("todo", "doing", "succeeded", "failed", "cancelled", "aborted")
 _NAMES = {"todo": "queued", "doing": "running", "succeeded": "done"}
 
 
-@dataclass(frozen=True)
-class _JobRow:
-    id: int
-    queue_name: str
-    status: str
-    args: dict[str, Any]
-
-
 def farm_status(store: LutStore, device: str | None = None, window_min: float = 10.0) -> list[DeviceJobs]:
     """Jobs and blocks per state, live workers, throughput and ETA, per device (one or all)."""
     if device is not None:
@@ -48,8 +40,7 @@ def farm_status(store: LutStore, device: str | None = None, window_min: float = 
     ledger = FarmLedger(store.engine)
     app = queue_app(store.url, asynchronous=False)
     with app.open():
-        listed_jobs = app.job_manager.list_jobs(queue=None if device is None else queue_of(device), task=TASK_NAME)
-    jobs = [_JobRow(j.id, j.queue, j.status, j.task_kwargs) for j in listed_jobs]
+        jobs = app.job_manager.list_jobs(queue=None if device is None else queue_of(device), task=TASK_NAME)
     # procrastinate lists jobs but not its events: the finished jobs' times for the throughput are read here
     where = "task_name = :t" + ("" if device is None else " AND queue_name = :q")
     params = {"t": TASK_NAME, "q": queue_of(device or "")}
@@ -66,13 +57,17 @@ def farm_status(store: LutStore, device: str | None = None, window_min: float = 
         now = conn.execute(text("SELECT now()")).scalar()
     by_device: dict[str, list[Any]] = {}
     for job in jobs:
-        by_device.setdefault(job.queue_name.removeprefix("lut:"), []).append(job)
+        by_device.setdefault(job.queue.removeprefix("lut:"), []).append(job)
     result = []
     for name in sorted(by_device if device is None else {device} | set(by_device)):
         mine = by_device.get(name, [])
         counts = {_NAMES.get(s, s): sum(j.status == s for j in mine) for s in STATUSES}
-        blocks = {_NAMES.get(s, s): sum(count_held(j.args, "keys") for j in mine if j.status == s) for s in STATUSES}
-        networks = {_NAMES.get(s, s): sum(count_held(j.args, "archs") for j in mine if j.status == s) for s in STATUSES}
+        blocks = {
+            _NAMES.get(s, s): sum(count_held(j.task_kwargs, "keys") for j in mine if j.status == s) for s in STATUSES
+        }
+        networks = {
+            _NAMES.get(s, s): sum(count_held(j.task_kwargs, "archs") for j in mine if j.status == s) for s in STATUSES
+        }
         done_recent = [r for r in recent if r.queue_name == queue_of(name)]
         rate = None
         if done_recent:
