@@ -29,9 +29,10 @@ def masked(text: str, *paths: Path | str) -> str:
     return re.sub(r"\s+", " ", text).strip().replace(". ", ".\n") + "\n"
 
 
-def check(name: str, text: str) -> None:
+def check(name: str, text: str, folder: Path = GOLDEN) -> None:
+    """`text` is the snapshot `folder/name.txt` (written instead with LUT_GOLDEN_WRITE=1), and no markup."""
     assert "[bold" not in text and "[/" not in text  # the console prints markup as it is
-    path = GOLDEN / f"{name}.txt"
+    path = folder / f"{name}.txt"
     if WRITE:
         path.parent.mkdir(exist_ok=True)
         path.write_text(text)
