@@ -230,12 +230,15 @@ def check_device_name(name: str) -> None:
         raise ProfilerError(f"'{name}' is not a device name: use cpu, cuda[:N], or a phone's name.", exit_code=2)
 
 
+def backend_of(conditions: Conditions) -> str:
+    """The backend `conditions` name, else the device's default: the one rule for a missing backend, whether
+    a command measures, queues or estimates (`--backend` names another)."""
+    return conditions.backend or resolve_device(conditions.device).default_backend
+
+
 def with_backend(conditions: Conditions) -> Conditions:
-    """`conditions` with their backend resolved by the one rule for a missing backend: the device's default
-    (`--backend` names another), whether a command measures, queues or estimates."""
-    if conditions.backend is not None:
-        return conditions
-    return conditions.with_backend(resolve_device(conditions.device).default_backend)
+    """`conditions` with their backend resolved (backend_of)."""
+    return conditions.with_backend(backend_of(conditions))
 
 
 def resolve_device(name: str, serial: str | None = None, runner: str | None = None) -> Device:

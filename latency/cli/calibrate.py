@@ -94,9 +94,9 @@ def calibrate(
     from latency.jobs.calibrate import calibrate as run_calibration
     from latency.jobs.calibrate import run_archs
     from latency.jobs.transfer import check_sources, transfer, transfer_archs
-    from profilers.devices import with_backend
+    from profilers.devices import backend_of
 
-    backend = with_backend(Conditions(device, backend)).backend
+    backend = backend_of(Conditions(device, backend))
     store = open_store(db)
     env = parse_deploy_env(deploy_env)
     conditions = Conditions(device, backend, threads, batch, dtype)

@@ -65,9 +65,9 @@ def validate(
     accuracy."""
     from latency.jobs.calibrate import run_archs
     from latency.jobs.validate import validate as run_validation
-    from profilers.devices import with_backend
+    from profilers.devices import backend_of
 
-    backend = with_backend(Conditions(device, backend)).backend
+    backend = backend_of(Conditions(device, backend))
     archs = run_archs(split_items(models, "--models"), random, seed, space)
     if not archs:
         raise LutError("Nothing to validate: give --models or --random.", exit_code=2)

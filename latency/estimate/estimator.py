@@ -89,7 +89,7 @@ class Estimator:
     """Estimates under one set of conditions (device, backend, threads, batch, dtype), from one table.
 
     `conditions`: a device's name (its default conditions) or a `Conditions`; a backend of None is the
-    device's default (profilers.devices.with_backend).
+    device's default (profilers.devices.backend_of).
     `use_calibration=False` ignores a stored calibration (the raw sum; what calibration fits on).
     `deploy_env` names the deployment the estimate predicts: the calibration fitted on end-to-end runs
     in that environment is used, never one fitted on another's.

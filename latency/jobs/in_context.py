@@ -32,7 +32,7 @@ from latency.vocab.timing import TIMES_US
 from lut_db import LutStore, MeasurementRecord
 from lut_db.records import columns, from_columns
 from profilers.backends import backend_class
-from profilers.devices import resolve_device, with_backend
+from profilers.devices import backend_of, resolve_device
 from profilers.errors import ProfilerError
 from profilers.protocol import ProgressSink, Protocol, Result
 from profilers.targets import ArchTarget
@@ -41,7 +41,7 @@ from profilers.targets import ArchTarget
 def times_in_context(conditions: Conditions) -> bool:
     """Whether blocks can be timed inside networks under `conditions`: networks run in a process on this
     host whose backend runs them block by block (torch eager; not ONNX Runtime, ExecuTorch, CUDA, phones)."""
-    device, backend = resolve_device(conditions.device), with_backend(conditions).backend or ""
+    device, backend = resolve_device(conditions.device), backend_of(conditions)
     device.check_backend(backend)
     return device.host_process and backend_class(device.implementation(backend)[0]).times_in_context
 

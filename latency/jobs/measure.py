@@ -24,7 +24,7 @@ from latency.vocab.timing import TIMES_US
 from lut_db import E2ERecord, LutStore, MeasurementRecord, arch_hash
 from lut_db.records import from_columns
 from profilers.backends import backend_class
-from profilers.devices import Device, resolve_device, with_backend
+from profilers.devices import Device, backend_of, resolve_device
 from profilers.errors import ProfilerError
 from profilers.protocol import PROTOCOLS, ProgressSink, Protocol, Result, Scheduler
 from profilers.targets import ArchTarget, Target, label
@@ -131,7 +131,7 @@ def open_session(
     device_options: dict[str, Any] | None = None,
 ) -> MeasureSession:
     device = resolve_device(conditions.device, **(device_options or {}))
-    backend = with_backend(conditions).backend or ""
+    backend = backend_of(conditions)
     device.check_backend(backend)
     device.check_dtype(backend, conditions.dtype)
     device.check_threads(conditions.threads)

@@ -32,7 +32,7 @@ from latency.vocab.space import Space
 from latency.vocab.timing import TimingStats
 from lut_db import FitRecord, LutStore, MeasurementRecord
 from lut_db.records import Provenance
-from profilers.devices import with_backend
+from profilers.devices import backend_of
 from profilers.protocol import PROTOCOLS, ProgressSink, Protocol
 
 ROUND_SIZE = 36  # shapes measured between two refits of the predictor
@@ -100,7 +100,8 @@ def profile_space(
     `device_options`: a phone's `serial`, `runner`."""
     started = time.monotonic()
     deadline = started + budget_min * 60
-    conditions = with_backend(conditions)
+    backend = backend_of(conditions)
+    conditions = conditions.with_backend(backend)
     if in_context is None:
         in_context = not device_options and times_in_context(conditions)
     batch, dtype = conditions.batch, conditions.dtype
@@ -108,7 +109,6 @@ def profile_space(
     grid = space.all_specs(batch, dtype)
     by_key = {s.key: s for s in grid}
     env = deploy_env if in_context else None
-    backend = conditions.backend or ""
     summary = SpaceProfileSummary(space.name, conditions.device, backend, len(grid), in_context=in_context)
     summary.measured_before = len(by_key.keys() & _measured(store, conditions, env).keys())
     reachable = set(space.realizations(batch, dtype)) if in_context else set(by_key)

@@ -32,7 +32,7 @@ def is_label(text: object) -> bool:
 @dataclass(frozen=True)
 class Conditions:
     """Device, backend, threads, batch and dtype. `backend=None` leaves the backend to be resolved: the
-    device's default (profilers.devices.with_backend) when measuring, queueing or estimating, any in a query."""
+    device's default (profilers.devices.backend_of) when measuring, queueing or estimating, any in a query."""
 
     device: str = "cpu"
     backend: str | None = None

@@ -18,7 +18,7 @@ from latency.vocab.conditions import Conditions
 from latency.vocab.deploy_env import DEFAULT, DeployEnv
 from latency.vocab.errors import LutError
 from lut_db import LutStore, arch_hash
-from profilers.devices import with_backend
+from profilers.devices import backend_of
 from profilers.protocol import PROTOCOLS
 
 TASK_NAME = "lut.measure"  # a job: a group of blocks (`keys`) or one whole network (`archs`)
@@ -128,8 +128,8 @@ def enqueue_blocks(
     queued job holds."""
     require_postgres(store)
     ensure_queue(store)
-    conditions = with_backend(conditions)  # reaches no device
-    backend = conditions.backend or ""
+    backend = backend_of(conditions)  # reaches no device
+    conditions = conditions.with_backend(backend)
     summary = QueueSummary(conditions.device, backend, conditions.threads, requested=len(specs))
     present = store.measured_keys(conditions)
     app = queue_app(store.url, asynchronous=False)
@@ -197,8 +197,8 @@ def enqueue_runs(
     workers are done, `lut calibrate` with the same options measures nothing and fits."""
     require_postgres(store)
     ensure_queue(store)
-    conditions = with_backend(conditions)
-    backend = conditions.backend or ""
+    backend = backend_of(conditions)
+    conditions = conditions.with_backend(backend)
     summary = RunsQueueSummary(conditions.device, backend, tag, requested=len(archs))
     if with_blocks:
         specs = [s for a in archs for s in a.specs(conditions.batch, conditions.dtype)]
