@@ -25,6 +25,17 @@ def one_thread_per_test_process() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(autouse=True)
+def torch_grad_mode_kept() -> Iterator[None]:
+    """A backend's setup turns autograd off for its whole process (a measuring worker's); tests that run one
+    in-process must not leave the next test, in the same xdist worker, unable to take a gradient."""
+    import torch
+
+    enabled = torch.is_grad_enabled()
+    yield
+    torch.set_grad_enabled(enabled)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def a_cache_of_the_suites_own(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """lut keeps files in the user's cache (the default table, exported programs): the suite keeps its own,
