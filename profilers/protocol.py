@@ -157,6 +157,7 @@ class Result:
     warmup_runs: int = 0
     error: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    lowering: dict[str, Any] = field(default_factory=dict)  # how the runtime took it (Backend.lowering)
     parts: tuple[Result, ...] = ()  # in context: each block of the network, in order, as timed inside it
 
     @property
@@ -174,7 +175,8 @@ class ProgressSink:
 
 def _combine(target: Target, timings: list[Timing], canary: list[float], protocol: Protocol) -> Result:
     result = _combine_samples(target, [t.samples_us for t in timings], canary, protocol)
-    result = replace(result, warmup_runs=sum(t.warmup_runs for t in timings))
+    lowering = timings[0].lowering if timings else {}
+    result = replace(result, warmup_runs=sum(t.warmup_runs for t in timings), lowering=lowering)
     if not timings or not timings[0].part_samples_us:
         return result
     # The network's blocks as timed inside it (each trial's calls, block by block), combined as blocks are.

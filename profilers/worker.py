@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import IO, Any
 
@@ -53,6 +53,7 @@ class Timing:
     samples_us: list[float]
     warmup_runs: int
     part_samples_us: tuple[list[float], ...] = ()  # in context: per block of the network, its times
+    lowering: dict[str, Any] = field(default_factory=dict)  # Backend.lowering: how the runtime took the target
 
 
 def _serve(conn: Connection, backend_name: str, threads: int, options: dict[str, Any]) -> None:
@@ -105,7 +106,7 @@ def _serve(conn: Connection, backend_name: str, threads: int, options: dict[str,
             before = trimmer if plan.cold_heap and backend.host_heap and not key.startswith(ARCH_PREFIX) else None
             warmups = backend.warm_up(run, plan.warmup_runs, plan.warmup_s, before)
             samples = backend.time_calls(run, plan.min_runs, plan.min_time_s, plan.max_time_s, plan.ci_target, before)
-            conn.send(("ok", Timing(samples, warmups)))
+            conn.send(("ok", Timing(samples, warmups, lowering=backend.lowering(parse_target(key)))))
         except BlockFailed as exc:
             conn.send(("failed", str(exc)))
         except Exception as exc:

@@ -283,6 +283,7 @@ def test_a_phone_runs_the_int8_programs_the_host_quantized(fake_adb, tmp_path: P
         "blocks": [
             {"op": "conv_k3_hs", "c_out": 8, "stride": 2},
             {"op": "ir_k5", "c_out": 8, "mid": 8},
+            {"op": "ir_k3_sehsig_hs", "c_out": 8, "mid": 16},
             {"op": "ir_pool_hs", "c_out": 64, "mid": 48},
             {"op": "fc", "c_out": 10},
         ],
@@ -301,5 +302,8 @@ def test_a_phone_runs_the_int8_programs_the_host_quantized(fake_adb, tmp_path: P
     for row in rows:
         program_ms = 0.05 + len(program_bytes(parse_target(row.block_key))) / 20_000
         assert row.stats.median_us == pytest.approx(program_ms * 1e3, rel=0.02)
-    ir = next(k for k in keys if k.startswith("ir_"))
+    # and each row keeps what that program runs outside the XNNPACK delegate (the squeeze-excite block's copies).
+    outside = {r.block_key: r.provenance.protocol["outside_delegate"] for r in rows}
+    assert [k for k, ops in outside.items() if ops] == [k for k in keys if k.startswith("ir_") and "_se0_" not in k]
+    ir = next(k for k in keys if k.startswith("ir_k5"))
     assert len(program_bytes(parse_target(ir))) != len(program_bytes(parse_target(ir.replace("_int8", "_fp32"))))

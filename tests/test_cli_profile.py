@@ -26,6 +26,7 @@ from tests.cli import lut as run_lut
 
 LUT = [sys.executable, "-m", "latency.cli"]
 # The smallest architecture there is (stem, one ir block, head, classifier).
+SE_BLOCK = {"op": "ir_k3_sehsig_hs", "c_out": 8, "mid": 16}
 FOUR_BLOCKS = {
     "resolution": 32,
     "blocks": [
@@ -225,8 +226,10 @@ def test_profile_with_other_host_backends(backend: str, tmp_path: Path) -> None:
 def test_int8_blocks_are_quantized_lowered_timed_and_estimated_from_int8_rows_only(tmp_path: Path) -> None:
     pytest.importorskip("executorch")
     db = str(tmp_path / "lut.sqlite")
-    arch = tmp_path / "four.json"
-    arch.write_text(json.dumps(FOUR_BLOCKS))
+    arch = tmp_path / "four.json"  # with squeeze-excite: its program runs ops outside the XNNPACK delegate
+    arch.write_text(
+        json.dumps({**FOUR_BLOCKS, "blocks": [FOUR_BLOCKS["blocks"][0], SE_BLOCK, *FOUR_BLOCKS["blocks"][2:]]})
+    )
     refused = lut("profile", "--arch", str(arch), "--dtype", "int8", "--protocol", "quick", "--db", db, check=False)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "int8 runs on the executorch backend (XNNPACK's quantized kernels, as phones run it), not on torch" in (
@@ -247,3 +250,20 @@ def test_int8_blocks_are_quantized_lowered_timed_and_estimated_from_int8_rows_on
     )
     assert {b["key"] for b in estimate["blocks"]} == {r.block_key for r in int8} and estimate["dtype"] == "int8"
     assert estimate["sum_ms"] == pytest.approx(sum(r.stats.median_us for r in int8) / 1e3)
+    # What did not lower: read from each row's program, kept with the row, shown by blocks and estimate.
+    outside = {r.block_key: r.provenance.protocol["outside_delegate"] for r in int8}
+    se_key = next(k for k in outside if k.startswith("ir_k3") and "_se0_" not in k)
+    assert outside[se_key] and all(n > 0 for n in outside[se_key].values())
+    assert not outside[next(k for k in outside if k.startswith("stem_"))]  # a plain conv lowers whole
+    assert {b["key"]: b.get("outside_delegate", {}) for b in estimate["blocks"]} == outside
+    assert estimate["outside_delegate_blocks"] == sum(map(bool, outside.values()))
+    table = ["--device", "cpu", "--backend", "executorch", "--db", db]
+    shown = json.loads(lut("blocks", str(arch), "--dtype", "int8", *table, "--json").stdout)
+    assert {b["key"]: b["outside_delegate"] for b in shown} == outside
+    assert {b["key"]: b["source"] for b in shown} == dict.fromkeys(outside, "measured")
+    human = lut(
+        "estimate", str(arch), "--backend", "executorch", "--dtype", "int8", "--no-profile", "--breakdown", "--db", db
+    )
+    op = next(iter(outside[se_key]))
+    assert "outside delegate" in human.stdout and op in human.stdout
+    assert f"{estimate['outside_delegate_blocks']} of 4 blocks run ops outside the delegate" in human.stdout

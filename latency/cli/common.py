@@ -228,6 +228,11 @@ def parse_deploy_env(text: str) -> Any:
     return DeployEnv.parse(text)
 
 
+def ops_text(counts: dict[str, int]) -> str:
+    """Operators with how often each runs ("dim_order_ops::_to_dim_order_copy x2"), or "-" for none."""
+    return ", ".join(f"{op} x{n}" if n > 1 else op for op, n in counts.items()) or "-"
+
+
 def uncalibrated_hint(device: str, deploy_env: str, others: tuple[str, ...]) -> str:
     option = "" if deploy_env == "default" else f" --deploy-env {deploy_env}"
     hint = f"uncalibrated: the plain sum of blocks; run `lut calibrate --device {device}{option}`"

@@ -18,6 +18,7 @@ from latency.cli.common import (
     ProtocolOpt,
     ThreadsOpt,
     console,
+    ops_text,
     print_json,
     uncalibrated_hint,
     user_errors,
@@ -99,12 +100,27 @@ def estimate(
         )
     else:
         console.print(uncalibrated_hint(result.device, result.deploy_env, result.other_calibrations))
+    if result.outside_delegate_blocks:
+        ops = sorted({op for b in result.blocks for op in b.outside_delegate})
+        console.print(
+            f"{result.outside_delegate_blocks} of {len(result.blocks)} blocks run ops outside the delegate, on the "
+            f"runtime's portable kernels ({', '.join(ops)})" + ("" if breakdown else ": see --breakdown")
+        )
     if breakdown:
+        fallbacks = result.outside_delegate_blocks > 0
         table = Table()
-        for column in ("#", "block", "source", "latency (ms)", "share"):
+        columns = ("#", "block", "source", "latency (ms)", "share") + (("outside delegate",) if fallbacks else ())
+        for column in columns:
             table.add_column(column, justify="right" if column in ("#", "latency (ms)", "share") else "left")
         for i, block in enumerate(result.blocks):
-            table.add_row(
-                str(i), block.key, block.source, f"{block.latency_ms:.4f}", f"{block.latency_ms / result.sum_ms:.1%}"
-            )
+            cells = [
+                str(i),
+                block.key,
+                block.source,
+                f"{block.latency_ms:.4f}",
+                f"{block.latency_ms / result.sum_ms:.1%}",
+            ]
+            if fallbacks:
+                cells.append(ops_text(block.outside_delegate))
+            table.add_row(*cells)
         console.print(table)

@@ -40,11 +40,14 @@ class BlockEstimate:
     latency_ms: float  # the block's own median (measured) or predicted time
     source: str  # "measured" or "predicted"
     expected_error: float | None = None
+    outside_delegate: dict[str, int] = field(default_factory=dict)  # its program's ops the delegate did not take
 
     def to_dict(self) -> dict[str, Any]:
         out = {"key": self.key, "kind": self.kind, "latency_ms": self.latency_ms, "source": self.source}
         if self.expected_error is not None:
             out["expected_error"] = self.expected_error
+        if self.outside_delegate:
+            out["outside_delegate"] = self.outside_delegate
         return out
 
 
@@ -69,8 +72,17 @@ class Estimate:
     alone_blocks: int = 0  # blocks timed alone where the table also holds blocks timed inside networks
     uncorrected_blocks: int = 0  # blocks timed where none of the calibration's were: counted at their plain time
 
+    @property
+    def outside_delegate_blocks(self) -> int:
+        """Blocks whose programs run some ops outside the delegate (on the runtime's portable kernels)."""
+        return sum(bool(b.outside_delegate) for b in self.blocks)
+
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "blocks": [b.to_dict() for b in self.blocks]}
+        return {
+            **asdict(self),
+            "blocks": [b.to_dict() for b in self.blocks],
+            "outside_delegate_blocks": self.outside_delegate_blocks,
+        }
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,7 @@ class Entry:
     p90_us: float
     expected_error: float | None
     context: str = CONTEXT_ALONE  # where it was timed: alone (or predicted), or inside networks
+    outside_delegate: dict[str, int] = field(default_factory=dict)  # ops its program ran outside the delegate
 
 
 class Estimator:
@@ -139,6 +152,7 @@ class Estimator:
                 rec.stats.p90_us * speed,
                 rec.expected_error,
                 context=rec.provenance.protocol.get("context", CONTEXT_ALONE),
+                outside_delegate=rec.provenance.protocol.get("outside_delegate", {}),
             )
         # Rows measured before blocks returned the heap between calls (protocol.cold_heap) miss the page
         # faults a plain process pays; they are used, and every estimate says how many it holds.
@@ -210,7 +224,7 @@ class Estimator:
         latency_ms = float(correction.block_ms(features).sum() + correction.intercept)
         sum_ms = sum(e.median_us for e in entries) / 1e3
         blocks = tuple(
-            BlockEstimate(s.key, s.kind, e.median_us / 1e3, e.source, e.expected_error)
+            BlockEstimate(s.key, s.kind, e.median_us / 1e3, e.source, e.expected_error, e.outside_delegate)
             for s, e in zip(specs, entries, strict=True)
         )
         if self.correction is None:  # the spread of the blocks' own times

@@ -98,6 +98,7 @@ def _stats_fields(
         "protocol": {
             **protocol.to_dict(),
             **protocol_extra,
+            **result.lowering,
             "remeasured": result.remeasured,
             "warmup_runs": result.warmup_runs,
         },

@@ -90,6 +90,23 @@ def quantize_program(module: Any, x: Any) -> Any:
     return convert_pt2e(prepared)
 
 
+def outside_delegate(program: bytes) -> dict[str, int]:
+    """The operators a lowered program calls outside its delegates (XNNPACK), with how often: each runs on
+    ExecuTorch's portable kernels, where a quantized network pays for what XNNPACK did not take. Read from
+    the program itself, as the runtime will run it."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    counts: dict[str, int] = {}
+    for plan in deserialize_pte_binary(program).program.execution_plan:
+        for chain in plan.chains:
+            for instruction in chain.instructions:
+                call = instruction.instr_args
+                if type(call).__name__ == "KernelCall":
+                    name = plan.operators[call.op_index].name
+                    counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 class ExecuTorchCPU(Backend):
     name = "executorch"
     extra = "executorch"
@@ -115,6 +132,7 @@ class ExecuTorchCPU(Backend):
         import torch
         from executorch.runtime import Runtime
 
+        self._lowerings: dict[str, dict[str, Any]] = {}
         torch.set_num_threads(1)  # torch only exports here
         self._runtime = Runtime.get()
         self._reset_threads()
@@ -134,14 +152,17 @@ class ExecuTorchCPU(Backend):
         cached = program_path(target).exists()
         try:
             try:
-                program = self._runtime.load_program(program_bytes(target))
+                program_data = program_bytes(target)
+                program = self._runtime.load_program(program_data)
             except Exception:
                 if not cached:
                     raise
                 program_path(target).unlink(missing_ok=True)  # a damaged cached program: export it again
-                program = self._runtime.load_program(program_bytes(target))
+                program_data = program_bytes(target)
+                program = self._runtime.load_program(program_data)
         except Exception as exc:  # export and lowering raise many types
             raise BlockFailed(f"ExecuTorch export failed: {type(exc).__name__}: {exc}") from exc
+        self._lowerings[target.key] = {"outside_delegate": outside_delegate(program_data)}
         method = program.load_method("forward")
         inputs = [seeded_input(target)]
 
@@ -150,6 +171,9 @@ class ExecuTorchCPU(Backend):
             return program, method.execute(inputs)
 
         return run
+
+    def lowering(self, target: Target) -> dict[str, Any]:
+        return self._lowerings.get(target.key, {})
 
     def environment(self) -> dict[str, Any]:
         return {"xnnpack_threads": self.threads if getattr(self, "_threads_set", False) else "runtime default"}
