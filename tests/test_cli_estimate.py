@@ -15,7 +15,7 @@ from lut_db import LutStore
 from profilers.worker import MALLOC_ENV
 from tests.cli import QUICK, TINY_SPACE, Ran
 from tests.cli import lut as run_lut
-from tests.test_estimate import fill
+from tests.test_estimate import fake_latency_us, fill
 
 
 def lut(*args: str, db: str | None = None) -> Ran:
@@ -185,6 +185,41 @@ def test_rank_orders_the_family_with_pareto_and_budget(tmp_path: Path) -> None:
     assert plot.read_bytes()[:4] == b"\x89PNG"
     bad = lut("rank", "--budget-ms", "-3", db=db)
     assert bad.returncode == 2 and "--budget-ms must be positive" in bad.stderr
+
+
+def test_an_int8_ranking_has_fp32_beside_it_and_names_the_models_that_move(tmp_path: Path) -> None:
+    # Made-up ExecuTorch tables: int8 quarters a block's time, but the late blocks (14x14 and smaller, where
+    # squeeze-excite and hard-swish sit) gain nothing, so a model with more of its time there falls behind.
+    db = str(tmp_path / "family.sqlite")
+    models = list_models(available_only=True)
+    specs = {dtype: [s for m in models for s in blocks_of(m, dtype=dtype)] for dtype in ("fp32", "int8")}
+
+    def int8_factor(spec) -> float:
+        return 1.0 if spec.input_shape[-1] <= 14 else 0.25
+
+    with LutStore(db) as store:
+        fill(store, specs["fp32"], backend="executorch")
+        for factor in (0.25, 1.0):
+            fill(store, [s for s in specs["int8"] if int8_factor(s) == factor], backend="executorch", scale=factor)
+    out = ok(lut("rank", "--backend", "executorch", "--dtype", "int8", "--no-profile", "--json", db=db))
+    assert out["columns"] == ["cpu int8", "cpu fp32"]
+    expected = {
+        dtype: {
+            m: sum(fake_latency_us(s) * (int8_factor(s) if dtype == "int8" else 1) for s in blocks_of(m, dtype=dtype))
+            for m in models
+        }
+        for dtype in ("int8", "fp32")
+    }
+    for row in out["rows"]:
+        for dtype in ("int8", "fp32"):
+            assert row["latency_ms"][f"cpu {dtype}"] == pytest.approx(expected[dtype][row["name"]] / 1e3)
+    order = {dtype: sorted(models, key=expected[dtype].get) for dtype in ("int8", "fp32")}
+    moved = {m for m in models if order["int8"].index(m) != order["fp32"].index(m)}
+    assert moved and {c["name"] for c in out["rank_changes"]} == moved
+    assert [r["name"] for r in out["rows"]] == order["int8"]  # ordered by the dtype asked for
+    human = lut("rank", "--backend", "executorch", "--dtype", "int8", "--no-profile", db=db)
+    assert "cpu int8 (ms)" in human.stdout and "rank cpu fp32" in human.stdout
+    assert "lut calibrate --device cpu --backend executorch --dtype int8" in human.stdout
 
 
 def test_sample_writes_files_the_rest_of_lut_accepts(db: str, tmp_path: Path) -> None:

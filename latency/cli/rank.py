@@ -30,8 +30,6 @@ from latency.vocab.family import family_archs
 
 app = typer.Typer()
 
-app = typer.Typer()
-
 
 @app.command()
 @user_errors
@@ -51,18 +49,21 @@ def rank(
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """The family ordered by estimated latency, with accuracy, Pareto front and the best under a budget."""
-    from latency.jobs.rank import rank_family
+    """The family ordered by estimated latency, with accuracy, Pareto front and the best under a budget; a
+    quantized dtype (int8) is ranked with fp32 beside it, on the same backend, to show which models move."""
+    from latency.jobs.rank import rank_columns, rank_family
 
-    names = split_items(devices, "--devices") or [device]
+    devices_named = split_items(devices, "--devices") or [device]
     if budget_ms is not None and budget_ms <= 0:
         raise LutError(f"--budget-ms must be positive, got {budget_ms:g}.", exit_code=2)
     archs = family_archs(["all"])
+    columns = rank_columns([Conditions(d, backend, threads, batch, dtype) for d in devices_named])
     estimators = {
-        d: ready_estimator(archs, Conditions(d, backend, threads, batch, dtype), db, not no_profile, False, protocol)
-        for d in names
+        label: ready_estimator(archs, conditions, db, not no_profile, False, protocol)
+        for label, conditions in columns.items()
     }
-    ranking = rank_family(names, lambda d, n: estimators[d].estimate(n), budget_ms)
+    names = list(columns)
+    ranking = rank_family(names, lambda column, model: estimators[column].estimate(model), budget_ms)
     if plot is not None:
         from latency.jobs.report import plot_ranking
 
@@ -94,7 +95,9 @@ def rank(
     console.print(table)
     for d in names:
         if not all(row.calibrated[d] for row in ranking.rows):
-            console.print(f"{d}: uncalibrated estimates (run `lut calibrate --device {d}`)")
+            c = columns[d]
+            options = "" if c.dtype == "fp32" else f" --backend {estimators[d].conditions.backend} --dtype {c.dtype}"
+            console.print(f"{d}: uncalibrated estimates (run `lut calibrate --device {c.device}{options}`)")
         if budget_ms is not None:
             best = ranking.best_under_budget(d)
             console.print(

@@ -71,11 +71,11 @@ def plot_validation(rows: Sequence[dict[str, Any]], metrics: dict[str, Any], tit
 
 
 def plot_ranking(ranking: Any, path: Path) -> None:
-    """Top-1 against estimated latency per device, the Pareto front joined, the budget marked."""
+    """Top-1 against estimated latency per column (device), the Pareto front joined, the budget marked."""
     plt = _pyplot()
-    devices = ranking.devices
-    fig, axes = plt.subplots(1, len(devices), figsize=(6.0 * len(devices), 4.8), dpi=120, squeeze=False)
-    for ax, device in zip(axes[0], devices, strict=True):
+    columns = ranking.columns
+    fig, axes = plt.subplots(1, len(columns), figsize=(6.0 * len(columns), 4.8), dpi=120, squeeze=False)
+    for ax, device in zip(axes[0], columns, strict=True):
         rows = sorted(ranking.rows, key=lambda r: r.latency_ms[device])
         ax.scatter(
             [r.latency_ms[device] for r in rows],
