@@ -59,14 +59,6 @@ class Device:
                 exit_code=2,
             )
 
-    def check_dtype(self, backend: str, dtype: str) -> None:
-        if dtype in QUANTIZED_DTYPES and backend not in QUANTIZED_BACKENDS:
-            raise ProfilerError(
-                f"{dtype} runs on the {', '.join(QUANTIZED_BACKENDS)} backend (XNNPACK's quantized kernels, as phones "
-                f"run it), not on {backend}: add --backend {QUANTIZED_BACKENDS[0]}.",
-                exit_code=2,
-            )
-
     def max_threads(self) -> int | None:
         """The most runtime threads that make sense here: the host's cores (None: unknown until reached)."""
         return os.cpu_count()
@@ -237,8 +229,20 @@ def backend_of(conditions: Conditions) -> str:
 
 
 def with_backend(conditions: Conditions) -> Conditions:
-    """`conditions` with their backend resolved (backend_of)."""
-    return conditions.with_backend(backend_of(conditions))
+    """`conditions` with their backend resolved (backend_of), and a dtype that backend cannot run refused."""
+    resolved = conditions.with_backend(backend_of(conditions))
+    check_dtype(backend_of(resolved), resolved.dtype)
+    return resolved
+
+
+def check_dtype(backend: str, dtype: str) -> None:
+    """Refuse a quantized dtype on a backend that does not lower quantized networks, naming the one that does."""
+    if dtype in QUANTIZED_DTYPES and backend not in QUANTIZED_BACKENDS:
+        raise ProfilerError(
+            f"{dtype} runs on the {', '.join(QUANTIZED_BACKENDS)} backend (XNNPACK's quantized kernels, as phones "
+            f"run it), not on {backend}: add --backend {QUANTIZED_BACKENDS[0]}.",
+            exit_code=2,
+        )
 
 
 def resolve_device(name: str, serial: str | None = None, runner: str | None = None) -> Device:

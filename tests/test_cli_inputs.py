@@ -69,6 +69,21 @@ BAD = [
     (["export", "--out", "/nonexistent/x.csv"], 1, "No such file or directory"),
     (["space", "show", "nas101"], 2, "Unknown search space 'nas101'"),
 ]
+# int8 on a backend that cannot lower it, at every command that measures or estimates: the same sentence.
+INT8_ON_TORCH = "int8 runs on the executorch backend (XNNPACK's quantized kernels, as phones run it), not on torch"
+BAD += [
+    ([*command, "--dtype", "int8"], 2, INT8_ON_TORCH)
+    for command in (
+        ["profile", "--models", "dmasking_f1"],
+        ["estimate", "dmasking_f1"],
+        ["time", "dmasking_f1"],
+        ["calibrate"],
+        ["validate"],
+        ["rank", "--no-profile"],
+        ["search", "--target-ms", "10"],
+        ["blocks", "dmasking_f1", "--device", "cpu"],
+    )
+]
 
 
 @pytest.mark.parametrize(("args", "code", "message"), BAD, ids=[" ".join(a) for a, _, _ in BAD])

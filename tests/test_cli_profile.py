@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from latency.vocab.conditions import Conditions
-from latency.vocab.family import blocks_of
+from latency.vocab.family import blocks_of, resolve_arch
 from latency.vocab.space import SpacePoint, get_space
 from lut_db import LutStore
+from profilers.targets import ArchTarget
 from tests.cli import TINY_SPACE, Ran
 from tests.cli import lut as run_lut
 
@@ -225,6 +226,8 @@ def test_profile_with_other_host_backends(backend: str, tmp_path: Path) -> None:
 
 def test_int8_blocks_are_quantized_lowered_timed_and_estimated_from_int8_rows_only(tmp_path: Path) -> None:
     pytest.importorskip("executorch")
+    from profilers.backends.executorch_cpu import outside_delegate, program_path
+
     db = str(tmp_path / "lut.sqlite")
     arch = tmp_path / "four.json"  # with squeeze-excite: its program runs ops outside the XNNPACK delegate
     arch.write_text(
@@ -267,3 +270,17 @@ def test_int8_blocks_are_quantized_lowered_timed_and_estimated_from_int8_rows_on
     op = next(iter(outside[se_key]))
     assert "outside delegate" in human.stdout and op in human.stdout
     assert f"{estimate['outside_delegate_blocks']} of 4 blocks run ops outside the delegate" in human.stdout
+    # The whole network timed as a deployment runs it: quantized the same way, one program, its run int8.
+    timed = json.loads(
+        lut(
+            "time", str(arch), "--backend", "executorch", "--dtype", "int8", "--protocol", "quick", "--db", db, "--json"
+        ).stdout
+    )
+    assert timed["dtype"] == "int8" and timed["measured_ms"] > 0
+    assert timed["estimated_ms"] == pytest.approx(estimate["latency_ms"])
+    network = ArchTarget(resolve_arch(str(arch)), dtype="int8")
+    assert program_path(network).exists() and outside_delegate(program_path(network).read_bytes())
+    with LutStore(db) as store:
+        (run,) = store.e2e_runs(Conditions("cpu", "executorch", dtype="int8"))
+        assert run.stats.median_us == pytest.approx(timed["measured_ms"] * 1e3)
+        assert run.provenance.protocol["outside_delegate"] == outside_delegate(program_path(network).read_bytes())

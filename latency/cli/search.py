@@ -14,6 +14,7 @@ from latency.cli.common import (
     DbOpt,
     DeployEnvOpt,
     DeviceOpt,
+    DtypeOpt,
     JsonOpt,
     ProtocolOpt,
     RichProgress,
@@ -33,6 +34,7 @@ from latency.cli.common import (
 from latency.vocab.conditions import Conditions
 from latency.vocab.errors import LutError
 from latency.vocab.space import get_space
+from profilers.devices import with_backend
 
 app = typer.Typer()
 
@@ -101,6 +103,7 @@ def search(
     mixed_precision: MixedPrecisionOpt = True,
     backend: BackendOpt = None,
     threads: ThreadsOpt = 1,
+    dtype: DtypeOpt = "fp32",
     protocol: ProtocolOpt = "standard",
     deploy_env: DeployEnvOpt = "default",
     db: DbOpt = None,
@@ -112,6 +115,7 @@ def search(
     from search_cost.search import SearchConfig, check_checkpoint, default_proxy_resolutions, pick_train_device
 
     # Every option is checked here, before minutes of filling the table or training.
+    conditions = with_backend(Conditions(device, backend, threads, dtype=dtype))
     search_space = get_space(space)
     count = len(search_space.resolutions)
     # On the user's images the search trains at the space's own resolutions; the digits are upsampled 8x8.
@@ -147,7 +151,7 @@ def search(
         config=config,
         out=out,
         checkpoint=checkpoint,
-        conditions=Conditions(device, backend, threads),
+        conditions=conditions,
         profile_budget_min=profile_budget_min,
         measure=measure,
         protocol=check_protocol(protocol),

@@ -24,7 +24,7 @@ from latency.vocab.timing import TIMES_US
 from lut_db import E2ERecord, LutStore, MeasurementRecord, arch_hash
 from lut_db.records import from_columns
 from profilers.backends import backend_class
-from profilers.devices import Device, backend_of, resolve_device
+from profilers.devices import Device, backend_of, check_dtype, resolve_device
 from profilers.errors import ProfilerError
 from profilers.protocol import PROTOCOLS, ProgressSink, Protocol, Result, Scheduler
 from profilers.targets import ArchTarget, Target, label
@@ -134,7 +134,7 @@ def open_session(
     device = resolve_device(conditions.device, **(device_options or {}))
     backend = backend_of(conditions)
     device.check_backend(backend)
-    device.check_dtype(backend, conditions.dtype)
+    check_dtype(backend, conditions.dtype)
     device.check_threads(conditions.threads)
     fingerprint, identity = device.fingerprint(), device.identity()  # reaches the device (a phone: adb) first
     implementation = backend_class(device.implementation(backend)[0])

@@ -31,7 +31,7 @@ class SearchRequest:
     config: SearchConfig
     out: Path
     checkpoint: Path
-    conditions: Conditions = field(default_factory=Conditions)  # the search's latency is at batch 1, fp32
+    conditions: Conditions = field(default_factory=Conditions)  # the search's latency is at batch 1
     profile_budget_min: float = 10.0
     measure: bool = True
     protocol: str = "standard"
