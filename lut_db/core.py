@@ -21,7 +21,15 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from latency.vocab.conditions import Conditions
-from lut_db.engine import WRITE_OPTION, build_engine, ensure_parent, is_sqlite, resolve_url, sqlite_read_only
+from lut_db.engine import (
+    WRITE_OPTION,
+    build_engine,
+    ensure_parent,
+    is_sqlite,
+    resolve_url,
+    sqlite_file,
+    sqlite_read_only,
+)
 from lut_db.errors import StoreError, one_line
 from lut_db.models import (
     APP_MARKER,
@@ -119,15 +127,29 @@ class StoreCore:
 
     `url`: a SQLAlchemy URL (`sqlite:///PATH`, `postgresql+psycopg://USER@HOST/DB`) or a file path; by
     default `$LUT_DB_URL`, else `$XDG_CACHE_HOME/lut/lut.sqlite` (`~/.cache/lut/lut.sqlite`).
+    `read_only=True` opens an existing, current table for reading only: no schema is created or upgraded,
+    and every connection refuses writes (what `lut serve` answers from).
     """
 
-    def __init__(self, url: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, url: str | os.PathLike[str] | None = None, read_only: bool = False) -> None:
         self._url = resolve_url(url)
-        ensure_parent(self._url)
         self._sqlite = is_sqlite(self._url)
-        self._read_only = sqlite_read_only(self._url)
+        self._asked_read_only = read_only
+        if not read_only:
+            ensure_parent(self._url)
+        self._read_only = read_only or sqlite_read_only(self._url)
+        path = sqlite_file(self._url)
+        if read_only and path is not None and not path.is_file():
+            raise StoreError(f"There is no lut table to read at {self._url}; fill one with `lut profile`.")
         version = self._check_existing()
-        self._engine = build_engine(self._url)
+        if read_only and version != SCHEMA_VERSION:
+            raise StoreError(
+                f"There is no lut table to read at {self._url}; fill one with `lut profile`."
+                if version is None
+                else f"{self._url} holds an older lut table (schema {version}); any lut command that writes "
+                "(`lut profile`, `lut calibrate`) upgrades it first."
+            )
+        self._engine = build_engine(self._url, read_only=read_only)
         self._write_engine = self._engine.execution_options(**{WRITE_OPTION: True})
         # A current table is opened without a write (it may be a read-only file).
         if version is None or version < SCHEMA_VERSION:
@@ -274,6 +296,8 @@ class StoreCore:
         except StoreError:
             raise
         except SQLAlchemyError as exc:
+            if self._asked_read_only:
+                raise StoreError(f"The lut database {self._url} was opened for reading only.") from exc
             if self._read_only:
                 raise StoreError(
                     f"The lut database {self._url} is read-only here (no write access to the file or its "

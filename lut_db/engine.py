@@ -96,11 +96,13 @@ def ensure_parent(url: URL) -> None:
         ) from exc
 
 
-def build_engine(url: URL, *, probe: bool = False) -> Engine:
-    """The engine for `url`; `probe=True` gives a bare one that changes nothing on connect (for checking a file)."""
+def build_engine(url: URL, *, probe: bool = False, read_only: bool = False) -> Engine:
+    """The engine for `url`; `probe=True` gives a bare one that changes nothing on connect (for checking a file);
+    `read_only=True` one whose every connection refuses writes (SQLite opened read-only, PostgreSQL sessions
+    in read-only transactions)."""
     kwargs: dict[str, Any] = {}
     connect_args: dict[str, Any] = {}
-    read_only = sqlite_read_only(url)
+    read_only = read_only or sqlite_read_only(url)
     if is_sqlite(url):
         connect_args["timeout"] = SQLITE_BUSY_TIMEOUT_MS / 1000
         if probe:
@@ -111,6 +113,10 @@ def build_engine(url: URL, *, probe: bool = False) -> Engine:
         kwargs["pool_pre_ping"] = True
         if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
             connect_args["connect_timeout"] = 10
+        if read_only and url.get_backend_name() == "postgresql":
+            given = url.query.get("options", "")  # a URL's own options (a search_path) are kept
+            given = given if isinstance(given, str) else " ".join(given)
+            connect_args["options"] = f"{given} -c default_transaction_read_only=on".strip()
     try:
         engine = create_engine(url, connect_args=connect_args, **kwargs)
     except NoSuchModuleError as exc:

@@ -18,4 +18,5 @@ class LutStore(Exchange, Fits, Runs, Measurements, Devices):
 
     `url`: a SQLAlchemy URL (`sqlite:///PATH`, `postgresql+psycopg://USER@HOST/DB`) or a file path; by
     default `$LUT_DB_URL`, else `$XDG_CACHE_HOME/lut/lut.sqlite` (`~/.cache/lut/lut.sqlite`).
+    `read_only=True`: an existing table, read and never written (StoreCore).
     """

@@ -851,3 +851,23 @@ def test_the_statistics_are_named_once() -> None:
         assert [name for name in columns(record) if name in STAT_COLUMNS] == list(STAT_COLUMNS)
     for model in (Measurement, E2ERun):
         assert set(STAT_COLUMNS) <= set(model.__table__.columns.keys())
+
+
+def test_a_table_opened_read_only_reads_sees_later_writes_and_refuses_its_own(
+    filled: LutStore, store_url: str, new_url: Callable[[], str]
+) -> None:
+    with LutStore(store_url, read_only=True) as reader:
+        conditions = Conditions("pc", "torch_cpu")
+        assert reader.measurement_map(conditions) == filled.measurement_map(conditions) != {}
+        filled.put_e2e_run(e2e())  # another process writes while it reads: the next read sees it
+        assert len(reader.e2e_runs(Conditions("pc", "torch_cpu"))) == 1
+        with pytest.raises(StoreError, match="was opened for reading only"):
+            reader.put_e2e_run(e2e(tag="calibration"))
+        with pytest.raises(StoreError, match="was opened for reading only"):
+            reader.get_or_create_device("phone", "android", {"what": "phone"}, {"what": "phone"})
+    assert len(filled.e2e_runs(Conditions("pc", "torch_cpu"))) == 1
+    empty = new_url()
+    with pytest.raises(StoreError, match="There is no lut table to read"):
+        LutStore(empty, read_only=True)
+    if "://" not in empty:
+        assert not Path(empty).exists()  # nothing was created to read from
