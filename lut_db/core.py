@@ -314,6 +314,30 @@ class StoreCore:
         except SQLAlchemyError as exc:
             raise StoreError(f"Reading the lut database {self._url} failed: {one_line(exc)}.") from exc
 
+    def revision(self) -> tuple[Any, ...]:
+        """A value that changes whenever a row is written or replaced (the rows and the newest time of each
+        room): a reader that caches what it derived from the table compares it before each use."""
+        from sqlalchemy import func
+
+        from lut_db.models import E2ERun, Fit, Measurement
+
+        stmt = select(
+            *(
+                select(aggregate).select_from(table).scalar_subquery()
+                for table, column in (
+                    (Measurement, Measurement.measured_at),
+                    (E2ERun, E2ERun.measured_at),
+                    (Fit, Fit.fitted_at),
+                )
+                for aggregate in (func.count(), func.max(column))
+            )
+        )
+        try:
+            with self._engine.connect() as conn:  # a bare connection: a session costs more than the query
+                return tuple(conn.execute(stmt).one())
+        except SQLAlchemyError as exc:
+            raise StoreError(f"Reading the lut database {self._url} failed: {one_line(exc)}.") from exc
+
     def _device_id(self, session: Session, name: str) -> int:
         device_id = session.scalar(select(DeviceRow.id).where(DeviceRow.name == name))
         if device_id is None:

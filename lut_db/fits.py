@@ -72,3 +72,15 @@ class Fits(StoreCore):
             return None if row is None else as_record(FitRecord, *row)
 
         return self._read(read)
+
+    def fits(self, purpose: str = "calibration", device: str | None = None) -> list[FitRecord]:
+        """Every fit of this purpose (one device's, or all), by device and conditions, newest first."""
+        stmt = (
+            select(Fit, DeviceRow.name)
+            .join(DeviceRow)
+            .where(Fit.purpose == purpose)
+            .order_by(DeviceRow.name, Fit.fitted_at.desc(), Fit.id.desc())
+        )
+        if device is not None:
+            stmt = stmt.where(DeviceRow.name == device)
+        return self._read(lambda session: [as_record(FitRecord, *row) for row in session.execute(stmt)])

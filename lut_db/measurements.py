@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from latency.vocab.conditions import Conditions
@@ -36,6 +38,15 @@ KEYS_CHUNK = 500  # bound parameters per IN (...) query
 MEASUREMENT_VALUES = (*STAT_COLUMNS, "protocol", "environment", "measured_at", "stable", "source", "expected_error")
 
 
+@dataclass(frozen=True)
+class Coverage:
+    """What the table holds for one device under one set of conditions (any backend version)."""
+
+    conditions: Conditions
+    rows: dict[str, int]  # by source: measured, transferred, predicted
+    last_measured_at: datetime
+
+
 class Measurements(StoreCore):
     def upsert_blocks(self, blocks: Iterable[dict[str, Any]]) -> None:
         """Add blocks not yet in the table (a key's fields never change, so existing rows are kept).
@@ -47,6 +58,27 @@ class Measurements(StoreCore):
             return
         stmt = self._insert(Block).on_conflict_do_nothing(index_elements=["key"])
         self._write(lambda session: session.execute(stmt, rows))
+
+    def coverage(self, device: str | None = None) -> list[Coverage]:
+        """Rows per source and the newest row, per device (one, or all) and conditions."""
+        groups = (DeviceRow.name, Measurement.backend, Measurement.threads, Measurement.batch, Measurement.dtype)
+        stmt = (
+            select(*groups, Measurement.source, func.count(), func.max(Measurement.measured_at))
+            .join(DeviceRow)
+            .group_by(*groups, Measurement.source)
+            .order_by(*groups)
+        )
+        if device is not None:
+            stmt = stmt.where(DeviceRow.name == device)
+        found: dict[Conditions, tuple[dict[str, int], datetime]] = {}
+        for name, backend, threads, batch, dtype, source, count, newest in self._read(
+            lambda session: session.execute(stmt).all()
+        ):
+            conditions = Conditions(name, backend, threads, batch, dtype)
+            rows, last = found.get(conditions, ({}, newest))
+            rows[source] = count
+            found[conditions] = (rows, max(last, newest))
+        return [Coverage(c, rows, last) for c, (rows, last) in found.items()]
 
     # ---- measurements -----------------------------------------------------------------------
     def put_measurement(self, rec: MeasurementRecord) -> None:

@@ -871,3 +871,25 @@ def test_a_table_opened_read_only_reads_sees_later_writes_and_refuses_its_own(
         LutStore(empty, read_only=True)
     if "://" not in empty:
         assert not Path(empty).exists()  # nothing was created to read from
+
+
+def test_revision_changes_with_every_write_and_coverage_counts_rows_by_source(filled: LutStore) -> None:
+    first = filled.revision()
+    assert filled.revision() == first  # reading changes nothing
+    pc = Conditions("pc", "torch_cpu")
+    filled.put_measurement(rec(KEYS[0], measured_at=T0 + timedelta(days=1)))  # a row replaced, none added
+    replaced = filled.revision()
+    assert replaced != first
+    filled.put_e2e_run(e2e())
+    ran = filled.revision()
+    assert ran != replaced
+    filled.put_fit(FitRecord(pc, "2.13.0", "calibration", {"a": 1}, {"cv_rmspe": 0.05}, 12, T0, "default"))
+    assert filled.revision() != ran
+    assert [(f.conditions, f.metrics) for f in filled.fits()] == [(pc, {"cv_rmspe": 0.05})]
+    assert filled.fits(device="phone") == [] and filled.fits(purpose="other") == []
+    coverage = {c.conditions: c for c in filled.coverage()}
+    rows = filled.measurements(pc)
+    assert coverage[pc].rows == {source: sum(r.source == source for r in rows) for source in {r.source for r in rows}}
+    assert coverage[pc].rows == {"measured": len(rows)}
+    assert coverage[pc].last_measured_at == max(r.provenance.measured_at for r in rows)
+    assert sum(sum(c.rows.values()) for c in coverage.values()) == sum(len(filled.measurements(c)) for c in coverage)
