@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from latency.estimate.estimator import Estimator
+from latency.estimate.remote import RemoteEstimator
 from latency.vocab.conditions import Conditions
 from latency.vocab.space import Position, Space, SpacePoint, get_space
 
@@ -31,6 +32,9 @@ class LatencyCost(nn.Module):
     a mapping keyed by the space's dimension names (`width:g0`, ..., `mid:2`, ...) or a sequence in
     the space's order (groups, then mids). `resolution_probs`: `[..., resolutions]`. Leading
     dimensions broadcast: a batch of probability sets gives a batch of costs.
+
+    The tables come from `estimator`, else from a `lut serve` at `url` (with its `token`), else from the
+    table at `db` (latency.estimate.Estimator).
     """
 
     def __init__(
@@ -39,10 +43,14 @@ class LatencyCost(nn.Module):
         conditions: Conditions | str = "cpu",
         db: str | None = None,
         deploy_env: str = "default",
-        estimator: Estimator | None = None,
+        estimator: Estimator | RemoteEstimator | None = None,
+        url: str | None = None,
+        token: str | None = None,
     ) -> None:
         super().__init__()
         self.space = get_space(space) if isinstance(space, str) else space
+        if estimator is None and url is not None:  # a `lut serve` answers: the search never opens the table
+            estimator = RemoteEstimator(conditions, url, token, deploy_env)
         estimator = estimator or Estimator(conditions, db=db, deploy_env=deploy_env)
         self.calibrated = estimator.calibrated
         self.intercept_ms = estimator.intercept_ms

@@ -82,6 +82,8 @@ INTEGRATION_MODULES = {
     "test_install",
     "test_profilers",
     "test_search",
+    "test_serve",
+    "test_serve_pages",
     "test_store_sqlite",
     "test_transfer",
 }

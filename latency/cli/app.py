@@ -18,6 +18,7 @@ from latency.cli import (
     rank,
     sample,
     search,
+    serve,
     space,
     time,
     validate,
@@ -37,7 +38,7 @@ app = typer.Typer(
 for command in (models, blocks, profile, devices, export, import_, estimate, time, rank, calibrate, validate, sample):
     app.add_typer(command.app)
 app.add_typer(space.group, name="space")
-for command in (search, worker):
+for command in (search, worker, serve):
     app.add_typer(command.app)
 app.add_typer(jobs.jobs, name="jobs")
 

@@ -58,6 +58,18 @@ def queue_app(url: URL, asynchronous: bool) -> Any:
     return procrastinate.App(connector=procrastinate.SyncPsycopgConnector(conninfo=libpq))
 
 
+def queue_exists(store: LutStore) -> bool:
+    """Whether the farm's queue and ledger are in the table's database (read only)."""
+    from latency.jobs.farm.ledger import FarmWorkerRow
+
+    with store.engine.connect() as conn:
+        found = conn.execute(
+            text("SELECT to_regclass('procrastinate_jobs') IS NOT NULL AND to_regclass(:ledger) IS NOT NULL"),
+            {"ledger": FarmWorkerRow.__tablename__},
+        ).scalar()
+    return bool(found)
+
+
 def ensure_queue(store: LutStore) -> None:
     """procrastinate's tables in the table's database, created once (serialised between hosts)."""
     from procrastinate.schema import SchemaManager

@@ -8,7 +8,15 @@ from typing import Any
 from sqlalchemy import text
 
 from latency.jobs.farm.ledger import FarmLedger
-from latency.jobs.farm.queue import TASK_NAME, count_held, ensure_queue, queue_app, queue_of, require_postgres
+from latency.jobs.farm.queue import (
+    TASK_NAME,
+    count_held,
+    ensure_queue,
+    queue_app,
+    queue_exists,
+    queue_of,
+    require_postgres,
+)
 from lut_db import LutStore
 from profilers.devices import check_device_name
 
@@ -31,12 +39,18 @@ STATUSES = ("todo", "doing", "succeeded", "failed", "cancelled", "aborted")
 _NAMES = {"todo": "queued", "doing": "running", "succeeded": "done"}
 
 
-def farm_status(store: LutStore, device: str | None = None, window_min: float = 10.0) -> list[DeviceJobs]:
-    """Jobs and blocks per state, live workers, throughput and ETA, per device (one or all)."""
+def farm_status(
+    store: LutStore, device: str | None = None, window_min: float = 10.0, create_queue: bool = True
+) -> list[DeviceJobs]:
+    """Jobs and blocks per state, live workers, throughput and ETA, per device (one or all). `create_queue=False`
+    (a reader that must not write, `lut serve`): a table whose queue was never made has no jobs to show."""
     if device is not None:
         check_device_name(device)
     require_postgres(store)
-    ensure_queue(store)
+    if create_queue:
+        ensure_queue(store)
+    elif not queue_exists(store):
+        return []
     ledger = FarmLedger(store.engine)
     app = queue_app(store.url, asynchronous=False)
     with app.open():

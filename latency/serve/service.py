@@ -1,0 +1,255 @@
+"""What `lut serve` answers from: the table opened read-only, and estimators kept while the table is unchanged.
+
+Every answer is the library's own (Estimator, the ranking, the validation comparison, the farm's state),
+so the service gives the numbers the commands give. An estimator costs a table read (and, for a phone,
+a predictor fit for its missing blocks): it is kept per conditions and deployment, and dropped when the
+table's revision moves (any row written by `lut profile`, a worker, a calibration), which is checked on
+every request.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from latency.estimate import Estimator
+from latency.estimate.estimator import Entry, Estimate
+from latency.jobs.cover import fill_missing
+from latency.jobs.rank import Ranking, rank_columns, rank_family
+from latency.jobs.validate import ValidationReport, compare
+from latency.vocab.arch import Arch
+from latency.vocab.conditions import Conditions
+from latency.vocab.errors import LutError
+from latency.vocab.family import family_archs, list_models, model_info
+from latency.vocab.space import Space, get_space, list_spaces
+from lut_db import LutStore
+from profilers.devices import with_backend
+
+
+class NotFound(LutError):
+    """A name the service does not know (a model, a space, a device): answered 404."""
+
+
+@dataclass(frozen=True)
+class Query:
+    """The conditions and deployment a request asks under."""
+
+    conditions: Conditions
+    deploy_env: str = "default"
+
+
+class TableService:
+    """The table, read-only, with an estimator per (conditions, deployment) while the table stays as it was."""
+
+    def __init__(self, store: LutStore) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._revision: tuple[Any, ...] | None = None
+        self._estimators: dict[Query, Estimator] = {}
+        self._tables: dict[tuple[Query, str], list[np.ndarray]] = {}
+
+    # ---- names a request may use (never a path: nothing a request sends is opened as a file) ----------
+    @staticmethod
+    def family_arch(name: str) -> Arch:
+        if name not in list_models(available_only=True):
+            raise NotFound(f"There is no model '{name}' in the family; the models are {', '.join(list_models())}.")
+        return family_archs([name])[0]
+
+    @staticmethod
+    def space(name: str) -> Space:
+        if name not in list_spaces():
+            raise NotFound(f"There is no search space '{name}'; the spaces are {', '.join(list_spaces())}.")
+        return get_space(name)
+
+    def check_device(self, name: str) -> None:
+        if self.store.device(name) is None:
+            known = ", ".join(d.name for d in self.store.devices()) or "none yet"
+            raise NotFound(f"The table has no device '{name}' (devices: {known}).")
+
+    # ---- estimators ---------------------------------------------------------------------------------
+    def estimator(self, query: Query, archs: Sequence[Arch] = ()) -> Estimator:
+        """The estimator for `query`, covering `archs` as `lut estimate --no-profile` does (a phone's
+        missing blocks predicted from its measured ones; nothing is measured or written)."""
+        self.check_device(query.conditions.device)
+        revision = self.store.revision()
+        with self._lock:
+            if revision != self._revision:
+                self._estimators.clear()
+                self._tables.clear()
+                self._revision = revision
+            estimator = self._estimators.get(query)
+            if estimator is None:
+                conditions = with_backend(query.conditions)
+                estimator = Estimator(conditions, store=self.store, deploy_env=query.deploy_env)
+                self._estimators[query] = estimator
+            if archs and any(estimator.missing(a) for a in archs):
+                fill_missing(estimator, archs, measure=False)
+        return estimator
+
+    def estimate(self, query: Query, arch: Arch) -> Estimate:
+        return self.estimator(query, [arch]).estimate(arch)
+
+    def estimate_many(self, query: Query, archs: list[Arch]) -> np.ndarray:
+        return self.estimator(query, archs).estimate_many(archs)
+
+    def estimate_points(self, query: Query, space: Space, indices: np.ndarray) -> np.ndarray:
+        """Vectorised estimates of points of `space` (rows of choice indices, as Space.sample_indices)."""
+        estimator, tables = self._space_tables(query, space)
+        return estimator.estimate_space(space, indices, tables)
+
+    def summary(self, query: Query) -> dict[str, Any]:
+        estimator = self.estimator(query)
+        return {
+            "conditions": estimator.conditions.columns(),
+            "deploy_env": query.deploy_env,
+            "calibrated": estimator.calibrated,
+            "calibration": estimator.correction.metrics if estimator.correction else {},
+            "intercept_ms": estimator.intercept_ms,
+            "entries": estimator.entries,
+        }
+
+    def space_tables(self, query: Query, space: Space) -> dict[str, Any]:
+        """What LatencyCost is built from: each block position's corrected times, and the intercept."""
+        estimator, tables = self._space_tables(query, space)
+        return {
+            "space": space.name,
+            "conditions": estimator.conditions.columns(),
+            "deploy_env": query.deploy_env,
+            "calibrated": estimator.calibrated,
+            "intercept_ms": estimator.intercept_ms,
+            "tables": [table.tolist() for table in tables],
+        }
+
+    def _space_tables(self, query: Query, space: Space) -> tuple[Estimator, list[np.ndarray]]:
+        estimator = self.estimator(query)
+        with self._lock:
+            tables = self._tables.get((query, space.name))
+            revision = self._revision
+        if tables is None:
+            tables = estimator.space_tables(space)
+            with self._lock:
+                if self._revision == revision:  # else the table moved meanwhile: not kept
+                    self._tables[query, space.name] = tables
+        return estimator, tables
+
+    def block_entries(self, query: Query, arch: Arch) -> list[tuple[Any, Entry]]:
+        """Each block of `arch` with what the table (or a prediction) holds for it, in network order."""
+        estimator = self.estimator(query, [arch])
+        specs = arch.specs(batch=query.conditions.batch, dtype=query.conditions.dtype)
+        return [(spec, estimator.entry(spec)) for spec in specs]
+
+    # ---- the table's views --------------------------------------------------------------------------
+    def devices(self) -> list[dict[str, Any]]:
+        """Each device: its fingerprint, rows by source per conditions, its calibrations and their errors."""
+        coverage: dict[str, list[Any]] = {}
+        for c in self.store.coverage():
+            coverage.setdefault(c.conditions.device, []).append(c)
+        fits: dict[str, list[Any]] = {}
+        for fit in self.store.fits():
+            fits.setdefault(fit.conditions.device, []).append(fit)
+        out = []
+        for d in self.store.devices():
+            held = coverage.get(d.name, [])
+            out.append(
+                {
+                    "name": d.name,
+                    "kind": d.kind,
+                    "fingerprint": d.fingerprint,
+                    "measurements": d.n_measurements,
+                    "e2e_runs": d.n_e2e_runs,
+                    "created_at": d.created_at.isoformat(),
+                    "last_seen_at": d.last_seen_at.isoformat(),
+                    "last_measured_at": max((c.last_measured_at for c in held), default=None),
+                    "coverage": [
+                        {**c.conditions.columns(), "rows": c.rows, "last_measured_at": c.last_measured_at} for c in held
+                    ],
+                    "calibrations": [
+                        {
+                            **f.conditions.columns(),
+                            "deploy_env": f.deploy_env,
+                            "model": f.params.get("variant"),
+                            "transferred_from": f.params.get("transferred_from"),
+                            "cv_rmspe": f.metrics.get("cv_rmspe"),
+                            "runs": f.n_samples,
+                            "fitted_at": f.fitted_at,
+                        }
+                        for f in fits.get(d.name, [])
+                    ],
+                }
+            )
+        return out
+
+    @staticmethod
+    def models() -> list[dict[str, Any]]:
+        return [
+            {
+                "name": info.name,
+                "resolution": info.resolution,
+                "flops_m": info.flops_m,
+                "params_m": info.params_m,
+                "top1": info.top1,
+                "available": info.available,
+            }
+            for info in (model_info(name) for name in list_models())
+        ]
+
+    def rank(self, devices: list[str], template: Query, budget_ms: float | None) -> Ranking:
+        columns = rank_columns([Conditions(d, *_rest(template.conditions)) for d in devices])
+        family = family_archs(["all"])
+        estimators = {
+            label: self.estimator(Query(conditions, template.deploy_env), family)
+            for label, conditions in columns.items()
+        }
+        return rank_family(list(columns), lambda column, model: estimators[column].estimate(model), budget_ms)
+
+    def validation(self, query: Query, tag: str = "validation") -> ValidationReport:
+        runs = self.store.e2e_runs(with_backend(query.conditions), tag=tag, deploy_env=query.deploy_env)
+        archs = list({r.arch_hash: r.arch for r in runs}.values())
+        if not archs:
+            raise NotFound(
+                f"No end-to-end run tagged '{tag}' on {query.conditions.device} under these conditions: "
+                "`lut validate` measures them."
+            )
+        return compare(archs, self.estimator(query, archs), self.store, tag)
+
+    def runs(self, query: Query, arch: Arch) -> list[dict[str, Any]]:
+        """The end-to-end runs of `arch` (any tag) under the query's conditions and deployment."""
+        from lut_db import arch_hash
+
+        digest = arch_hash(arch.to_json())
+        conditions = with_backend(query.conditions)
+        return [
+            {
+                "tag": r.tag,
+                "measured_ms": r.stats.median_us / 1e3,
+                "p10_ms": r.stats.p10_us / 1e3,
+                "p90_ms": r.stats.p90_us / 1e3,
+                "measured_at": r.provenance.measured_at,
+            }
+            for r in self.store.e2e_runs(conditions, deploy_env=query.deploy_env)
+            if r.arch_hash == digest
+        ]
+
+    def farm(self) -> dict[str, Any]:
+        """The farm's jobs and workers per device, or why there is no farm to show."""
+        if self.store.url.get_backend_name() != "postgresql":
+            return {
+                "available": False,
+                "reason": "The device farm's queue lives in a PostgreSQL table; this is SQLite.",
+            }
+        from latency.jobs.farm.status import farm_status
+
+        try:
+            devices = farm_status(self.store, create_queue=False)
+        except LutError as exc:
+            return {"available": False, "reason": str(exc)}
+        return {"available": True, "devices": [vars(d) for d in devices]}
+
+
+def _rest(conditions: Conditions) -> tuple[Any, ...]:
+    """The conditions but the device (backend, threads, batch, dtype), for another device."""
+    return conditions.backend, conditions.threads, conditions.batch, conditions.dtype
