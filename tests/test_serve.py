@@ -347,3 +347,22 @@ def test_the_family_estimates_agree_between_api_and_a_fresh_estimator(client: Te
     estimator = Estimator(CPU, db=db)
     for arch in family_archs(["all"]):
         assert ok(client.get(f"/api/estimate/{arch.name}"))["latency_ms"] == estimator.estimate(arch).latency_ms
+
+
+def test_a_team_table_on_postgresql_is_served_with_its_farm(pg_store_url: str) -> None:
+    from latency.jobs.farm.queue import enqueue_blocks
+
+    with LutStore(pg_store_url) as store:
+        fill(store, blocks_of("dmasking_f1"))
+        with TestClient(create_app(LutStore(pg_store_url, read_only=True))) as c:
+            assert ok(c.get("/api/farm")) == {"available": True, "devices": []}  # no queue made yet, none made now
+            queued = enqueue_blocks(store, Conditions("pixel"), blocks_of("dmasking_f2"), "quick", job_size=5)
+            farm = ok(c.get("/api/farm"))
+            (pixel,) = farm["devices"]
+            assert pixel["device"] == "pixel" and pixel["jobs"]["queued"] == len(queued.jobs) > 1
+            assert pixel["blocks"]["queued"] == queued.queued_blocks and pixel["workers"] == []
+            page = c.get("/farm").text
+            assert "<td>pixel</td>" in page and f'<td class="num">{len(queued.jobs)}</td>' in page
+            assert ok(c.get("/api/estimate/dmasking_f1")) == json.loads(
+                to_json(Estimator(CPU, store=store).estimate("dmasking_f1").to_dict())
+            )

@@ -41,7 +41,7 @@ def asked(
 ) -> Asked:
     if dtype not in DTYPES:
         raise LutError(f"dtype must be one of {', '.join(DTYPES)}, not '{dtype}'.", exit_code=2)
-    return Asked(Conditions(device, backend, threads, batch, dtype), deploy_env)
+    return Asked(Conditions(device, backend or None, threads, batch, dtype), deploy_env)
 
 
 Service = Annotated[TableService, Depends(service)]
@@ -94,7 +94,7 @@ def models() -> LutJSON:
 @router.get("/estimate/{model}")
 def estimate_model(model: str, table: Service, query: Conditioned) -> LutJSON:
     """A family model's estimate, as `lut estimate MODEL --no-profile --json` gives it."""
-    return LutJSON(table.estimate(query, table.family_arch(model)).to_dict())
+    return LutJSON(table.estimate_model(query, model))
 
 
 @router.post("/estimate")

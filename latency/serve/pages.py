@@ -98,8 +98,13 @@ def rank_page(
     devices: Annotated[str | None, Query(max_length=400)] = None,
     a: Annotated[str | None, Query(max_length=64)] = None,
     b: Annotated[str | None, Query(max_length=64)] = None,
-    budget_ms: Annotated[float | None, Query(gt=0, allow_inf_nan=False)] = None,
+    budget: Annotated[str | None, Query(alias="budget_ms", max_length=32)] = None,
 ) -> HTMLResponse:
+    try:
+        budget_ms = float(budget) if budget else None  # a form's empty field: no budget
+    except ValueError:
+        budget_ms = None
+    budget_ms = budget_ms if budget_ms is not None and 0 < budget_ms < float("inf") else None
     known = [d["name"] for d in table.devices()]
     names = [d for d in (devices or ",".join(known)).split(",") if d]
     try:

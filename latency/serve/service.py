@@ -51,6 +51,7 @@ class TableService:
         self._revision: tuple[Any, ...] | None = None
         self._estimators: dict[Query, Estimator] = {}
         self._tables: dict[tuple[Query, str], list[np.ndarray]] = {}
+        self._model_estimates: dict[tuple[Query, str], dict[str, Any]] = {}  # a family model's, as JSON
 
     # ---- names a request may use (never a path: nothing a request sends is opened as a file) ----------
     @staticmethod
@@ -80,11 +81,15 @@ class TableService:
             if revision != self._revision:
                 self._estimators.clear()
                 self._tables.clear()
+                self._model_estimates.clear()
                 self._revision = revision
             estimator = self._estimators.get(query)
             if estimator is None:
                 conditions = with_backend(query.conditions)
                 estimator = Estimator(conditions, store=self.store, deploy_env=query.deploy_env)
+                # a phone's missing blocks are predicted by a model fitted on its rows: one fit for the
+                # whole family, not one per model page
+                fill_missing(estimator, family_archs(["all"]), measure=False)
                 self._estimators[query] = estimator
             if archs and any(estimator.missing(a) for a in archs):
                 fill_missing(estimator, archs, measure=False)
@@ -92,6 +97,21 @@ class TableService:
 
     def estimate(self, query: Query, arch: Arch) -> Estimate:
         return self.estimator(query, [arch]).estimate(arch)
+
+    def estimate_model(self, query: Query, name: str) -> dict[str, Any]:
+        """A family model's estimate as JSON (Estimate.to_dict), kept while the table is unchanged: the
+        request a dashboard or a ranking script repeats."""
+        arch = self.family_arch(name)
+        estimator = self.estimator(query, [arch])  # checks the table's revision first
+        with self._lock:
+            found = self._model_estimates.get((query, name))
+            revision = self._revision
+        if found is None:
+            found = estimator.estimate(arch).to_dict()
+            with self._lock:
+                if self._revision == revision:
+                    self._model_estimates[query, name] = found
+        return found
 
     def estimate_many(self, query: Query, archs: list[Arch]) -> np.ndarray:
         return self.estimator(query, archs).estimate_many(archs)

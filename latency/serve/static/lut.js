@@ -1,6 +1,12 @@
 // lut serve: the one script, shipped in the wheel. A page whose <main> says data-refresh-s reloads its
 // content in place every so many seconds (the farm page), without a full page load.
 "use strict";
+// A conditions form leaves out the fields left empty, so that each takes its default.
+document.addEventListener("submit", function (event) {
+  for (const field of event.target.elements) {
+    if (field.name && field.value === "") field.disabled = true;
+  }
+});
 (function () {
   const main = document.querySelector("main[data-refresh-s]");
   if (!main) return;
