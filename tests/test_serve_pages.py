@@ -85,7 +85,7 @@ def test_the_devices_page(browser, server: str, shots: Path) -> None:
     assert visit.response.status == 200
     assert visit.count("section.device") == 2 and visit.count("table.calibrations tbody tr") == 1
     assert "cpu" in visit.page.locator("section.device h2").first.inner_text()
-    visit.close(shots / "devices.png")
+    visit.close(shots / "serve-devices.png")
 
 
 @pytest.mark.parametrize(("device", "source"), [("cpu", "measured alone"), ("pixel", "predicted")])
@@ -98,7 +98,7 @@ def test_a_model_page_draws_a_bar_per_block(browser, server: str, shots: Path, d
     assert visit.count("table.blocks tbody tr") == blocks and visit.count("figure.kinds rect.bar") >= 3
     if device == "cpu":
         assert visit.count("table.runs tbody tr") == 1  # its validation run, beside the estimate
-        visit.page.screenshot(path=str(shots / "model.png"), full_page=True)
+        visit.page.screenshot(path=str(shots / "serve-model.png"), full_page=True)
     visit.page.select_option("form.conditions select[name=device]", "pixel" if device == "cpu" else "cpu")
     visit.page.click("form.conditions button")
     visit.page.wait_for_load_state("load")
@@ -115,21 +115,21 @@ def test_the_rank_page_draws_each_device_and_the_rank_changes_chosen(browser, se
     visit.page.click("form.conditions button")
     visit.page.wait_for_load_state("load")
     assert "Rank changes: pixel against cpu" in visit.page.locator("main").inner_text()
-    visit.close(shots / "rank.png")
+    visit.close(shots / "serve-rank.png")
 
 
 def test_the_validation_page_draws_every_run_in_its_band(browser, server: str, shots: Path) -> None:
     visit = Visit(browser, f"{server}/validation")
     assert visit.count("figure.validation svg circle.point") == 4 == visit.count("table.validation tbody tr")
     assert visit.count("figure.validation svg polygon.band") == 1
-    visit.close(shots / "validation.png")
+    visit.close(shots / "serve-validation.png")
 
 
 def test_the_farm_page_refreshes_itself_and_says_why_it_is_empty(browser, server: str, shots: Path) -> None:
     visit = Visit(browser, f"{server}/farm")
     assert "PostgreSQL" in visit.page.locator("p.message").inner_text()
     visit.page.wait_for_function("document.querySelector('main').dataset.refreshedAt !== undefined", timeout=15_000)
-    visit.close(shots / "farm.png")
+    visit.close(shots / "serve-farm.png")
 
 
 def test_an_unknown_model_is_a_page_with_one_sentence(browser, server: str) -> None:

@@ -20,9 +20,7 @@ def serve(
     host: Annotated[
         str, typer.Option(envvar="LUT_SERVE_HOST", help="Address to bind: 127.0.0.1 is this machine only.")
     ] = "127.0.0.1",
-    port: Annotated[
-        int, typer.Option(min=0, max=65535, envvar="LUT_SERVE_PORT", help="Port (0: any free one).")
-    ] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, envvar="LUT_SERVE_PORT", help="Port to listen on.")] = 8000,
     token: Annotated[
         str | None,
         typer.Option(

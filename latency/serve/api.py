@@ -149,7 +149,9 @@ def space_tables(space: str, table: Service, query: Conditioned) -> LutJSON:
 def rank(
     table: Service,
     query: Conditioned,
-    devices: Annotated[str | None, Query(description="Devices, comma-separated [default: the device].")] = None,
+    devices: Annotated[
+        str | None, Query(max_length=400, description="Devices, comma-separated [default: the device].")
+    ] = None,
     budget_ms: Annotated[float | None, Query(gt=0, allow_inf_nan=False)] = None,
 ) -> LutJSON:
     """The family ranked per device (int8: with fp32 beside it), as `lut rank --no-profile --json`."""

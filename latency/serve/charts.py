@@ -28,16 +28,18 @@ class Bar:
     title: str = ""  # the hover text
 
 
-def _ticks(top: float, count: int = 5) -> list[float]:
-    if top <= 0:
-        return [0.0]
-    raw = top / count
+def _ticks(top: float, count: int = 5, bottom: float = 0.0) -> list[float]:
+    """Round values from `bottom` to `top`, about `count` of them."""
+    if top <= bottom:
+        return [bottom]
+    raw = (top - bottom) / count
     step = 10 ** math.floor(math.log10(raw))
     for factor in (1, 2, 2.5, 5, 10):
         if raw <= step * factor:
             step *= factor
             break
-    return [i * step for i in range(int(top / step) + 1)]
+    first = math.ceil(bottom / step)
+    return [round(i * step, 10) for i in range(first, math.floor(top / step) + 1)]
 
 
 def bar_chart(bars: Sequence[Bar], unit: str, colours: dict[str, str] | None = None, width: int = 960) -> str:

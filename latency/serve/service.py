@@ -52,6 +52,7 @@ class TableService:
         self._estimators: dict[Query, Estimator] = {}
         self._tables: dict[tuple[Query, str], list[np.ndarray]] = {}
         self._model_estimates: dict[tuple[Query, str], dict[str, Any]] = {}  # a family model's, as JSON
+        self._building: dict[Query, threading.Lock] = {}  # one estimator built (or extended) at a time per query
 
     # ---- names a request may use (never a path: nothing a request sends is opened as a file) ----------
     @staticmethod
@@ -74,8 +75,33 @@ class TableService:
     # ---- estimators ---------------------------------------------------------------------------------
     def estimator(self, query: Query, archs: Sequence[Arch] = ()) -> Estimator:
         """The estimator for `query`, covering `archs` as `lut estimate --no-profile` does (a phone's
-        missing blocks predicted from its measured ones; nothing is measured or written)."""
-        self.check_device(query.conditions.device)
+        missing blocks predicted from its measured ones; nothing is measured or written). Building one
+        (seconds, for a phone's predictor) holds up only the requests under the same conditions."""
+        self._follow_table()
+        with self._lock:
+            estimator = self._estimators.get(query)
+            building = self._building.setdefault(query, threading.Lock())
+            revision = self._revision
+        with building:
+            if estimator is None:
+                with self._lock:
+                    estimator = self._estimators.get(query)  # built meanwhile by another request
+            if estimator is None:
+                self.check_device(query.conditions.device)
+                conditions = with_backend(query.conditions)
+                estimator = Estimator(conditions, store=self.store, deploy_env=query.deploy_env)
+                # a phone's missing blocks are predicted by a model fitted on its rows: one fit for the
+                # whole family, not one per model page
+                fill_missing(estimator, family_archs(["all"]), measure=False)
+                with self._lock:
+                    if self._revision == revision:  # else the table moved meanwhile: used once, not kept
+                        self._estimators[query] = estimator
+            if archs and any(estimator.missing(a) for a in archs):
+                fill_missing(estimator, archs, measure=False)
+        return estimator
+
+    def _follow_table(self) -> None:
+        """Drop what was derived from the table when its revision moved (a row written since)."""
         revision = self.store.revision()
         with self._lock:
             if revision != self._revision:
@@ -83,17 +109,6 @@ class TableService:
                 self._tables.clear()
                 self._model_estimates.clear()
                 self._revision = revision
-            estimator = self._estimators.get(query)
-            if estimator is None:
-                conditions = with_backend(query.conditions)
-                estimator = Estimator(conditions, store=self.store, deploy_env=query.deploy_env)
-                # a phone's missing blocks are predicted by a model fitted on its rows: one fit for the
-                # whole family, not one per model page
-                fill_missing(estimator, family_archs(["all"]), measure=False)
-                self._estimators[query] = estimator
-            if archs and any(estimator.missing(a) for a in archs):
-                fill_missing(estimator, archs, measure=False)
-        return estimator
 
     def estimate(self, query: Query, arch: Arch) -> Estimate:
         return self.estimator(query, [arch]).estimate(arch)
@@ -101,20 +116,18 @@ class TableService:
     def estimate_model(self, query: Query, name: str) -> dict[str, Any]:
         """A family model's estimate as JSON (Estimate.to_dict), kept while the table is unchanged: the
         request a dashboard or a ranking script repeats."""
-        arch = self.family_arch(name)
-        estimator = self.estimator(query, [arch])  # checks the table's revision first
+        self._follow_table()
         with self._lock:
             found = self._model_estimates.get((query, name))
             revision = self._revision
-        if found is None:
-            found = estimator.estimate(arch).to_dict()
-            with self._lock:
-                if self._revision == revision:
-                    self._model_estimates[query, name] = found
+        if found is not None:
+            return found
+        arch = self.family_arch(name)
+        found = self.estimator(query, [arch]).estimate(arch).to_dict()
+        with self._lock:
+            if self._revision == revision:  # else the table moved meanwhile: not kept
+                self._model_estimates[query, name] = found
         return found
-
-    def estimate_many(self, query: Query, archs: list[Arch]) -> np.ndarray:
-        return self.estimator(query, archs).estimate_many(archs)
 
     def estimate_points(self, query: Query, space: Space, indices: np.ndarray) -> np.ndarray:
         """Vectorised estimates of points of `space` (rows of choice indices, as Space.sample_indices)."""
