@@ -199,6 +199,10 @@ class AndroidDevice(Device):
 
 
 HOST_CPU = Device(name="cpu", kind="cpu", backends=("torch", "onnxruntime", "executorch"), default_backend="torch")
+CUDA_BACKENDS = ("torch", "torch-eager")  # torch: CUDA-graph replay (the default); torch-eager: kernel by kernel
+PHONE_BACKENDS = ("executorch",)
+# Each kind of device with the backends it offers, the first its default (what `--backend` help lists).
+DEVICE_BACKENDS = {"cpu": HOST_CPU.backends, "cuda[:N]": CUDA_BACKENDS, "a phone": PHONE_BACKENDS}
 _CUDA = re.compile(r"cuda(?::(\d+))?")
 
 
@@ -213,7 +217,7 @@ def _cuda_device(name: str, index: int) -> CudaDevice:
     count = torch.cuda.device_count()
     if index >= count:
         raise ProfilerError(f"Device '{name}' is not available: this machine has {count} CUDA GPU(s).")
-    return CudaDevice(name=name, kind="cuda", backends=("torch", "torch-eager"), default_backend="torch", index=index)
+    return CudaDevice(name=name, kind="cuda", backends=CUDA_BACKENDS, default_backend=CUDA_BACKENDS[0], index=index)
 
 
 def check_device_name(name: str) -> None:
@@ -258,8 +262,8 @@ def resolve_device(name: str, serial: str | None = None, runner: str | None = No
     return AndroidDevice(
         name=name,
         kind="android",
-        backends=("executorch",),
-        default_backend="executorch",
+        backends=PHONE_BACKENDS,
+        default_backend=PHONE_BACKENDS[0],
         local=False,
         serial=serial,
         runner=runner,

@@ -197,3 +197,31 @@ def test_any_option_values_are_answered_or_refused(
         if not math.isfinite(budget) and args[0] == "rank":
             assert result.exit_code == 2
     assert table.read_bytes() == before
+
+
+def test_every_option_naming_a_registry_lists_all_of_it() -> None:
+    """--help stays true: an option that takes a backend, a protocol or a dtype names every one there is."""
+    import typer.main
+
+    from latency.vocab.blocks import DTYPES
+    from profilers.devices import DEVICE_BACKENDS
+    from profilers.protocol import PROTOCOLS
+
+    wanted = {
+        "backend": {b for backends in DEVICE_BACKENDS.values() for b in backends},
+        "protocol": set(PROTOCOLS),
+        "dtype": set(DTYPES),
+    }
+    seen = set()
+
+    def walk(command, path: str) -> None:
+        for param in command.params:
+            if param.name in wanted and getattr(param, "help", None):
+                missing = {name for name in wanted[param.name] if name not in param.help}
+                assert not missing, f"lut {path} --{param.name} does not name {sorted(missing)}: {param.help!r}"
+                seen.add((path, param.name))
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, f"{path} {name}".strip())
+
+    walk(typer.main.get_command(app), "")
+    assert {("profile", "backend"), ("calibrate", "protocol"), ("estimate", "dtype"), ("search", "dtype")} <= seen

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from latency.cli.common import (
+    BACKEND_HELP,
     BatchOpt,
     DbOpt,
     DeployEnvOpt,
@@ -69,7 +70,7 @@ CalibrationModelsOpt = Annotated[
 @user_errors
 def calibrate(
     device: DeviceOpt = "cpu",
-    backend: Annotated[str | None, typer.Option(help="Backend [default: the device's first].")] = None,
+    backend: Annotated[str | None, typer.Option(help=BACKEND_HELP)] = None,
     random: Annotated[int, typer.Option("--random", min=0, help="Sampled architectures to add.")] = 30,
     seed: Annotated[int, typer.Option(help="Seed of the sample.")] = 0,
     models: CalibrationModelsOpt = "all",

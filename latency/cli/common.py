@@ -17,6 +17,7 @@ from rich.text import Text
 
 from latency.vocab.deploy_env import DeployEnv
 from latency.vocab.errors import LutError
+from profilers.devices import DEVICE_BACKENDS
 
 if TYPE_CHECKING:
     from lut_db import LutStore
@@ -41,13 +42,27 @@ DeviceOpt = Annotated[
     str,
     typer.Option("--device", envvar="LUT_DEVICE", help="Device: cpu (this host), cuda[:N], or a phone's name (pixel)."),
 ]
-BackendOpt = Annotated[str | None, typer.Option(envvar="LUT_BACKEND", help="Backend [default: the device's first].")]
+BACKEND_HELP = (
+    "Backend: "
+    + "; ".join(f"on {kind} {', '.join(backends)}" for kind, backends in DEVICE_BACKENDS.items())
+    + " [default: the first of the device's]."
+)
+BackendOpt = Annotated[str | None, typer.Option(envvar="LUT_BACKEND", help=BACKEND_HELP)]
 ThreadsOpt = Annotated[int, typer.Option(min=1, envvar="LUT_THREADS", help="Threads of the runtime.")]
 BatchOpt = Annotated[int, typer.Option(min=1, help="Batch size.")]
 DtypeOpt = Annotated[str, typer.Option(help="fp32, fp16, bf16 or int8 (int8: with --backend executorch).")]
+# One phrase per protocol of profilers.protocol.PROTOCOLS (a test holds them equal).
+PROTOCOL_HELP = {
+    "standard": "the full budgets",
+    "brief": "a tenth of them (steady devices, short leases)",
+    "quick": "a smoke test with tiny budgets",
+}
 ProtocolOpt = Annotated[
     str,
-    typer.Option(envvar="LUT_PROTOCOL", help="Measurement protocol: standard, or quick (a smoke test: tiny budgets)."),
+    typer.Option(
+        envvar="LUT_PROTOCOL",
+        help="Measurement protocol: " + "; ".join(f"{name}: {what}" for name, what in PROTOCOL_HELP.items()) + ".",
+    ),
 ]
 SpaceOpt = Annotated[
     str, typer.Option(help="The search space to sample from: a name (see `lut space show`) or a space file NAME.json.")

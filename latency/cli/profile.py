@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from latency.cli.common import (
+    BACKEND_HELP,
     BatchOpt,
     DbOpt,
     DeployEnvOpt,
@@ -43,9 +44,7 @@ if TYPE_CHECKING:
 app = typer.Typer()
 
 
-ProfileBackendOpt = Annotated[
-    str | None, typer.Option("--backend", help="torch, onnxruntime or executorch [default: the device's first].")
-]
+ProfileBackendOpt = Annotated[str | None, typer.Option("--backend", help=BACKEND_HELP)]
 ModelsOpt = Annotated[
     str | None, typer.Option(help="Comma-separated model names, or 'all' [default: all, unless --arch is given].")
 ]

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from latency.cli.common import (
+    BACKEND_HELP,
     BatchOpt,
     DbOpt,
     DeployEnvOpt,
@@ -45,7 +46,7 @@ app = typer.Typer()
 @user_errors
 def validate(
     device: DeviceOpt = "cpu",
-    backend: Annotated[str | None, typer.Option(help="Backend [default: the device's first].")] = None,
+    backend: Annotated[str | None, typer.Option(help=BACKEND_HELP)] = None,
     models: Annotated[str, typer.Option(help="Family members to validate on: 'all', 'none' or names.")] = "all",
     random: Annotated[int, typer.Option("--random", min=0, help="Sampled architectures to add.")] = 30,
     seed: Annotated[int, typer.Option(help="Seed of the sample (keep it apart from calibration's).")] = 1,
