@@ -258,3 +258,29 @@ def test_two_threads_from_one_on_this_host_through_the_command(tmp_path) -> None
         refused = lut(*common, *extra)
         assert refused.returncode == 2 and said in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
     assert counts() == before
+
+
+def test_a_source_on_this_host_that_lacks_networks_is_filled_first_or_named(tmp_path) -> None:
+    """The newcomer's case: the source profiled for two of the five networks the transfer runs. With
+    --no-profile the transfer stops before running anything on the target, naming what is missing; without,
+    it measures the source's missing blocks first and then transfers on all five runs."""
+    db = str(tmp_path / "lut.sqlite")
+    archs = transfer_archs(5, seed=0, space=str(TINY_SPACE), models=())
+    for arch in archs:
+        (tmp_path / f"{arch.name}.json").write_text(arch.to_json())
+    profiled = [f for arch in archs[:2] for f in ("--arch", str(tmp_path / f"{arch.name}.json"))]
+    lut("profile", *profiled, "--threads", "1", "--protocol", "quick", "--db", db, check=True)
+    source = Conditions("cpu", "torch", threads=1)
+    lacking = [a for a in archs if Estimator(source, db=db).missing(a)]
+    assert len(lacking) >= 1
+    common = ["calibrate", "--device", "cpu", "--threads", "2", "--from", "cpu", "--from-threads", "1", "--runs", "5"]
+    common += ["--models", "none", "--space", str(TINY_SPACE), "--protocol", "quick", "--db", db]
+    refused = lut(*common, "--no-profile")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert f"lacks blocks of {len(lacking)} of the 5 networks the transfer runs" in refused.stderr
+    assert "this command without --no-profile" in refused.stderr
+    with LutStore(db) as store:
+        assert store.e2e_runs(Conditions("cpu", "torch", threads=2)) == []  # nothing ran on the target
+    report = json.loads(lut(*common, "--json", check=True).stdout)
+    assert report["runs"] == 5  # every run is covered by the source's table now
+    assert all(not Estimator(source, db=db).missing(a) for a in archs)

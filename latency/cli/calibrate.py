@@ -87,6 +87,13 @@ def calibrate(
     serial: SerialOpt = None,
     runner: RunnerOpt = None,
     queue: QueueRunsOpt = False,
+    no_profile: Annotated[
+        bool,
+        typer.Option(
+            "--no-profile",
+            help="With --from: never measure the blocks a source on this host lacks (they are named instead).",
+        ),
+    ] = False,
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -94,7 +101,7 @@ def calibrate(
     with its CV error. With --from: a transfer, DEVICE's table from other devices' tables and a few runs."""
     from latency.jobs.calibrate import calibrate as run_calibration
     from latency.jobs.calibrate import run_archs
-    from latency.jobs.transfer import check_sources, transfer, transfer_archs
+    from latency.jobs.transfer import check_sources, cover_sources, transfer, transfer_archs
     from profilers.devices import backend_of
 
     backend = backend_of(Conditions(device, backend))
@@ -114,6 +121,9 @@ def calibrate(
         title = f"running {len(archs)} networks on {device}"
     if from_devices is not None:
         check_sources(store, conditions, sources)  # before any network runs or is queued
+        if queue:  # the farm runs the target's networks; the sources' blocks are covered here first
+            with RichProgress("measuring what the sources lack") as bar:
+                cover_sources(store, sources, archs, not no_profile, check_protocol(protocol), bar)
     if queue:
         _queue(store, conditions, archs, from_devices is None, env, check_protocol(protocol), as_json)
         return
@@ -124,7 +134,15 @@ def calibrate(
             )
         else:
             report = transfer(
-                store, conditions, sources, archs, check_protocol(protocol), bar, deploy_env=env, device_options=phone
+                store,
+                conditions,
+                sources,
+                archs,
+                check_protocol(protocol),
+                bar,
+                deploy_env=env,
+                device_options=phone,
+                measure_sources=not no_profile,
             )
     if as_json:
         print_json(report.to_dict())

@@ -29,11 +29,12 @@ from latency.vocab.blocks import BlockSpec
 from latency.vocab.conditions import Conditions
 from latency.vocab.deploy_env import DEFAULT, DeployEnv
 from latency.vocab.errors import LutError
+from latency.vocab.family import list_models
 from latency.vocab.timing import TimingStats
 from lut_db import E2ERecord, FitRecord, LutStore, MeasurementRecord
 from lut_db.records import Provenance
 from profilers.backends import backend_class
-from profilers.devices import check_device_name
+from profilers.devices import check_device_name, is_local
 from profilers.protocol import ProgressSink, Protocol
 
 TRANSFER_TAG = "transfer"
@@ -118,6 +119,50 @@ def check_sources(store: LutStore, target: Conditions, sources: Sequence[Conditi
             )
 
 
+def cover_sources(
+    store: LutStore,
+    sources: Sequence[Conditions],
+    archs: Sequence[Arch],
+    measure: bool = True,
+    protocol: Protocol | str = "standard",
+    progress: ProgressSink | None = None,
+) -> int:
+    """Make each source's table hold the blocks of the networks a transfer will run, before one runs on the
+    target: a source on this host measures what it lacks (unless `measure` is False, when the networks are
+    named with the command that fills them); a source elsewhere predicts it from its own rows when the
+    transfer fits. Returns the blocks measured."""
+    measured = 0
+    for source in sources:
+        estimator = Estimator(source, store=store, use_calibration=False)
+        lacking = [a for a in archs if estimator.missing(a)]
+        if not lacking or not is_local(source.device):
+            continue
+        if not measure:
+            names = ", ".join(a.name for a in lacking[:4]) + (
+                f" and {len(lacking) - 4} more" if len(lacking) > 4 else ""
+            )
+            family = [a.name for a in lacking if a.name in list_models()]
+            profile = (
+                f"`lut profile --device {source.device} --backend {source.backend} --threads {source.threads} "
+                f"--models {','.join(family)}`, or "
+                if len(family) == len(lacking)
+                else ""
+            )
+            raise LutError(
+                f"The source {describe(source)} lacks blocks of {len(lacking)} of the {len(archs)} networks the "
+                f"transfer runs ({names}): measure them first with {profile}this command without --no-profile "
+                "(it measures them before running anything on the target).",
+                exit_code=2,
+            )
+        before = estimator.entries
+        fill_missing(estimator, lacking, measure=True, protocol=protocol, progress=progress)
+        measured += estimator.entries - before
+        still = [a.name for a in lacking if estimator.missing(a)]
+        if still:
+            raise LutError(f"Some blocks of {', '.join(still[:4])} could not be measured on {describe(source)}.")
+    return measured
+
+
 def transfer(
     store: LutStore,
     target: Conditions,
@@ -127,10 +172,12 @@ def transfer(
     progress: ProgressSink | None = None,
     deploy_env: DeployEnv = DEFAULT,
     device_options: dict[str, Any] | None = None,
+    measure_sources: bool = True,
 ) -> TransferReport:
-    """Run `archs` end to end on `target` (as `deploy_env` runs them; `device_options`: a phone's `serial`
-    and `runner`), then fit and store the transfer (transfer_from_runs)."""
+    """Cover the sources (cover_sources), run `archs` end to end on `target` (as `deploy_env` runs them;
+    `device_options`: a phone's `serial` and `runner`), then fit and store the transfer (transfer_from_runs)."""
     check_sources(store, target, sources)
+    cover_sources(store, sources, archs, measure_sources, protocol, progress)
     e2e = profile_archs(
         archs,
         store,
