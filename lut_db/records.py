@@ -129,6 +129,18 @@ class DeviceInfo:
     created_at: datetime
     last_seen_at: datetime
 
+    def to_dict(self) -> dict[str, Any]:
+        """What `lut devices --json` and the service say of the device (times in ISO 8601)."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "fingerprint": self.fingerprint,
+            "measurements": self.n_measurements,
+            "e2e_runs": self.n_e2e_runs,
+            "created_at": self.created_at.isoformat(),
+            "last_seen_at": self.last_seen_at.isoformat(),
+        }
+
 
 def _check_resolved(conditions: Conditions) -> None:
     if not isinstance(conditions, Conditions) or conditions.backend is None:

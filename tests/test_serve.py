@@ -234,37 +234,42 @@ def test_a_write_to_the_table_while_serving_is_seen_on_the_next_request(tmp_path
             store.put_measurement(row)  # the service's own store refuses writes
 
 
+class Served:
+    """`lut serve` in a process of its own on a free port of this machine (a context manager)."""
+
+    def __init__(self, db: str, token: str | None = None) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.url, self.token = f"http://127.0.0.1:{port}", token
+        env = {k: v for k, v in os.environ.items() if k != "LUT_SERVE_TOKEN"}
+        env |= {"LUT_SERVE_TOKEN": token} if token else {}
+        args = [sys.executable, "-m", "latency.cli", "serve", "--db", db, "--port", str(port)]
+        self.process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def __enter__(self) -> Served:
+        deadline = time.monotonic() + 60
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"lut serve exited: {self.process.stderr.read()}")
+            try:
+                urllib.request.urlopen(urllib.request.Request(f"{self.url}/api/models", headers=headers))
+                return self
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError("lut serve did not answer within 60 s")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(30)
+
+
 @pytest.fixture(scope="module")
 def server(db: str) -> Iterator[str]:
-    """A real `lut serve` on a free port of this machine."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "LUT_SERVE_TOKEN": "t0ken"}
-    args = [sys.executable, "-m", "latency.cli", "serve", "--db", db, "--port", str(port)]
-    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(url, process)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(30)
-
-
-def wait_for(url: str, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"lut serve exited: {process.stderr.read()}")
-        try:
-            urllib.request.urlopen(
-                urllib.request.Request(f"{url}/api/models", headers={"Authorization": "Bearer t0ken"})
-            )
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError("lut serve did not answer within 60 s")
+    with Served(db, token="t0ken") as served:
+        yield served.url
 
 
 def test_a_search_that_cannot_reach_the_table_asks_the_service(server: str, db: str) -> None:
@@ -288,14 +293,8 @@ def test_a_search_that_cannot_reach_the_table_asks_the_service(server: str, db: 
 
 
 def test_sigterm_lets_the_request_in_flight_finish(db: str) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    args = [sys.executable, "-m", "latency.cli", "serve", "--db", db, "--port", str(port)]
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_plain(url, process)
+    with Served(db) as served:
+        url, process = served.url, served.process
         answers: list[object] = []
         answered_at: list[float] = []
 
@@ -318,22 +317,6 @@ def test_sigterm_lets_the_request_in_flight_finish(db: str) -> None:
         (answer,) = answers
         assert isinstance(answer, dict) and answer["columns"] == ["cpu", "pixel"], answer
         assert answered_at[0] > terminated_at  # it was in flight when the signal came
-    finally:
-        if process.poll() is None:
-            process.kill()
-
-
-def wait_for_plain(url: str, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"lut serve exited: {process.stderr.read()}")
-        try:
-            urllib.request.urlopen(f"{url}/api/models")
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError("lut serve did not answer within 60 s")
 
 
 def test_lut_serve_says_where_it_listens_and_refuses_a_table_that_is_not_there(tmp_path: Path) -> None:

@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from latency.vocab.family import blocks_of
-from tests.test_serve import make_table, wait_for_plain
+from tests.test_serve import Served, make_table
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(
@@ -25,20 +22,8 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    db = make_table(tmp_path_factory.mktemp("pages") / "lut.sqlite")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    args = [sys.executable, "-m", "latency.cli", "serve", "--db", db, "--port", str(port)]
-    env = {k: v for k, v in os.environ.items() if k != "LUT_SERVE_TOKEN"}
-    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_plain(url, process)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(30)
+    with Served(make_table(tmp_path_factory.mktemp("pages") / "lut.sqlite")) as served:
+        yield served.url
 
 
 @pytest.fixture(scope="module")

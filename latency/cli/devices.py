@@ -24,20 +24,7 @@ def devices(db: DbOpt = None, as_json: JsonOpt = False) -> None:
     store = open_store(db)
     rows = store.devices()
     if as_json:
-        print_json(
-            [
-                {
-                    "name": d.name,
-                    "kind": d.kind,
-                    "fingerprint": d.fingerprint,
-                    "measurements": d.n_measurements,
-                    "e2e_runs": d.n_e2e_runs,
-                    "created_at": d.created_at.isoformat(),
-                    "last_seen_at": d.last_seen_at.isoformat(),
-                }
-                for d in rows
-            ]
-        )
+        print_json([d.to_dict() for d in rows])
         return
     table = Table(title=f"devices in {store.url}")
     for column in ("device", "kind", "blocks measured", "end-to-end runs", "last seen (UTC)", "fingerprint"):

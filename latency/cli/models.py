@@ -24,21 +24,7 @@ def models(as_json: JsonOpt = False) -> None:
 
     infos = [model_info(name) for name in list_models()]
     if as_json:
-        print_json(
-            [
-                {
-                    "name": info.name,
-                    "resolution": info.resolution,
-                    "flops_m": info.flops_m,
-                    "params_m": info.params_m,
-                    "top1": info.top1,
-                    "available": info.available,
-                    "published": {k: v for k, v in vars(info.published).items() if v is not None},
-                    "unavailable_reason": info.unavailable_reason,
-                }
-                for info in infos
-            ]
-        )
+        print_json([info.to_dict() for info in infos])
         return
     table = Table(
         title="FBNetV2 family",

@@ -189,13 +189,7 @@ class TableService:
             held = coverage.get(d.name, [])
             out.append(
                 {
-                    "name": d.name,
-                    "kind": d.kind,
-                    "fingerprint": d.fingerprint,
-                    "measurements": d.n_measurements,
-                    "e2e_runs": d.n_e2e_runs,
-                    "created_at": d.created_at.isoformat(),
-                    "last_seen_at": d.last_seen_at.isoformat(),
+                    **d.to_dict(),
                     "last_measured_at": max((c.last_measured_at for c in held), default=None),
                     "coverage": [
                         {**c.conditions.columns(), "rows": c.rows, "last_measured_at": c.last_measured_at} for c in held
@@ -218,17 +212,7 @@ class TableService:
 
     @staticmethod
     def models() -> list[dict[str, Any]]:
-        return [
-            {
-                "name": info.name,
-                "resolution": info.resolution,
-                "flops_m": info.flops_m,
-                "params_m": info.params_m,
-                "top1": info.top1,
-                "available": info.available,
-            }
-            for info in (model_info(name) for name in list_models())
-        ]
+        return [model_info(name).to_dict() for name in list_models()]
 
     def rank(self, devices: list[str], template: Query, budget_ms: float | None) -> Ranking:
         columns = rank_columns([Conditions(d, *_rest(template.conditions)) for d in devices])

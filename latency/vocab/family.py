@@ -51,6 +51,19 @@ class ModelInfo:
     def arch(self) -> Arch:
         return get_arch(self.name)
 
+    def to_dict(self) -> dict[str, Any]:
+        """What `lut models --json` and the service's `/api/models` say of the model."""
+        return {
+            "name": self.name,
+            "resolution": self.resolution,
+            "flops_m": self.flops_m,
+            "params_m": self.params_m,
+            "top1": self.top1,
+            "available": self.available,
+            "published": {k: v for k, v in vars(self.published).items() if v is not None},
+            "unavailable_reason": self.unavailable_reason,
+        }
+
     @property
     def flops_m(self) -> float | None:
         """Counted from the block specs; None when no architecture is public."""
