@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Select, inspect, select, text, update
@@ -26,6 +28,7 @@ from lut_db.engine import (
     build_engine,
     ensure_parent,
     is_sqlite,
+    read_only_connect,
     resolve_url,
     sqlite_file,
     sqlite_read_only,
@@ -134,6 +137,8 @@ class StoreCore:
     def __init__(self, url: str | os.PathLike[str] | None = None, read_only: bool = False) -> None:
         self._url = resolve_url(url)
         self._sqlite = is_sqlite(self._url)
+        self._version_lock = threading.Lock()
+        self._version_conn: Any = None  # revision()'s own SQLite connection
         self._asked_read_only = read_only
         if not read_only:
             ensure_parent(self._url)
@@ -258,6 +263,10 @@ class StoreCore:
 
     def close(self) -> None:
         self._engine.dispose()
+        with self._version_lock:
+            if self._version_conn is not None:
+                self._version_conn.close()
+                self._version_conn = None
 
     def __enter__(self: S) -> S:
         return self
@@ -315,8 +324,13 @@ class StoreCore:
             raise StoreError(f"Reading the lut database {self._url} failed: {one_line(exc)}.") from exc
 
     def revision(self) -> tuple[Any, ...]:
-        """A value that changes whenever a row is written or replaced (the rows and the newest time of each
-        room): a reader that caches what it derived from the table compares it before each use."""
+        """A value that changes whenever a row is written or replaced: a reader that caches what it derived
+        from the table compares it before each use. On SQLite, the file's data version as one connection of
+        its own sees it (it moves on any other connection's commit, in any process: microseconds); on
+        PostgreSQL, the rows and the newest time of each room."""
+        path = sqlite_file(self._url) if self._sqlite else None
+        if path is not None:
+            return ("sqlite", self._data_version(path))
         from sqlalchemy import func
 
         from lut_db.models import E2ERun, Fit, Measurement
@@ -337,6 +351,12 @@ class StoreCore:
                 return tuple(conn.execute(stmt).one())
         except SQLAlchemyError as exc:
             raise StoreError(f"Reading the lut database {self._url} failed: {one_line(exc)}.") from exc
+
+    def _data_version(self, path: Path) -> int:
+        with self._version_lock:
+            if self._version_conn is None:
+                self._version_conn = read_only_connect(path)()
+            return int(self._version_conn.execute("PRAGMA data_version").fetchone()[0])
 
     def _device_id(self, session: Session, name: str) -> int:
         device_id = session.scalar(select(DeviceRow.id).where(DeviceRow.name == name))

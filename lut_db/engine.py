@@ -71,7 +71,7 @@ def sqlite_read_only(url: URL) -> bool:
     return not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK))
 
 
-def _read_only_connect(path: Path) -> Any:
+def read_only_connect(path: Path) -> Any:
     # Without write access to the directory SQLite cannot make the WAL's -shm file, so it must be told
     # that nobody writes the file (immutable); with it, a plain read-only open is enough.
     flags = "mode=ro" if os.access(path.parent, os.W_OK) else "mode=ro&immutable=1"
@@ -108,7 +108,7 @@ def build_engine(url: URL, *, probe: bool = False, read_only: bool = False) -> E
         if probe:
             kwargs["poolclass"] = NullPool  # really close the file afterwards
         if read_only:
-            kwargs["creator"] = _read_only_connect(Path(url.database or ""))
+            kwargs["creator"] = read_only_connect(Path(url.database or ""))
     else:
         kwargs["pool_pre_ping"] = True
         if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
+from starlette.concurrency import run_in_threadpool
 
 from latency.serve.app import LutJSON
 from latency.serve.service import Query as Asked
@@ -25,11 +26,11 @@ MAX_ARCHS = 10_000  # ARCH.json files in one request
 MAX_POINTS = 1_000_000  # space points in one request
 
 
-def service(request: Request) -> TableService:
+async def service(request: Request) -> TableService:  # async: no thread hop for what a request always needs
     return request.app.state.service
 
 
-def asked(
+async def asked(
     device: Annotated[
         str, Query(max_length=64, description="A device in the table (cpu, cuda:0, pixel, ...).")
     ] = "cpu",
@@ -92,9 +93,12 @@ def models() -> LutJSON:
 
 
 @router.get("/estimate/{model}")
-def estimate_model(model: str, table: Service, query: Conditioned) -> LutJSON:
+async def estimate_model(model: str, table: Service, query: Conditioned) -> LutJSON:
     """A family model's estimate, as `lut estimate MODEL --no-profile --json` gives it."""
-    return LutJSON(table.estimate_model(query, model))
+    found = table.kept_model_estimate(query, model)
+    if found is None:  # built in a worker thread: a phone's first estimate fits a predictor (seconds)
+        found = await run_in_threadpool(table.estimate_model, query, model)
+    return LutJSON(found)
 
 
 @router.post("/estimate")

@@ -113,6 +113,13 @@ class TableService:
     def estimate(self, query: Query, arch: Arch) -> Estimate:
         return self.estimator(query, [arch]).estimate(arch)
 
+    def kept_model_estimate(self, query: Query, name: str) -> dict[str, Any] | None:
+        """The family model's estimate kept from an earlier request, if the table has not moved since
+        (microseconds: what a server answers without leaving its event loop), else None."""
+        self._follow_table()
+        with self._lock:
+            return self._model_estimates.get((query, name))
+
     def estimate_model(self, query: Query, name: str) -> dict[str, Any]:
         """A family model's estimate as JSON (Estimate.to_dict), kept while the table is unchanged: the
         request a dashboard or a ranking script repeats."""
@@ -128,6 +135,9 @@ class TableService:
             if self._revision == revision:  # else the table moved meanwhile: not kept
                 self._model_estimates[query, name] = found
         return found
+
+    def estimate_many(self, query: Query, archs: list[Arch]) -> np.ndarray:
+        return self.estimator(query, archs).estimate_many(archs)
 
     def estimate_points(self, query: Query, space: Space, indices: np.ndarray) -> np.ndarray:
         """Vectorised estimates of points of `space` (rows of choice indices, as Space.sample_indices)."""
