@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -349,3 +350,12 @@ def test_a_team_table_on_postgresql_is_served_with_its_farm(pg_store_url: str) -
             assert ok(c.get("/api/estimate/dmasking_f1")) == json.loads(
                 to_json(Estimator(CPU, store=store).estimate("dmasking_f1").to_dict())
             )
+
+
+def test_a_charts_ticks_label_the_range_it_plots() -> None:
+    from latency.serve.charts import Point, scatter
+
+    svg = scatter([Point("f1", 1.4, 68.3), Point("l3", 16.5, 78.9)], "ms", "top-1")
+    labels = [float(t) for t in re.findall(r'class="tick"[^>]*>([0-9.]+)</text>', svg)]
+    assert {70.0, 75.0} <= set(labels) and {5.0, 10.0, 15.0} <= set(labels)
+    assert all(0.5 <= t <= 17.5 or 67 <= t <= 80 for t in labels)

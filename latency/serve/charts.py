@@ -152,13 +152,11 @@ def scatter(
         f'<text class="axis" x="14" y="{pad + plot_h / 2:.0f}" transform="rotate(-90 14 {pad + plot_h / 2:.0f})" '
         f'text-anchor="middle">{escape(y_unit)}</text>'
     )
-    for tick in _ticks(x1):
-        if tick >= x0:
-            parts.append(
-                f'<text class="tick" x="{sx(tick):.1f}" y="{pad + plot_h + 16}" text-anchor="middle">{tick:g}</text>'
-            )
-    for tick in _ticks(y1):
-        if tick >= y0:
-            parts.append(f'<text class="tick" x="{left - 6}" y="{sy(tick) + 4:.1f}" text-anchor="end">{tick:g}</text>')
+    for tick in _ticks(x1, bottom=x0):
+        parts.append(
+            f'<text class="tick" x="{sx(tick):.1f}" y="{pad + plot_h + 16}" text-anchor="middle">{tick:g}</text>'
+        )
+    for tick in _ticks(y1, bottom=y0):
+        parts.append(f'<text class="tick" x="{left - 6}" y="{sy(tick) + 4:.1f}" text-anchor="end">{tick:g}</text>')
     parts.append("</svg>")
     return "".join(parts)
