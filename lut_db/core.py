@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import Select, inspect, select, text, update
+from sqlalchemy import BigInteger, Select, Text, cast, inspect, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
@@ -51,6 +51,7 @@ T = TypeVar("T")
 S = TypeVar("S", bound="StoreCore")  # the store itself (typing.Self needs Python 3.11)
 R = TypeVar("R")
 
+REVISION_KEY = "writes"  # meta's count of write transactions (revision() on PostgreSQL)
 _LOCK_RETRIES = 5  # last resort on SQLite: busy_timeout and BEGIN IMMEDIATE normally make writers wait
 _PG_SCHEMA_LOCK = 0x6C7574  # advisory lock id ("lut") serialising schema creation on PostgreSQL
 
@@ -181,7 +182,8 @@ class StoreCore:
         """Our table's schema version, None for an empty database; refuses a database that is not ours
         or is too new before anything (even WAL mode) touches it."""
         # On SQLite a bare engine reads the file without the pragmas; on PostgreSQL reading changes nothing.
-        probe = build_engine(self._url, probe=True)
+        # read-only when asked: closing a read-write probe would checkpoint the WAL into the file (a write)
+        probe = build_engine(self._url, probe=True, read_only=self._asked_read_only)
         try:
             with probe.connect() as conn:
                 return self._validate(conn)
@@ -298,7 +300,10 @@ class StoreCore:
 
         def attempt() -> T:
             with Session(self._write_engine, expire_on_commit=False) as session, session.begin():
-                return fn(session)
+                done = fn(session)
+                if not self._sqlite:  # revision(): PostgreSQL has no data_version; the write is counted instead
+                    session.execute(self._revision_bump())
+                return done
 
         try:
             return self._retry(attempt)
@@ -327,35 +332,29 @@ class StoreCore:
         """A value that changes whenever a row is written or replaced: a reader that caches what it derived
         from the table compares it before each use. On SQLite, the file's data version as one connection of
         its own sees it (it moves on any other connection's commit, in any process: microseconds); on
-        PostgreSQL, the rows and the newest time of each room."""
+        PostgreSQL, a counter every write transaction of the table bumps in `meta` (one row read by key)."""
         path = sqlite_file(self._url) if self._sqlite else None
         if path is not None:
             return ("sqlite", self._data_version(path))
-        from sqlalchemy import func
-
-        from lut_db.models import E2ERun, Fit, Measurement
-
-        stmt = select(
-            *(
-                select(aggregate).select_from(table).scalar_subquery()
-                for table, column in (
-                    (Measurement, Measurement.measured_at),
-                    (E2ERun, E2ERun.measured_at),
-                    (Fit, Fit.fitted_at),
-                )
-                for aggregate in (func.count(), func.max(column))
-            )
-        )
         try:
             with self._engine.connect() as conn:  # a bare connection: a session costs more than the query
-                return tuple(conn.execute(stmt).one())
+                return ("writes", conn.execute(select(Meta.value).where(Meta.key == REVISION_KEY)).scalar())
         except SQLAlchemyError as exc:
             raise StoreError(f"Reading the lut database {self._url} failed: {one_line(exc)}.") from exc
+
+    def _revision_bump(self) -> Any:
+        """The statement that counts a write transaction (a row in `meta`, made by the first write)."""
+        bumped = cast(cast(Meta.value, BigInteger) + 1, Text)
+        return (
+            self._insert(Meta)
+            .values(key=REVISION_KEY, value="1")
+            .on_conflict_do_update(index_elements=["key"], set_={"value": bumped})
+        )
 
     def _data_version(self, path: Path) -> int:
         with self._version_lock:
             if self._version_conn is None:
-                self._version_conn = read_only_connect(path)()
+                self._version_conn = read_only_connect(path, others_write=True)()
             return int(self._version_conn.execute("PRAGMA data_version").fetchone()[0])
 
     def _device_id(self, session: Session, name: str) -> int:

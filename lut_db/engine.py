@@ -71,10 +71,13 @@ def sqlite_read_only(url: URL) -> bool:
     return not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK))
 
 
-def read_only_connect(path: Path) -> Any:
-    # Without write access to the directory SQLite cannot make the WAL's -shm file, so it must be told
-    # that nobody writes the file (immutable); with it, a plain read-only open is enough.
-    flags = "mode=ro" if os.access(path.parent, os.W_OK) else "mode=ro&immutable=1"
+def read_only_connect(path: Path, others_write: bool = False) -> Any:
+    """Connections that read `path` only. Without write access to the directory SQLite cannot make the
+    WAL's -shm file, so a file nobody writes is opened as immutable; one that others write
+    (`others_write`, what `lut serve` reads while `lut profile` writes) never is: SQLite would then ignore
+    the WAL and miss their rows."""
+    immutable = not others_write and not os.access(path.parent, os.W_OK)
+    flags = "mode=ro&immutable=1" if immutable else "mode=ro"
     uri = f"file:{urllib.parse.quote(str(path))}?{flags}"
 
     def connect() -> sqlite3.Connection:
@@ -102,13 +105,13 @@ def build_engine(url: URL, *, probe: bool = False, read_only: bool = False) -> E
     in read-only transactions)."""
     kwargs: dict[str, Any] = {}
     connect_args: dict[str, Any] = {}
-    read_only = read_only or sqlite_read_only(url)
+    asked, read_only = read_only, read_only or sqlite_read_only(url)
     if is_sqlite(url):
         connect_args["timeout"] = SQLITE_BUSY_TIMEOUT_MS / 1000
         if probe:
             kwargs["poolclass"] = NullPool  # really close the file afterwards
         if read_only:
-            kwargs["creator"] = read_only_connect(Path(url.database or ""))
+            kwargs["creator"] = read_only_connect(Path(url.database or ""), others_write=asked)
     else:
         kwargs["pool_pre_ping"] = True
         if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:

@@ -52,10 +52,10 @@ class LatencyCost(nn.Module):
         if estimator is None and url is not None:  # a `lut serve` answers: the search never opens the table
             estimator = RemoteEstimator(conditions, url, token, deploy_env)
         estimator = estimator or Estimator(conditions, db=db, deploy_env=deploy_env)
+        latency = estimator.space_tables(self.space)  # first: a remote estimator's intercept is of its answer
         self.calibrated = estimator.calibrated
         self.intercept_ms = estimator.intercept_ms
         self.positions = self.space.positions
-        latency = estimator.space_tables(self.space)
         flops, params = self._count_tables()
         for i, (lat, fl, pa) in enumerate(zip(latency, flops, params, strict=True)):
             # float64: the tables are small, and one-hot costs then equal the estimate to 1e-12.

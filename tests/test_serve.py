@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -30,6 +32,7 @@ from latency.estimate.remote import RemoteEstimator
 from latency.serve import create_app
 from latency.serve.app import to_json
 from latency.vocab.conditions import Conditions
+from latency.vocab.errors import LutError
 from latency.vocab.family import blocks_of, family_archs, get_arch, list_models
 from latency.vocab.space import get_space
 from lut_db import FitRecord, LutStore
@@ -359,3 +362,42 @@ def test_a_charts_ticks_label_the_range_it_plots() -> None:
     labels = [float(t) for t in re.findall(r'class="tick"[^>]*>([0-9.]+)</text>', svg)]
     assert {70.0, 75.0} <= set(labels) and {5.0, 10.0, 15.0} <= set(labels)
     assert all(0.5 <= t <= 17.5 or 67 <= t <= 80 for t in labels)
+
+
+def test_review_findings_stay_fixed(client: TestClient, db: str, tmp_path: Path) -> None:
+    # fractional or boolean choices are not choices
+    for rows in ([[1.9] * len(SPACE.dimensions)], [[True] * len(SPACE.dimensions)]):
+        bad = client.post("/api/estimate/many", json={"space": SPACE.name, "indices": rows})
+        assert bad.status_code == 400 and "whole numbers" in bad.json()["error"]
+    # an empty device list is a user's error, not a 500
+    empty = client.get("/api/rank", params={"devices": ","})
+    assert empty.status_code == 400 and "at least one device" in empty.json()["error"]
+    # one spelling per deployment: the validation finds the runs the estimate is calibrated for
+    assert client.get("/api/validation", params={"deploy_env": " default"}).status_code == 200
+    # a token a header or a cookie would mangle is refused when the app is made
+    with LutStore(db, read_only=True) as store:
+        for token in ("", "a;b", "tök", "two words"):
+            with pytest.raises(LutError, match="A service token is"):
+                create_app(store, token=token)
+    # opened read-only, a table whose last rows are still in its WAL (a writer that died before a
+    # checkpoint) shows those rows, and opening and closing it writes nothing into the file
+    source = tmp_path / "source.sqlite"
+    make_table(source)
+    writer = sqlite3.connect(source)
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("UPDATE measurements SET median_us = median_us * 2")
+    writer.commit()
+    copy = tmp_path / "copy" / "lut.sqlite"
+    copy.parent.mkdir()
+    for suffix in ("", "-wal"):
+        shutil.copy(f"{source}{suffix}", f"{copy}{suffix}")
+    writer.close()
+    before = copy.read_bytes()
+    with LutStore(str(copy), read_only=True) as reader:
+        reader.revision()
+        doubled = reader.measurement_map(CPU)
+    with LutStore(str(source), read_only=True) as original:
+        assert {k: r.stats.median_us for k, r in doubled.items()} == {
+            k: r.stats.median_us for k, r in original.measurement_map(CPU).items()
+        }
+    assert copy.read_bytes() == before

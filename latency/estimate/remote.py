@@ -7,6 +7,7 @@ from the database. The standard library speaks HTTP here: nothing more to instal
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.parse
@@ -25,6 +26,18 @@ from latency.vocab.family import list_models, resolve_arch
 from latency.vocab.space import Space
 
 TIMEOUT_S = 60.0
+ARCHS_PER_REQUEST = 1_000  # within the service's body limit (latency.serve.api.MAX_ARCHS)
+POINTS_PER_REQUEST = 50_000  # likewise (MAX_POINTS)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is an error: following one would send the bearer token wherever it points."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
 
 
 class RemoteEstimator:
@@ -41,8 +54,7 @@ class RemoteEstimator:
         self.url = url.rstrip("/")
         self.token = token
         self.deploy_env = deploy_env
-        self._space_cache: dict[str, dict[str, Any]] = {}
-        self._estimator: dict[str, Any] | None = None  # the service's estimator: calibrated, intercept
+        self._summary: dict[str, Any] | None = None  # the service's answer with calibrated and intercept_ms
 
     # ---- the Estimator surface a search uses --------------------------------------------------------
     def estimate(self, arch: str | Path | Arch | dict[str, Any]) -> Estimate:
@@ -53,33 +65,41 @@ class RemoteEstimator:
         return _estimate(body)
 
     def estimate_many(self, archs: Sequence[str | Path | Arch | dict[str, Any]]) -> np.ndarray:
-        body = self._call("POST", "/api/estimate/many", {"archs": [resolve_arch(a).to_dict() for a in archs]})
-        return np.asarray(body["latency_ms"], dtype=float)
+        """Many architectures, in requests of ARCHS_PER_REQUEST (the service's body limit)."""
+        dicts = [resolve_arch(a).to_dict() for a in archs]
+        parts = [
+            self._call("POST", "/api/estimate/many", {"archs": dicts[i : i + ARCHS_PER_REQUEST]})["latency_ms"]
+            for i in range(0, len(dicts), ARCHS_PER_REQUEST)
+        ]
+        return np.asarray([ms for part in parts for ms in part], dtype=float)
 
     def estimate_space(self, space: Space, indices: np.ndarray) -> np.ndarray:
-        body = {"space": space.name, "indices": np.asarray(indices, dtype=int).tolist()}
-        return np.asarray(self._call("POST", "/api/estimate/many", body)["latency_ms"], dtype=float)
+        """A space's points (Space.sample_indices' rows), in requests of POINTS_PER_REQUEST."""
+        rows = np.asarray(indices, dtype=int)
+        parts = []
+        for start in range(0, len(rows), POINTS_PER_REQUEST):
+            body = {"space": space.name, "indices": rows[start : start + POINTS_PER_REQUEST].tolist()}
+            parts.append(self._call("POST", "/api/estimate/many", body)["latency_ms"])
+        return np.asarray([ms for part in parts for ms in part], dtype=float)
 
     def space_tables(self, space: Space) -> list[np.ndarray]:
-        return [np.asarray(t, dtype=float) for t in self._tables(space)["tables"]]
+        """The space's block tables; the intercept and calibration then read are those of the same answer."""
+        self._summary = self._call("GET", f"/api/tables/{urllib.parse.quote(space.name)}")
+        return [np.asarray(t, dtype=float) for t in self._summary["tables"]]
 
     @property
     def intercept_ms(self) -> float:
-        return float(self._summary()["intercept_ms"])
+        return float(self._estimator_summary()["intercept_ms"])
 
     @property
     def calibrated(self) -> bool:
-        return bool(self._summary()["calibrated"])
+        return bool(self._estimator_summary()["calibrated"])
 
-    def _summary(self) -> dict[str, Any]:
-        if self._estimator is None:
-            self._estimator = self._call("GET", "/api/estimator")
-        return self._estimator
-
-    def _tables(self, space: Space) -> dict[str, Any]:
-        if space.name not in self._space_cache:
-            self._space_cache[space.name] = self._call("GET", f"/api/tables/{urllib.parse.quote(space.name)}")
-        return self._space_cache[space.name]
+    def _estimator_summary(self) -> dict[str, Any]:
+        """The last block tables' answer, else the service's estimator now."""
+        if self._summary is None:
+            self._summary = self._call("GET", "/api/estimator")
+        return self._summary
 
     # ---- HTTP ---------------------------------------------------------------------------------------------
     def _call(self, method: str, path: str, body: Any = None) -> Any:
@@ -94,7 +114,7 @@ class RemoteEstimator:
             | ({"authorization": f"Bearer {self.token}"} if self.token else {}),
         )
         try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+            with _OPENER.open(request, timeout=TIMEOUT_S) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as exc:
             try:
@@ -105,6 +125,8 @@ class RemoteEstimator:
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise LutError(f"Cannot reach the lut service at {self.url}: {reason}.") from None
+        except (ValueError, http.client.HTTPException) as exc:  # a cut or non-JSON answer
+            raise LutError(f"The lut service at {self.url} sent no readable answer: {type(exc).__name__}.") from None
 
 
 def _estimate(body: dict[str, Any]) -> Estimate:

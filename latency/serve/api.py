@@ -16,14 +16,15 @@ from latency.serve.service import TableService
 from latency.vocab.arch import Arch
 from latency.vocab.blocks import DTYPES
 from latency.vocab.conditions import Conditions
+from latency.vocab.deploy_env import DeployEnv
 from latency.vocab.errors import LutError
 from latency.vocab.family import resolve_arch
 
 router = APIRouter(prefix="/api")
 
 MAX_NESTING = 8  # ARCH.json is 3 deep; {"archs": [ARCH.json, ...]} 5
-MAX_ARCHS = 10_000  # ARCH.json files in one request
-MAX_POINTS = 1_000_000  # space points in one request
+MAX_ARCHS = 2_000  # ARCH.json files in one request (about 2 KiB each: the body limit's share)
+MAX_POINTS = 100_000  # space points in one request (about 60 bytes each in JSON)
 
 
 async def service(request: Request) -> TableService:  # async: no thread hop for what a request always needs
@@ -42,7 +43,8 @@ async def asked(
 ) -> Asked:
     if dtype not in DTYPES:
         raise LutError(f"dtype must be one of {', '.join(DTYPES)}, not '{dtype}'.", exit_code=2)
-    return Asked(Conditions(device, backend or None, threads, batch, dtype), deploy_env)
+    # one spelling per deployment, as the estimator and the stored runs have it
+    return Asked(Conditions(device, backend or None, threads, batch, dtype), DeployEnv.parse(deploy_env).name)
 
 
 Service = Annotated[TableService, Depends(service)]
@@ -95,8 +97,10 @@ def models() -> LutJSON:
 @router.get("/estimate/{model}")
 async def estimate_model(model: str, table: Service, query: Conditioned) -> LutJSON:
     """A family model's estimate, as `lut estimate MODEL --no-profile --json` gives it."""
-    found = table.kept_model_estimate(query, model)
-    if found is None:  # built in a worker thread: a phone's first estimate fits a predictor (seconds)
+    # a kept answer on the event loop where the table's revision is read in microseconds (SQLite); anything
+    # else in a worker thread: a phone's first estimate fits a predictor (seconds), PostgreSQL is a round trip
+    found = table.kept_model_estimate(query, model) if table.revision_is_cheap else None
+    if found is None:
         found = await run_in_threadpool(table.estimate_model, query, model)
     return LutJSON(found)
 
@@ -121,9 +125,11 @@ def estimate_many(body: Annotated[Any, Depends(json_body)], table: Service, quer
         return LutJSON({"latency_ms": latency_ms})
     space = table.space(str(body.get("space", "")))
     try:
-        indices = np.asarray(body["indices"], dtype=np.int64)
+        indices = np.asarray(body["indices"])
     except (TypeError, ValueError, OverflowError):
-        raise LutError("'indices' is a list of rows of whole numbers.", exit_code=2) from None
+        indices = np.asarray([])
+    if indices.dtype.kind not in "iu":  # 1.9 is no choice, nor True
+        raise LutError("'indices' is a list of rows of whole numbers.", exit_code=2)
     sizes = np.array([k for _, k in space.dimensions])
     if indices.ndim != 2 or indices.shape[1] != len(sizes) or not 0 < len(indices) <= MAX_POINTS:
         raise LutError(
@@ -160,6 +166,8 @@ def rank(
 ) -> LutJSON:
     """The family ranked per device (int8: with fp32 beside it), as `lut rank --no-profile --json`."""
     names = [d for d in (devices or query.conditions.device).split(",") if d]
+    if not names:
+        raise LutError("devices names at least one device (cpu,pixel).", exit_code=2)
     for name in names:
         table.check_device(name)
     return LutJSON(table.rank(names, query, budget_ms).to_dict())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 import math
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from latency.vocab.errors import LutError
 from lut_db import LutStore
 
 STATIC = Path(__file__).parent / "static"
-MAX_BODY_BYTES = 4 << 20  # a thousand ARCH.json files, or a million space points in a batch
+MAX_BODY_BYTES = 8 << 20  # 2,000 ARCH.json files, or 100,000 space points of fbnetv2_f4, in one request
 TOKEN_COOKIE = "lut_token"
 
 
@@ -134,8 +135,21 @@ class BodyTooLarge(Exception):
     pass
 
 
+TOKEN = re.compile(r"[A-Za-z0-9._~+/=-]+")  # what a header and a cookie both carry unchanged
+
+
+def check_token(token: str | None) -> None:
+    if token is not None and not TOKEN.fullmatch(token):
+        raise LutError(
+            "A service token is one or more letters, digits or ._~+/=- (what a header and a cookie carry "
+            "unchanged); `openssl rand -hex 16` makes one.",
+            exit_code=2,
+        )
+
+
 def create_app(store: LutStore, token: str | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> Any:
     """The service over `store` (opened read-only by `lut serve`); `token`: required on every request."""
+    check_token(token)
     from latency.serve.api import router as api_router
     from latency.serve.pages import router as page_router
 

@@ -10,6 +10,7 @@ every request.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,8 @@ from latency.vocab.family import family_archs, list_models, model_info
 from latency.vocab.space import Space, get_space, list_spaces
 from lut_db import LutStore
 from profilers.devices import with_backend
+
+KEPT_ESTIMATORS = 32  # estimators kept at once (the conditions asked for most recently)
 
 
 class NotFound(LutError):
@@ -49,10 +52,16 @@ class TableService:
         self.store = store
         self._lock = threading.Lock()
         self._revision: tuple[Any, ...] | None = None
-        self._estimators: dict[Query, Estimator] = {}
+        self._estimators: OrderedDict[Query, Estimator] = OrderedDict()  # the most recently used last
         self._tables: dict[tuple[Query, str], list[np.ndarray]] = {}
         self._model_estimates: dict[tuple[Query, str], dict[str, Any]] = {}  # a family model's, as JSON
         self._building: dict[Query, threading.Lock] = {}  # one estimator built (or extended) at a time per query
+
+    @property
+    def revision_is_cheap(self) -> bool:
+        """Whether checking the table's revision costs microseconds and no round trip (SQLite's data_version),
+        so that a kept answer may be given without leaving a server's event loop."""
+        return self.store.url.get_backend_name() == "sqlite"
 
     # ---- names a request may use (never a path: nothing a request sends is opened as a file) ----------
     @staticmethod
@@ -80,6 +89,10 @@ class TableService:
         self._follow_table()
         with self._lock:
             estimator = self._estimators.get(query)
+            if estimator is not None:
+                self._estimators.move_to_end(query)
+            elif len(self._building) > 4 * KEPT_ESTIMATORS:
+                self._building.clear()  # locks of conditions asked for once (a lock held meanwhile is only dropped)
             building = self._building.setdefault(query, threading.Lock())
             revision = self._revision
         with building:
@@ -96,6 +109,8 @@ class TableService:
                 with self._lock:
                     if self._revision == revision:  # else the table moved meanwhile: used once, not kept
                         self._estimators[query] = estimator
+                        while len(self._estimators) > KEPT_ESTIMATORS:  # each holds its table's rows
+                            self._estimators.popitem(last=False)
             if archs and any(estimator.missing(a) for a in archs):
                 fill_missing(estimator, archs, measure=False)
         return estimator
@@ -168,10 +183,11 @@ class TableService:
         }
 
     def _space_tables(self, query: Query, space: Space) -> tuple[Estimator, list[np.ndarray]]:
-        estimator = self.estimator(query)
-        with self._lock:
+        self._follow_table()
+        with self._lock:  # the revision first: tables built from an older estimator are never kept as newer
             tables = self._tables.get((query, space.name))
             revision = self._revision
+        estimator = self.estimator(query)
         if tables is None:
             tables = estimator.space_tables(space)
             with self._lock:
