@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -45,6 +45,16 @@ class Query:
     deploy_env: str = "default"
 
 
+@dataclass
+class Kept:
+    """What was derived under one query from the table as it was: the estimator, and what came from it.
+    Dropped whole when the table moves or when its query is the least recently used of KEPT_ESTIMATORS."""
+
+    estimator: Estimator
+    tables: dict[str, list[np.ndarray]] = field(default_factory=dict)  # by space
+    estimates: dict[str, dict[str, Any]] = field(default_factory=dict)  # a family model's, as JSON
+
+
 class TableService:
     """The table, read-only, with an estimator per (conditions, deployment) while the table stays as it was."""
 
@@ -52,9 +62,7 @@ class TableService:
         self.store = store
         self._lock = threading.Lock()
         self._revision: tuple[Any, ...] | None = None
-        self._estimators: OrderedDict[Query, Estimator] = OrderedDict()  # the most recently used last
-        self._tables: dict[tuple[Query, str], list[np.ndarray]] = {}
-        self._model_estimates: dict[tuple[Query, str], dict[str, Any]] = {}  # a family model's, as JSON
+        self._kept: OrderedDict[Query, Kept] = OrderedDict()  # the most recently used last
         self._building: dict[Query, threading.Lock] = {}  # one estimator built (or extended) at a time per query
 
     @property
@@ -84,45 +92,49 @@ class TableService:
     # ---- estimators ---------------------------------------------------------------------------------
     def estimator(self, query: Query, archs: Sequence[Arch] = ()) -> Estimator:
         """The estimator for `query`, covering `archs` as `lut estimate --no-profile` does (a phone's
-        missing blocks predicted from its measured ones; nothing is measured or written). Building one
-        (seconds, for a phone's predictor) holds up only the requests under the same conditions."""
+        missing blocks predicted from its measured ones; nothing is measured or written)."""
+        return self._kept_for(query, archs).estimator
+
+    def _kept_for(self, query: Query, archs: Sequence[Arch] = ()) -> Kept:
+        """The kept record of `query` under the table's current revision, built (seconds, for a phone's
+        predictor) while holding up only the requests under the same conditions."""
         self._follow_table()
         with self._lock:
-            estimator = self._estimators.get(query)
-            if estimator is not None:
-                self._estimators.move_to_end(query)
+            kept = self._kept.get(query)
+            if kept is not None:
+                self._kept.move_to_end(query)
             elif len(self._building) > 4 * KEPT_ESTIMATORS:
                 self._building.clear()  # locks of conditions asked for once (a lock held meanwhile is only dropped)
             building = self._building.setdefault(query, threading.Lock())
             revision = self._revision
         with building:
-            if estimator is None:
+            if kept is None:
                 with self._lock:
-                    estimator = self._estimators.get(query)  # built meanwhile by another request
-            if estimator is None:
+                    kept = self._kept.get(query)  # built meanwhile by another request
+            if kept is None:
                 self.check_device(query.conditions.device)
                 conditions = with_backend(query.conditions)
                 estimator = Estimator(conditions, store=self.store, deploy_env=query.deploy_env)
                 # a phone's missing blocks are predicted by a model fitted on its rows: one fit for the
                 # whole family, not one per model page
                 fill_missing(estimator, family_archs(["all"]), measure=False)
+                kept = Kept(estimator)
                 with self._lock:
                     if self._revision == revision:  # else the table moved meanwhile: used once, not kept
-                        self._estimators[query] = estimator
-                        while len(self._estimators) > KEPT_ESTIMATORS:  # each holds its table's rows
-                            self._estimators.popitem(last=False)
-            if archs and any(estimator.missing(a) for a in archs):
-                fill_missing(estimator, archs, measure=False)
-        return estimator
+                        self._kept[query] = kept
+                        while len(self._kept) > KEPT_ESTIMATORS:  # each holds its table's rows
+                            self._kept.popitem(last=False)
+            if archs and any(kept.estimator.missing(a) for a in archs):
+                fill_missing(kept.estimator, archs, measure=False)
+        return kept
 
     def _follow_table(self) -> None:
-        """Drop what was derived from the table when its revision moved (a row written since)."""
+        """Drop what was derived from the table when its revision moved (a row written since). A record
+        a request still holds then answers that request only: nothing reaches it again."""
         revision = self.store.revision()
         with self._lock:
             if revision != self._revision:
-                self._estimators.clear()
-                self._tables.clear()
-                self._model_estimates.clear()
+                self._kept.clear()
                 self._revision = revision
 
     def estimate(self, query: Query, arch: Arch) -> Estimate:
@@ -133,22 +145,17 @@ class TableService:
         (microseconds: what a server answers without leaving its event loop), else None."""
         self._follow_table()
         with self._lock:
-            return self._model_estimates.get((query, name))
+            kept = self._kept.get(query)
+            return None if kept is None else kept.estimates.get(name)
 
     def estimate_model(self, query: Query, name: str) -> dict[str, Any]:
         """A family model's estimate as JSON (Estimate.to_dict), kept while the table is unchanged: the
         request a dashboard or a ranking script repeats."""
-        self._follow_table()
-        with self._lock:
-            found = self._model_estimates.get((query, name))
-            revision = self._revision
-        if found is not None:
-            return found
         arch = self.family_arch(name)
-        found = self.estimator(query, [arch]).estimate(arch).to_dict()
-        with self._lock:
-            if self._revision == revision:  # else the table moved meanwhile: not kept
-                self._model_estimates[query, name] = found
+        kept = self._kept_for(query, [arch])
+        found = kept.estimates.get(name)
+        if found is None:
+            found = kept.estimates[name] = kept.estimator.estimate(arch).to_dict()
         return found
 
     def estimate_many(self, query: Query, archs: list[Arch]) -> np.ndarray:
@@ -183,17 +190,11 @@ class TableService:
         }
 
     def _space_tables(self, query: Query, space: Space) -> tuple[Estimator, list[np.ndarray]]:
-        self._follow_table()
-        with self._lock:  # the revision first: tables built from an older estimator are never kept as newer
-            tables = self._tables.get((query, space.name))
-            revision = self._revision
-        estimator = self.estimator(query)
-        if tables is None:
-            tables = estimator.space_tables(space)
-            with self._lock:
-                if self._revision == revision:  # else the table moved meanwhile: not kept
-                    self._tables[query, space.name] = tables
-        return estimator, tables
+        kept = self._kept_for(query)
+        tables = kept.tables.get(space.name)
+        if tables is None:  # from this very estimator: tables and intercept are of one table state
+            tables = kept.tables[space.name] = kept.estimator.space_tables(space)
+        return kept.estimator, tables
 
     def block_entries(self, query: Query, arch: Arch) -> list[tuple[Any, Entry]]:
         """Each block of `arch` with what the table (or a prediction) holds for it, in network order."""
