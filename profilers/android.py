@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from profilers.backends.executorch_cpu import outside_delegate, program_bytes
+from profilers.backends.executorch_cpu import program_bytes, program_lowering
 from profilers.errors import BlockFailed, ProfilerError
 from profilers.targets import parse_target
 from profilers.worker import Timing
@@ -258,7 +258,6 @@ class AndroidWorker:
         self.adb, self.phone, self.runner, self.threads, self.export = adb, phone, runner, threads, export
         self.mask, self.version = mask, version
         self._pushed: dict[str, str] = {}
-        self._lowerings: dict[str, dict[str, Any]] = {}  # by key: the program's ops outside the delegate
         self._workdir = Path(tempfile.mkdtemp(prefix="lut-pte-"))
         self.info: dict[str, Any] = {}
 
@@ -307,7 +306,6 @@ class AndroidWorker:
                 program = self.export(key)
             except Exception as exc:  # export errors are the block's, not the phone's
                 raise BlockFailed(f"export to .pte failed: {type(exc).__name__}: {exc}") from exc
-            self._lowerings[key] = {"outside_delegate": outside_delegate(program)}
             name = hashlib.sha256(key.encode()).hexdigest()[:20] + ".pte"
             local = self._workdir / name
             local.write_bytes(program)
@@ -348,7 +346,7 @@ class AndroidWorker:
         samples = parse_runner_output(self._run(remote, warmups + runs), warmups)
         after = thermal(self.adb)
         self.info["environment"]["last_thermal"] = {"before": before, "after": after}
-        return Timing(samples, warmups, lowering=self._lowerings.get(key, {}))
+        return Timing(samples, warmups, lowering=program_lowering(parse_target(key)))
 
 
 def export_pte(key: str) -> bytes:

@@ -106,7 +106,7 @@ def _serve(conn: Connection, backend_name: str, threads: int, options: dict[str,
             before = trimmer if plan.cold_heap and backend.host_heap and not key.startswith(ARCH_PREFIX) else None
             warmups = backend.warm_up(run, plan.warmup_runs, plan.warmup_s, before)
             samples = backend.time_calls(run, plan.min_runs, plan.min_time_s, plan.max_time_s, plan.ci_target, before)
-            conn.send(("ok", Timing(samples, warmups, lowering=backend.lowering(parse_target(key)))))
+            conn.send(("ok", Timing(samples, warmups, lowering=backend.lowering(key))))
         except BlockFailed as exc:
             conn.send(("failed", str(exc)))
         except Exception as exc:

@@ -76,9 +76,9 @@ class Backend(ABC):
         context); only runtimes that run a network block by block in the host process can."""
         raise BlockFailed(f"the {self.name} backend runs a network as one program: its blocks cannot be timed in it")
 
-    def lowering(self, target: Target) -> dict[str, Any]:
-        """How the runtime took the target it prepared (an ExecuTorch program: the ops outside its
-        delegate); kept with the target's row."""
+    def lowering(self, key: str) -> dict[str, Any]:
+        """How the runtime took the target it prepared under `key` (an ExecuTorch program: the ops outside
+        its delegate); kept with the target's row."""
         return {}
 
     def environment(self) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from latency.vocab.paths import user_cache_dir
 from profilers.backends.base import Backend, Runner
 from profilers.backends.torch_cpu import built_module, seeded_input
 from profilers.errors import BlockFailed, ProfilerError
-from profilers.targets import Target
+from profilers.targets import Target, parse_target
 
 
 def program_bytes(target: Target) -> bytes:
@@ -90,6 +91,28 @@ def quantize_program(module: Any, x: Any) -> Any:
     return convert_pt2e(prepared)
 
 
+def program_lowering(target: Target) -> dict[str, Any]:
+    """How the target's program was lowered (`outside_delegate`): read from the program once, seconds for a
+    whole network, and kept beside it in the cache, valid while the program's digest is the one read."""
+    path = program_path(target)
+    kept = path.with_name(f"{path.name}.lowering.json")
+    try:
+        saved = json.loads(kept.read_text())
+        if saved["sha256"] == path.with_name(f"{path.name}.sha256").read_text().strip():
+            return saved["lowering"]
+    except (OSError, ValueError, KeyError):
+        pass
+    program = program_bytes(target)
+    lowering = {"outside_delegate": outside_delegate(program)}
+    partial = kept.with_name(f"{kept.name}.{os.getpid()}.tmp")
+    try:
+        partial.write_text(json.dumps({"sha256": hashlib.sha256(program).hexdigest(), "lowering": lowering}))
+        os.replace(partial, kept)
+    except OSError:
+        pass
+    return lowering
+
+
 def outside_delegate(program: bytes) -> dict[str, int]:
     """The operators a lowered program calls outside its delegates (XNNPACK), with how often: each runs on
     ExecuTorch's portable kernels, where a quantized network pays for what XNNPACK did not take. Read from
@@ -132,7 +155,6 @@ class ExecuTorchCPU(Backend):
         import torch
         from executorch.runtime import Runtime
 
-        self._lowerings: dict[str, dict[str, Any]] = {}
         torch.set_num_threads(1)  # torch only exports here
         self._runtime = Runtime.get()
         self._reset_threads()
@@ -152,17 +174,14 @@ class ExecuTorchCPU(Backend):
         cached = program_path(target).exists()
         try:
             try:
-                program_data = program_bytes(target)
-                program = self._runtime.load_program(program_data)
+                program = self._runtime.load_program(program_bytes(target))
             except Exception:
                 if not cached:
                     raise
                 program_path(target).unlink(missing_ok=True)  # a damaged cached program: export it again
-                program_data = program_bytes(target)
-                program = self._runtime.load_program(program_data)
+                program = self._runtime.load_program(program_bytes(target))
         except Exception as exc:  # export and lowering raise many types
             raise BlockFailed(f"ExecuTorch export failed: {type(exc).__name__}: {exc}") from exc
-        self._lowerings[target.key] = {"outside_delegate": outside_delegate(program_data)}
         method = program.load_method("forward")
         inputs = [seeded_input(target)]
 
@@ -172,8 +191,8 @@ class ExecuTorchCPU(Backend):
 
         return run
 
-    def lowering(self, target: Target) -> dict[str, Any]:
-        return self._lowerings.get(target.key, {})
+    def lowering(self, key: str) -> dict[str, Any]:
+        return program_lowering(parse_target(key))
 
     def environment(self) -> dict[str, Any]:
         return {"xnnpack_threads": self.threads if getattr(self, "_threads_set", False) else "runtime default"}
