@@ -285,6 +285,19 @@ class StoreCore:
         table = mapped.__table__
         return postgresql.insert(table) if self._engine.dialect.name == "postgresql" else sqlite.insert(table)
 
+    def _put_one(
+        self, mapped: Any, key: Sequence[str], value_columns: Sequence[str], device: str, values: dict[str, Any]
+    ) -> None:
+        """Insert one row of `mapped` for `device`, or replace the `value_columns` of the row with the same
+        `key` (a fit, a run)."""
+        stmt = self._insert(mapped)
+        stmt = stmt.on_conflict_do_update(index_elements=list(key), set_={c: stmt.excluded[c] for c in value_columns})
+
+        def write(session: Session) -> None:
+            session.execute(stmt, {**values, "device_id": self._device_id(session, device)})
+
+        self._write(write)
+
     def _retry(self, fn: Callable[[], T]) -> T:
         for attempt in range(_LOCK_RETRIES):
             try:

@@ -41,14 +41,7 @@ class Fits(StoreCore):
             "n_samples": rec.n_samples,
             "fitted_at": rec.fitted_at,
         }
-        stmt = self._insert(Fit)
-        stmt = stmt.on_conflict_do_update(index_elements=list(FIT_KEY), set_={c: stmt.excluded[c] for c in _FIT_VALUES})
-
-        def write(session: Session) -> None:
-            values["device_id"] = self._device_id(session, rec.conditions.device)
-            session.execute(stmt, values)
-
-        self._write(write)
+        self._put_one(Fit, FIT_KEY, _FIT_VALUES, rec.conditions.device, values)
 
     def get_fit(
         self,

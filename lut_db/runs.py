@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from latency.vocab.conditions import Conditions
 from latency.vocab.timing import STAT_COLUMNS
@@ -36,14 +35,7 @@ class Runs(StoreCore):
         flat = columns(rec)
         check_run(flat)
         values = {**row_values(flat), "arch_hash": rec.arch_hash, "tag": rec.tag or ""}
-        stmt = self._insert(E2ERun)
-        stmt = stmt.on_conflict_do_update(index_elements=list(E2E_KEY), set_={c: stmt.excluded[c] for c in E2E_VALUES})
-
-        def write(session: Session) -> None:
-            values["device_id"] = self._device_id(session, rec.conditions.device)
-            session.execute(stmt, values)
-
-        self._write(write)
+        self._put_one(E2ERun, E2E_KEY, E2E_VALUES, rec.conditions.device, values)
 
     def e2e_runs(
         self, conditions: Conditions | None = None, tag: str | None = None, deploy_env: str | None = None
