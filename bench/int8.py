@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.reference_check import USER_LOOPS, sampled
+from bench.reference_check import sampled, user_loop_ms
 from latency.estimate.estimator import Estimator
 from latency.estimate.fitting import error_metrics
 from latency.jobs.calibrate import calibrate
@@ -86,17 +86,6 @@ def lut_export(key: str) -> int:
     from profilers.targets import parse_target
 
     return len(program_bytes(parse_target(key)))
-
-
-def user_loop_ms(path: Path) -> float:
-    result = subprocess.run(
-        [sys.executable, "-c", USER_LOOPS["executorch"], str(path), "1"],
-        env=DEFAULT.process_env(os.environ),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return float(result.stdout.strip().splitlines()[-1])
 
 
 def export_everything(family: list[Arch], calibration_set: list[Arch], folder: Path) -> dict[tuple[str, str], Path]:
@@ -160,7 +149,7 @@ def main() -> None:
             loops: dict[str, list[float]] = {d: [] for d in DTYPES}
             for i in range(args.user_loops):  # fp32 and int8 interleaved, the order turned each round
                 for dtype in DTYPES if i % 2 == 0 else DTYPES[::-1]:
-                    loops[dtype].append(user_loop_ms(user_programs[arch.name, dtype]))
+                    loops[dtype].append(user_loop_ms("executorch", user_programs[arch.name, dtype], 1))
             int8_keys = [s.key for s in arch.specs(dtype="int8")]
             fallbacks = {k: int8_rows[k].provenance.protocol.get("outside_delegate", {}) for k in int8_keys}
             row = {

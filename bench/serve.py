@@ -43,11 +43,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(db: str, port: int) -> subprocess.Popen:
+def start_server(db: str, port: int, stdout: int | None = subprocess.DEVNULL) -> subprocess.Popen:
+    """`lut serve` on `db` in a process of its own (no token), once it answers."""
     process = subprocess.Popen(
         [sys.executable, "-m", "latency.cli", "serve", "--db", db, "--port", str(port)],
         env={k: v for k, v in os.environ.items() if k != "LUT_SERVE_TOKEN"},
-        stdout=subprocess.DEVNULL,
+        stdout=stdout,
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -57,7 +58,7 @@ def start_server(db: str, port: int) -> subprocess.Popen:
             raise SystemExit(f"lut serve exited: {process.stderr.read()}")
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            conn.request("GET", "/api/estimate/dmasking_f1")  # and warms the estimator
+            conn.request("GET", "/api/models")
             if conn.getresponse().status == 200:
                 return process
         except OSError:
@@ -141,6 +142,7 @@ def main() -> None:
         port = free_port()
         server = start_server(db, port)
         try:
+            singles(port, 1, 0.5, 10)  # the estimator is built and kept before anything is timed
             levels = [singles(port, clients, args.seconds, args.max_requests) for clients in (1, 8, 32)]
             many = batches(port, args.batch, args.rounds)
         finally:

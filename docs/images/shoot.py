@@ -1,7 +1,7 @@
 """How the README's pictures of `lut serve` were made: a table served on loopback, its pages opened in Debian's
 chromium (playwright), a screenshot of each.
 
-    python docs/images/shoot.py --db bench/results/int8.sqlite --query 'backend=executorch&dtype=int8'
+    python -m docs.images.shoot --db bench/results/int8.sqlite --query 'backend=executorch&dtype=int8'
 
 The pictures in this folder: the int8 bench's table (bench/int8.py: the family on this host's ExecuTorch/
 XNNPACK in fp32 and int8, int8 calibrated on sampled networks).
@@ -10,13 +10,7 @@ XNNPACK in fp32 and int8, int8 calibrated on sampled networks).
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -31,18 +25,12 @@ def main() -> None:
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "latency.cli", "serve", "--db", args.db, "--port", str(port)])
+    from bench.serve import free_port, start_server
+
+    port = free_port()
+    server = start_server(args.db, port, stdout=None)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(f"{url}/api/models")
-                break
-            except OSError:
-                time.sleep(0.2)
         with sync_playwright() as playwright:
             chromium = shutil.which("chromium") or "/usr/bin/chromium"
             browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
@@ -59,5 +47,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    os.environ.pop("LUT_SERVE_TOKEN", None)
     main()
