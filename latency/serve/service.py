@@ -167,7 +167,17 @@ class TableService:
         return estimator.estimate_space(space, indices, tables)
 
     def summary(self, query: Query) -> dict[str, Any]:
-        estimator = self.estimator(query)
+        """The estimator under `query`: resolved conditions, calibration and its metrics, intercept."""
+        return self._described(query, self.estimator(query))
+
+    def space_tables(self, query: Query, space: Space) -> dict[str, Any]:
+        """What LatencyCost is built from: each block position's corrected times, with the intercept and
+        calibration of the same estimator."""
+        estimator, tables = self._space_tables(query, space)
+        return {**self._described(query, estimator), "space": space.name, "tables": [t.tolist() for t in tables]}
+
+    @staticmethod
+    def _described(query: Query, estimator: Estimator) -> dict[str, Any]:
         return {
             "conditions": estimator.conditions.columns(),
             "deploy_env": query.deploy_env,
@@ -175,18 +185,6 @@ class TableService:
             "calibration": estimator.correction.metrics if estimator.correction else {},
             "intercept_ms": estimator.intercept_ms,
             "entries": estimator.entries,
-        }
-
-    def space_tables(self, query: Query, space: Space) -> dict[str, Any]:
-        """What LatencyCost is built from: each block position's corrected times, and the intercept."""
-        estimator, tables = self._space_tables(query, space)
-        return {
-            "space": space.name,
-            "conditions": estimator.conditions.columns(),
-            "deploy_env": query.deploy_env,
-            "calibrated": estimator.calibrated,
-            "intercept_ms": estimator.intercept_ms,
-            "tables": [table.tolist() for table in tables],
         }
 
     def _space_tables(self, query: Query, space: Space) -> tuple[Estimator, list[np.ndarray]]:
